@@ -1,0 +1,1 @@
+"""Generated protobuf code for the Gridfort wire contract (see ``proto/``)."""
