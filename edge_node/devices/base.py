@@ -67,6 +67,18 @@ class AppliedSetpoint:
     ts_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class EvSession:
+    """The plugged-in vehicle's state and its owner's constraint, as the charger reports it."""
+
+    connected: bool
+    soc_pct: float  # vehicle state of charge [%]
+    target_soc_pct: float  # owner's target [%], e.g. 80
+    departure_ms: int  # owner's departure time, Unix epoch [ms]; 0 if unknown
+    e_kwh: float  # vehicle battery capacity [kWh]
+    max_charge_kw: float  # max charging power the charger/vehicle allows [kW], > 0
+
+
 class DeviceError(Exception):
     """A device could not be reached, read or written. The message is safe to log."""
 
