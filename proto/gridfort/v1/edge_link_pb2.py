@@ -25,23 +25,25 @@ _sym_db = _symbol_database.Default()
 from gridfort.v1 import envelope_pb2 as gridfort_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgridfort/v1/edge_link.proto\x12\x0bgridfort.v1\x1a\x1agridfort/v1/envelope.proto\"\xde\x01\n\x0c\x42\x61tchReceipt\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.gridfort.v1.ReceiptStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x14\n\x0c\x62\x61tch_sha256\x18\x06 \x01(\x0c\x12\x11\n\tcommitted\x18\x07 \x01(\r\x12\x13\n\x0bquarantined\x18\x08 \x01(\r\x12\x12\n\ndecided_ms\x18\t \x01(\x03\x12\x11\n\tretryable\x18\n \x01(\x08\"\x1c\n\tHeartbeat\x12\x0f\n\x07sent_ms\x18\x01 \x01(\x03\"\xab\x01\n\x0b\x45\x64geMessage\x12\x30\n\ttelemetry\x18\x01 \x01(\x0b\x32\x1b.gridfort.v1.SignedEnvelopeH\x00\x12\x35\n\x0e\x63ommand_result\x18\x02 \x01(\x0b\x32\x1b.gridfort.v1.SignedEnvelopeH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.gridfort.v1.HeartbeatH\x00\x42\x06\n\x04kind\"\xa5\x01\n\x0e\x43ontrolMessage\x12.\n\x07receipt\x18\x01 \x01(\x0b\x32\x1b.gridfort.v1.SignedEnvelopeH\x00\x12.\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1b.gridfort.v1.SignedEnvelopeH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.gridfort.v1.HeartbeatH\x00\x42\x06\n\x04kind*\x87\x01\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18RECEIPT_STATUS_COMMITTED\x10\x01\x12\x1c\n\x18RECEIPT_STATUS_DUPLICATE\x10\x02\x12\x1a\n\x16RECEIPT_STATUS_REFUSED\x10\x03\x32P\n\x08\x45\x64geLink\x12\x44\n\x07\x43onnect\x12\x18.gridfort.v1.EdgeMessage\x1a\x1b.gridfort.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgridfort/v1/edge_link.proto\x12\x0bgridfort.v1\x1a\x1agridfort/v1/envelope.proto\"\x9f\x02\n\x0c\x42\x61tchReceipt\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.gridfort.v1.ReceiptStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x14\n\x0c\x62\x61tch_sha256\x18\x06 \x01(\x0c\x12\x11\n\tcommitted\x18\x07 \x01(\r\x12\x13\n\x0bquarantined\x18\x08 \x01(\r\x12\x12\n\ndecided_ms\x18\t \x01(\x03\x12\x11\n\tretryable\x18\n \x01(\x08\x12?\n\x12quarantined_detail\x18\x0b \x03(\x0b\x32#.gridfort.v1.QuarantinedMeasurement\"7\n\x16QuarantinedMeasurement\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1c\n\tHeartbeat\x12\x0f\n\x07sent_ms\x18\x01 \x01(\x03\"\xab\x01\n\x0b\x45\x64geMessage\x12\x30\n\ttelemetry\x18\x01 \x01(\x0b\x32\x1b.gridfort.v1.SignedEnvelopeH\x00\x12\x35\n\x0e\x63ommand_result\x18\x02 \x01(\x0b\x32\x1b.gridfort.v1.SignedEnvelopeH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.gridfort.v1.HeartbeatH\x00\x42\x06\n\x04kind\"\xa5\x01\n\x0e\x43ontrolMessage\x12.\n\x07receipt\x18\x01 \x01(\x0b\x32\x1b.gridfort.v1.SignedEnvelopeH\x00\x12.\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1b.gridfort.v1.SignedEnvelopeH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.gridfort.v1.HeartbeatH\x00\x42\x06\n\x04kind*\x87\x01\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18RECEIPT_STATUS_COMMITTED\x10\x01\x12\x1c\n\x18RECEIPT_STATUS_DUPLICATE\x10\x02\x12\x1a\n\x16RECEIPT_STATUS_REFUSED\x10\x03\x32P\n\x08\x45\x64geLink\x12\x44\n\x07\x43onnect\x12\x18.gridfort.v1.EdgeMessage\x1a\x1b.gridfort.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gridfort.v1.edge_link_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECEIPTSTATUS']._serialized_start=670
-  _globals['_RECEIPTSTATUS']._serialized_end=805
+  _globals['_RECEIPTSTATUS']._serialized_start=792
+  _globals['_RECEIPTSTATUS']._serialized_end=927
   _globals['_BATCHRECEIPT']._serialized_start=73
-  _globals['_BATCHRECEIPT']._serialized_end=295
-  _globals['_HEARTBEAT']._serialized_start=297
-  _globals['_HEARTBEAT']._serialized_end=325
-  _globals['_EDGEMESSAGE']._serialized_start=328
-  _globals['_EDGEMESSAGE']._serialized_end=499
-  _globals['_CONTROLMESSAGE']._serialized_start=502
-  _globals['_CONTROLMESSAGE']._serialized_end=667
-  _globals['_EDGELINK']._serialized_start=807
-  _globals['_EDGELINK']._serialized_end=887
+  _globals['_BATCHRECEIPT']._serialized_end=360
+  _globals['_QUARANTINEDMEASUREMENT']._serialized_start=362
+  _globals['_QUARANTINEDMEASUREMENT']._serialized_end=417
+  _globals['_HEARTBEAT']._serialized_start=419
+  _globals['_HEARTBEAT']._serialized_end=447
+  _globals['_EDGEMESSAGE']._serialized_start=450
+  _globals['_EDGEMESSAGE']._serialized_end=621
+  _globals['_CONTROLMESSAGE']._serialized_start=624
+  _globals['_CONTROLMESSAGE']._serialized_end=789
+  _globals['_EDGELINK']._serialized_start=929
+  _globals['_EDGELINK']._serialized_end=1009
 # @@protoc_insertion_point(module_scope)

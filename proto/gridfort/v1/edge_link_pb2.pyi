@@ -5,8 +5,10 @@ The edge <-> control plane link: one long-lived bidirectional stream over
 mutually authenticated TLS.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from gridfort.v1 import envelope_pb2 as _envelope_pb2
 import builtins as _builtins
@@ -63,6 +65,7 @@ class BatchReceipt(_message.Message):
     QUARANTINED_FIELD_NUMBER: _builtins.int
     DECIDED_MS_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
+    QUARANTINED_DETAIL_FIELD_NUMBER: _builtins.int
     site_id: _builtins.str
     seq: _builtins.int
     status: Global___ReceiptStatus.ValueType
@@ -79,6 +82,8 @@ class BatchReceipt(_message.Message):
     decided_ms: _builtins.int
     retryable: _builtins.bool
     """true: resend (re-signed) later; false: dead-letter"""
+    @_builtins.property
+    def quarantined_detail(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuarantinedMeasurement]: ...
     def __init__(
         self,
         *,
@@ -92,14 +97,39 @@ class BatchReceipt(_message.Message):
         quarantined: _builtins.int = ...,
         decided_ms: _builtins.int = ...,
         retryable: _builtins.bool = ...,
+        quarantined_detail: _abc.Iterable[Global___QuarantinedMeasurement] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sha256", b"batch_sha256", "committed", b"committed", "decided_ms", b"decided_ms", "message", b"message", "quarantined", b"quarantined", "reason", b"reason", "retryable", b"retryable", "seq", b"seq", "site_id", b"site_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sha256", b"batch_sha256", "committed", b"committed", "decided_ms", b"decided_ms", "message", b"message", "quarantined", b"quarantined", "quarantined_detail", b"quarantined_detail", "reason", b"reason", "retryable", b"retryable", "seq", b"seq", "site_id", b"site_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BatchReceipt: _TypeAlias = BatchReceipt  # noqa: Y015
+
+@_typing.final
+class QuarantinedMeasurement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """position in TelemetryBatch.measurements"""
+    reason: _builtins.str
+    """stable reason code"""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuarantinedMeasurement: _TypeAlias = QuarantinedMeasurement  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):

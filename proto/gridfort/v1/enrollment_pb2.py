@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgridfort/v1/enrollment.proto\x12\x0bgridfort.v1\"\\\n\rEnrollRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_der\x18\x03 \x01(\x0c\x12\x1a\n\x12signing_public_key\x18\x04 \x01(\x0c\"\xd5\x01\n\x0e\x45nrollResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x02 \x01(\x0c\x12\x18\n\x10trust_bundle_pem\x18\x03 \x01(\x0c\x12\x16\n\x0esigning_key_id\x18\x04 \x01(\t\x12 \n\x18\x63ontrol_plane_public_key\x18\x05 \x01(\x0c\x12\x1c\n\x14\x63ontrol_plane_key_id\x18\x06 \x01(\t\x12\x1f\n\x17\x63ontrol_plane_spiffe_id\x18\x07 \x01(\t\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\"H\n\rRenewResponse\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x01 \x01(\x0c\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\x0c\x32O\n\nEnrollment\x12\x41\n\x06\x45nroll\x12\x1a.gridfort.v1.EnrollRequest\x1a\x1b.gridfort.v1.EnrollResponse2I\n\x07Renewal\x12>\n\x05Renew\x12\x19.gridfort.v1.RenewRequest\x1a\x1a.gridfort.v1.RenewResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgridfort/v1/enrollment.proto\x12\x0bgridfort.v1\"\\\n\rEnrollRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_der\x18\x03 \x01(\x0c\x12\x1a\n\x12signing_public_key\x18\x04 \x01(\x0c\"\x81\x02\n\x0e\x45nrollResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x02 \x01(\x0c\x12\x18\n\x10trust_bundle_pem\x18\x03 \x01(\x0c\x12\x16\n\x0esigning_key_id\x18\x04 \x01(\t\x12 \n\x18\x63ontrol_plane_public_key\x18\x05 \x01(\x0c\x12\x1c\n\x14\x63ontrol_plane_key_id\x18\x06 \x01(\t\x12\x1f\n\x17\x63ontrol_plane_spiffe_id\x18\x07 \x01(\t\x12\x10\n\x08next_seq\x18\x08 \x01(\x04\x12\x18\n\x10next_command_seq\x18\t \x01(\x04\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\"H\n\rRenewResponse\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x01 \x01(\x0c\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\x0c\x32O\n\nEnrollment\x12\x41\n\x06\x45nroll\x12\x1a.gridfort.v1.EnrollRequest\x1a\x1b.gridfort.v1.EnrollResponse2I\n\x07Renewal\x12>\n\x05Renew\x12\x19.gridfort.v1.RenewRequest\x1a\x1a.gridfort.v1.RenewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLLREQUEST']._serialized_start=45
   _globals['_ENROLLREQUEST']._serialized_end=137
   _globals['_ENROLLRESPONSE']._serialized_start=140
-  _globals['_ENROLLRESPONSE']._serialized_end=353
-  _globals['_RENEWREQUEST']._serialized_start=355
-  _globals['_RENEWREQUEST']._serialized_end=386
-  _globals['_RENEWRESPONSE']._serialized_start=388
-  _globals['_RENEWRESPONSE']._serialized_end=460
-  _globals['_ENROLLMENT']._serialized_start=462
-  _globals['_ENROLLMENT']._serialized_end=541
-  _globals['_RENEWAL']._serialized_start=543
-  _globals['_RENEWAL']._serialized_end=616
+  _globals['_ENROLLRESPONSE']._serialized_end=397
+  _globals['_RENEWREQUEST']._serialized_start=399
+  _globals['_RENEWREQUEST']._serialized_end=430
+  _globals['_RENEWRESPONSE']._serialized_start=432
+  _globals['_RENEWRESPONSE']._serialized_end=504
+  _globals['_ENROLLMENT']._serialized_start=506
+  _globals['_ENROLLMENT']._serialized_end=585
+  _globals['_RENEWAL']._serialized_start=587
+  _globals['_RENEWAL']._serialized_end=660
 # @@protoc_insertion_point(module_scope)

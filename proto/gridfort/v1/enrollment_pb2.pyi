@@ -58,6 +58,8 @@ class EnrollResponse(_message.Message):
     CONTROL_PLANE_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     CONTROL_PLANE_KEY_ID_FIELD_NUMBER: _builtins.int
     CONTROL_PLANE_SPIFFE_ID_FIELD_NUMBER: _builtins.int
+    NEXT_SEQ_FIELD_NUMBER: _builtins.int
+    NEXT_COMMAND_SEQ_FIELD_NUMBER: _builtins.int
     spiffe_id: _builtins.str
     certificate_chain_pem: _builtins.bytes
     """workload certificate + issuing CA"""
@@ -69,6 +71,10 @@ class EnrollResponse(_message.Message):
     """raw Ed25519 key that signs commands/receipts"""
     control_plane_key_id: _builtins.str
     control_plane_spiffe_id: _builtins.str
+    next_seq: _builtins.int
+    """first telemetry sequence number this site may use"""
+    next_command_seq: _builtins.int
+    """commands with a lower seq are replays for this site"""
     def __init__(
         self,
         *,
@@ -79,10 +85,12 @@ class EnrollResponse(_message.Message):
         control_plane_public_key: _builtins.bytes = ...,
         control_plane_key_id: _builtins.str = ...,
         control_plane_spiffe_id: _builtins.str = ...,
+        next_seq: _builtins.int = ...,
+        next_command_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_chain_pem", b"certificate_chain_pem", "control_plane_key_id", b"control_plane_key_id", "control_plane_public_key", b"control_plane_public_key", "control_plane_spiffe_id", b"control_plane_spiffe_id", "signing_key_id", b"signing_key_id", "spiffe_id", b"spiffe_id", "trust_bundle_pem", b"trust_bundle_pem"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_chain_pem", b"certificate_chain_pem", "control_plane_key_id", b"control_plane_key_id", "control_plane_public_key", b"control_plane_public_key", "control_plane_spiffe_id", b"control_plane_spiffe_id", "next_command_seq", b"next_command_seq", "next_seq", b"next_seq", "signing_key_id", b"signing_key_id", "spiffe_id", b"spiffe_id", "trust_bundle_pem", b"trust_bundle_pem"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

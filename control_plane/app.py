@@ -1,0 +1,212 @@
+"""Composition root of the control plane: builds every object from config and starts it.
+
+State directory layout::
+
+    ca/              root and issuing CA (keys 0600)
+    registry.db      sites and assets, bootstrap tokens, signing keys, revocations
+    telemetry.db     committed batches, measurements, quarantine
+    commands.db      issued commands and the edges' results
+    audit.jsonl      hash-chained audit log (``gridfort audit verify``)
+    control-plane/   the control plane's Ed25519 command/receipt signing key
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from control_plane.assets.registry import AssetRegistry
+from control_plane.commands.command_log import CommandLog
+from control_plane.commands.dispatcher import CommandDispatcher
+from control_plane.config import ControlPlaneConfig
+from control_plane.ingest.pipeline import IngestPipeline
+from control_plane.store.telemetry_store import TelemetryStore
+from control_plane.tls_identity import ServerIdentity, control_plane_dns_name
+from control_plane.transports.grpc_server import (
+    EdgeLinkService,
+    EnrollmentService,
+    GrpcSettings,
+    GrpcTransport,
+    RenewalService,
+)
+from control_plane.transports.streams import StreamRegistry
+from security.audit_log import AuditLog
+from security.bootstrap_tokens import BootstrapTokens
+from security.ca import CertificateAuthority
+from security.clock import Clock, SystemClock
+from security.enrollment import EnrollmentAuthority
+from security.envelope import (
+    EnvelopeSigner,
+    generate_signing_key,
+    load_signing_key,
+    save_signing_key,
+)
+from security.identity import Role, SpiffeId
+from security.refusals import ConfigError
+from security.replay_guard import ReplayPolicy
+from security.revocation import RevocationList
+from security.signing_keys import SigningKeyRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    root: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def registry_db(self) -> Path:
+        return self.root / "registry.db"
+
+    @property
+    def telemetry_db(self) -> Path:
+        return self.root / "telemetry.db"
+
+    @property
+    def commands_db(self) -> Path:
+        return self.root / "commands.db"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.jsonl"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.root / "control-plane" / "signing.key"
+
+
+def init_state(state_dir: Path, trust_domain: str, clock: Clock) -> CertificateAuthority:
+    """Create a new state directory with a fresh CA (refuses to overwrite one)."""
+    paths = StatePaths(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca = CertificateAuthority.init(paths.ca, trust_domain, clock)
+    AssetRegistry(paths.registry_db).close()
+    return ca
+
+
+def load_or_create_signer(path: Path, signer: str) -> EnvelopeSigner:
+    if path.exists():
+        return EnvelopeSigner(load_signing_key(path), signer)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = generate_signing_key()
+    save_signing_key(path, key)
+    return EnvelopeSigner(key, signer)
+
+
+class ControlPlane:
+    """A running control plane: gRPC listeners, pipeline, store, command dispatcher."""
+
+    def __init__(self, config: ControlPlaneConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.paths = StatePaths(config.state_dir)
+        if not self.paths.ca.exists():
+            raise ConfigError(
+                f"state_dir {config.state_dir}: no CA found; run 'gridfort ca init' first"
+            )
+        clock_ = self.clock
+        self.ca = CertificateAuthority.load(self.paths.ca, clock_)
+        if self.ca.trust_domain != config.trust_domain:
+            raise ConfigError(
+                f"trust_domain {config.trust_domain!r} does not match the CA's "
+                f"{self.ca.trust_domain!r}"
+            )
+        self.spiffe_id = SpiffeId(config.trust_domain, Role.CONTROL_PLANE, config.name)
+        self.audit = AuditLog(self.paths.audit_log, clock_)
+        self.registry = AssetRegistry(self.paths.registry_db)
+        self.keys = SigningKeyRegistry(self.paths.registry_db)
+        self.revocations = RevocationList(self.paths.registry_db, clock_)
+        self.tokens = BootstrapTokens(self.paths.registry_db, clock_)
+        self.store = TelemetryStore(
+            self.paths.telemetry_db, clock_, synchronous="FULL" if config.durable_sync else "NORMAL"
+        )
+        self.signer = load_or_create_signer(self.paths.signing_key, str(self.spiffe_id))
+        self.pipeline = IngestPipeline(
+            trust_domain=config.trust_domain,
+            registry=self.registry,
+            keys=self.keys,
+            revocations=self.revocations,
+            store=self.store,
+            audit=self.audit,
+            clock=clock_,
+            replay_policy=ReplayPolicy(
+                window_ms=int(config.replay_window_s * 1000),
+                skew_ms=int(config.clock_skew_s * 1000),
+            ),
+        )
+        self.authority = EnrollmentAuthority(
+            self.ca,
+            self.tokens,
+            self.keys,
+            self.revocations,
+            self.audit,
+            self.registry.site_exists,
+            clock_,
+            workload_ttl_s=config.workload_ttl_s,
+        )
+        self.streams = StreamRegistry()
+        self.command_log = CommandLog(self.paths.commands_db)
+        self.dispatcher = CommandDispatcher(
+            signer=self.signer,
+            trust_domain=config.trust_domain,
+            log=self.command_log,
+            streams=self.streams,
+            audit=self.audit,
+            clock=clock_,
+        )
+        dns = (control_plane_dns_name(config.trust_domain), "localhost", *config.extra_dns_names)
+        self.server_identity = ServerIdentity(
+            self.ca, self.spiffe_id, clock_, dns_names=dns, ttl_s=config.workload_ttl_s
+        )
+        settings = GrpcSettings(
+            link_addresses=config.link_addresses,
+            bootstrap_address=config.bootstrap_address,
+            stream_idle_timeout_s=config.stream_idle_timeout_s,
+        )
+        self.transport = GrpcTransport(
+            settings=settings,
+            pipeline=self.pipeline,
+            streams=self.streams,
+            link=EdgeLinkService(
+                self.pipeline, self.streams, self.dispatcher, self.signer, clock_, settings
+            ),
+            renewal=RenewalService(self.pipeline, self.authority, self.ca),
+            enrollment=EnrollmentService(
+                self.authority, self.keys, self.pipeline, self.signer, self.command_log.next_seq
+            ),
+            link_credentials=self.server_identity.credentials(require_client_cert=True),
+            bootstrap_credentials=self.server_identity.credentials(require_client_cert=False),
+            clock=clock_,
+        )
+
+    @property
+    def link_ports(self) -> list[int]:
+        return self.transport.link_ports
+
+    @property
+    def bootstrap_port(self) -> int:
+        return self.transport.bootstrap_port
+
+    async def start(self) -> None:
+        await self.transport.start()
+        self.audit.append(
+            "control_plane_started",
+            decision="info",
+            identity=str(self.spiffe_id),
+            details={"link_ports": ",".join(map(str, self.link_ports)),
+                     "bootstrap_port": self.bootstrap_port},
+        )
+        log.info("control plane %s listening on %s (bootstrap %s)",
+                 self.spiffe_id, self.link_ports, self.bootstrap_port)
+
+    async def stop(self) -> None:
+        await self.transport.stop()
+        self.store.close()
+        self.command_log.close()
+        self.audit.close()
+        self.registry.close()

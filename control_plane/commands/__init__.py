@@ -1,0 +1,1 @@
+"""Commands: signed setpoints from the control plane to edges."""

@@ -1,0 +1,69 @@
+"""Control-plane configuration: typed, validated once at load, with errors naming the field."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from security.refusals import ConfigError
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    state_dir: Path
+    trust_domain: str = "gridfort.local"
+    name: str = "cp-1"
+    link_addresses: tuple[str, ...] = ("127.0.0.1:7443",)
+    bootstrap_address: str = "127.0.0.1:7444"
+    replay_window_s: float = 30.0
+    clock_skew_s: float = 5.0
+    workload_ttl_s: int = 3600
+    durable_sync: bool = True  # SQLite synchronous=FULL: ack only after fsync
+    stream_idle_timeout_s: float = 30.0
+    extra_dns_names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.link_addresses:
+            raise ConfigError("link_addresses: at least one address is required")
+        for a in (*self.link_addresses, self.bootstrap_address):
+            _check_address(a)
+        if not 1 <= self.replay_window_s <= 3600:
+            raise ConfigError("replay_window_s: must be between 1 and 3600 seconds")
+        if not 0 <= self.clock_skew_s <= self.replay_window_s:
+            raise ConfigError("clock_skew_s: must be between 0 and replay_window_s")
+        if not 60 <= self.workload_ttl_s <= 30 * 86400:
+            raise ConfigError("workload_ttl_s: must be between 60 s and 30 days")
+
+    @classmethod
+    def from_toml(cls, path: Path) -> ControlPlaneConfig:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"{path}: {e}") from e
+        return cls.from_mapping(raw.get("control_plane", raw), base=path.parent)
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any], base: Path) -> ControlPlaneConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        if "state_dir" not in raw:
+            raise ConfigError("state_dir: required")
+        values = dict(raw)
+        values["state_dir"] = (base / str(raw["state_dir"])).resolve()
+        for name in ("link_addresses", "extra_dns_names"):
+            if name in values:
+                values[name] = tuple(values[name])
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise ConfigError(str(e)) from e
+
+
+def _check_address(address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"address {address!r}: expected HOST:PORT")

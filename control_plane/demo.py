@@ -1,0 +1,313 @@
+"""The demo: an embedded Gridfort with simulated sites, shown live in the terminal.
+
+Each site is a real SunSpec Modbus TCP server (PV inverter + battery), a real
+OPC UA server (EV charger) and an edge node that enrolls with a one-time token
+and streams signed batches over mutual-TLS gRPC. The control plane sends signed
+setpoints back every few seconds. At the end the outboxes drain and the
+summary checks ``sent == committed + quarantined`` with nothing lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from control_plane.assets.model import Asset, AssetKind
+from control_plane.embedded import EmbeddedSystem
+from edge_node.app import EdgeNode
+from edge_node.config import DeviceConfig, EdgeConfig
+from edge_node.devices.base import AssetKind as EdgeKind
+from edge_node.simulators.opcua_server import OpcUaEvChargerSimulator
+from edge_node.simulators.sunspec_server import SunSpecSiteSimulator
+from security.clock import Clock, SystemClock
+from security.refusals import GridfortError
+
+DRAIN_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    sites: int = 3
+    duration_s: float | None = None
+    transport: str = "grpc"
+    state_dir: Path = Path(".gridfort/demo")
+    json_summary: Path | None = None
+    sample_interval_s: float = 1.0
+    command_interval_s: float = 5.0
+    time_scale: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.sites <= 200:
+            raise GridfortError("--sites: must be between 1 and 200")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise GridfortError("--duration: must be positive")
+        if self.transport != "grpc":
+            raise GridfortError(
+                "--transport nats: the NATS transport is not built yet (issue #3); use grpc"
+            )
+        if not 0.1 <= self.sample_interval_s <= 60:
+            raise GridfortError("--sample-interval: must be between 0.1 and 60 s")
+        if not 0.5 <= self.command_interval_s <= 3600:
+            raise GridfortError("--command-interval: must be between 0.5 and 3600 s")
+
+
+class ScaledClock:
+    """Simulated time for device physics: starts at 06:00 UTC today, runs ``scale``x."""
+
+    def __init__(self, real: Clock, scale: float) -> None:
+        self._real = real
+        self._scale = scale
+        now = real.now_ms()
+        self._origin_real = now
+        self._origin_sim = now - now % 86_400_000 + 6 * 3_600_000
+
+    def now_ms(self) -> int:
+        return self._origin_sim + int((self._real.now_ms() - self._origin_real) * self._scale)
+
+
+@dataclass
+class Site:
+    site_id: str
+    modbus: SunSpecSiteSimulator
+    opcua: OpcUaEvChargerSimulator
+    edge: EdgeNode | None = None
+
+    @property
+    def assets(self) -> dict[str, str]:
+        return {"pv": f"{self.site_id}-pv", "bat": f"{self.site_id}-bat", "ev": f"{self.site_id}-ev"}
+
+
+def _prepare_state_dir(path: Path) -> None:
+    if path.exists() and any(path.iterdir()):
+        marker = path / ".gridfort-demo"
+        if not marker.exists():
+            raise GridfortError(
+                f"--state-dir {path} is not empty and was not made by a demo; choose another"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (path / ".gridfort-demo").write_text("state of 'gridfort demo'; wiped by the next demo\n")
+
+
+class Demo:
+    def __init__(self, options: DemoOptions, clock: Clock | None = None) -> None:
+        self.options = options
+        self.clock = clock or SystemClock()
+        self.sim_clock = ScaledClock(self.clock, options.time_scale)
+        self.system = EmbeddedSystem(options.state_dir / "control-plane", clock=self.clock)
+        self.sites: list[Site] = []
+        self.command_round = 0
+
+    async def start(self) -> None:
+        await self.system.start()
+        for i in range(1, self.options.sites + 1):
+            await self._start_site(f"site-{i}", i)
+
+    async def _start_site(self, site_id: str, i: int) -> None:
+        modbus = SunSpecSiteSimulator(
+            pv_rated_kw=10.0, battery_rated_kw=5.0, battery_e_kwh=10.0,
+            battery_soc_pct=30.0 + 10 * (i % 5), clock=self.sim_clock,
+            time_scale=1.0,
+        )
+        opcua = OpcUaEvChargerSimulator(
+            clock=self.sim_clock, max_charge_kw=11.0, e_kwh=60.0, soc_pct=25.0 + 5 * (i % 4),
+            target_soc_pct=80.0, departure_in_s=10 * 3600.0, time_scale=1.0,
+            security="none",
+        )
+        modbus_port = await modbus.start()
+        opcua_port = await opcua.start()
+        site = Site(site_id, modbus, opcua)
+        self.sites.append(site)
+        a = site.assets
+        self.system.register_site(site_id, [
+            Asset(a["pv"], site_id, AssetKind.PV_INVERTER, rated_p_kw=10.0),
+            Asset(a["bat"], site_id, AssetKind.BATTERY, rated_p_kw=5.0, e_kwh=10.0),
+            Asset(a["ev"], site_id, AssetKind.EV_CHARGER, rated_p_kw=11.0, e_kwh=60.0),
+        ])
+        edge_dir = self.options.state_dir / "edges" / site_id
+        await self.system.enroll_edge(site_id, edge_dir)
+        config = EdgeConfig(
+            site_id=site_id,
+            edge_dir=edge_dir,
+            endpoints=self.system.link_endpoints,
+            sample_interval_s=self.options.sample_interval_s,
+            devices=(
+                DeviceConfig(a["pv"], EdgeKind.PV_INVERTER, "sunspec", f"127.0.0.1:{modbus_port}", 1),
+                DeviceConfig(a["bat"], EdgeKind.BATTERY, "sunspec", f"127.0.0.1:{modbus_port}", 2),
+                DeviceConfig(a["ev"], EdgeKind.EV_CHARGER, "opcua", f"opc.tcp://127.0.0.1:{opcua_port}"),
+            ),
+        )
+        site.edge = EdgeNode(config, clock=self.clock)
+        await site.edge.start()
+
+    def send_commands(self) -> None:
+        """One round of signed setpoints: battery cycles, PV cap alternates, EV at full power."""
+        cp = self.system.control_plane
+        self.command_round += 1
+        r = self.command_round
+        for site in self.sites:
+            a = site.assets
+            cp.dispatcher.send_active_power(site.site_id, a["bat"], (-2.0, 0.0, 2.0)[r % 3])
+            cp.dispatcher.send_active_power(site.site_id, a["pv"], (10.0, 6.0)[r % 2])
+            cp.dispatcher.send_active_power(site.site_id, a["ev"], -11.0)
+
+    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
+        """Stop sampling and wait until every outbox is empty."""
+        for site in self.sites:
+            if site.edge is not None:
+                await site.edge.stop_sampling()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if all(s.edge is None or s.edge.outbox.stats().pending_batches == 0 for s in self.sites):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    async def stop(self) -> None:
+        for site in self.sites:
+            if site.edge is not None:
+                await site.edge.stop()
+            await site.opcua.stop()
+            await site.modbus.stop()
+        await self.system.stop()
+
+    def summary(self) -> dict[str, Any]:
+        cp = self.system.control_plane
+        ids = [s.site_id for s in self.sites]
+        counts = cp.store.counts(ids)
+        sent = pending = dead = 0
+        per_site = {}
+        for s in self.sites:
+            assert s.edge is not None
+            st = s.edge.outbox.stats()
+            sent += st.sealed_measurements
+            pending += st.pending_measurements
+            dead += st.dead_letter_measurements
+            site_counts = cp.store.counts([s.site_id])
+            per_site[s.site_id] = {
+                "measurements_sent": st.sealed_measurements,
+                "measurements_committed": site_counts.measurements,
+                "measurements_quarantined": site_counts.quarantined,
+                "pending": st.pending_measurements,
+                "link": s.edge.uplink.stats.endpoint,
+                "connected": s.edge.uplink.stats.connected,
+                "commands_applied": s.edge.executor.applied,
+                "commands_refused": s.edge.executor.refused,
+            }
+        status = cp.dispatcher.status_counts(ids)
+        stats = cp.pipeline.stats
+        return {
+            "sites": len(self.sites),
+            "transport": self.options.transport,
+            "measurements_sent": sent,
+            "measurements_committed": counts.measurements,
+            "measurements_quarantined": counts.quarantined,
+            "measurements_pending": pending,
+            "measurements_dead_lettered": dead,
+            "measurements_lost": sent - counts.measurements - counts.quarantined - pending - dead,
+            "batches_committed": counts.batches,
+            "batches_duplicate": stats.batches_duplicate,
+            "batches_rejected": stats.batches_refused,
+            "commands_sent": sum(status.values()) - status.get("undeliverable", 0),
+            "commands_applied": status.get("applied", 0),
+            "commands_refused": status.get("refused", 0),
+            "commands_failed": status.get("failed", 0),
+            "commands_undeliverable": status.get("undeliverable", 0),
+            "refusal_reasons": dict(stats.refusals),
+            "gate": "not installed (issue #4)",
+            "per_site": per_site,
+        }
+
+    def table(self) -> Table:
+        s = self.summary()
+        t = Table(title=f"Gridfort demo: {s['sites']} sites over gRPC + mTLS   "
+                        f"(gate: {s['gate']})")
+        for col in ("site", "link", "sent", "committed", "quarantined", "pending",
+                    "cmd applied", "cmd refused"):
+            t.add_column(col, justify="right" if col not in ("site", "link") else "left")
+        for site_id, p in s["per_site"].items():
+            t.add_row(site_id, p["link"] if p["connected"] else "[red]down[/red]",
+                      str(p["measurements_sent"]), str(p["measurements_committed"]),
+                      str(p["measurements_quarantined"]), str(p["pending"]),
+                      str(p["commands_applied"]), str(p["commands_refused"]))
+        t.add_row("[b]total[/b]", "", str(s["measurements_sent"]), str(s["measurements_committed"]),
+                  str(s["measurements_quarantined"]), str(s["measurements_pending"]),
+                  str(s["commands_applied"]), str(s["commands_refused"]))
+        t.caption = (f"batches committed {s['batches_committed']}  duplicates "
+                     f"{s['batches_duplicate']}  rejected {s['batches_rejected']}  "
+                     f"commands sent {s['commands_sent']}")
+        return t
+
+
+async def _run(options: DemoOptions) -> dict[str, Any]:
+    console = Console()
+    demo = Demo(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    console.print(f"[b]Gridfort demo[/b]: state in {options.state_dir}; starting "
+                  f"{options.sites} sites (Ctrl-C to stop)")
+    try:
+        await demo.start()
+        cp = demo.system.control_plane
+        console.print(f"control plane {cp.spiffe_id} on {demo.system.link_endpoints}, "
+                      f"enrollment on {demo.system.bootstrap_endpoint}")
+        started = loop.time()
+        next_command = started + 2.0
+        with Live(demo.table(), console=console, refresh_per_second=2,
+                  transient=not sys.stdout.isatty()) as live:
+            while not stop.is_set():
+                now = loop.time()
+                if options.duration_s is not None and now - started >= options.duration_s:
+                    break
+                if now >= next_command:
+                    demo.send_commands()
+                    next_command = now + options.command_interval_s
+                live.update(demo.table())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+        console.print("stopping sampling and draining outboxes ...")
+        drained = await demo.drain()
+        await asyncio.sleep(1.0)  # last command results
+        summary = demo.summary()
+        summary["drained"] = drained
+        console.print(demo.table())
+        return summary
+    finally:
+        await demo.stop()
+
+
+def run_demo(options: DemoOptions) -> int:
+    _prepare_state_dir(options.state_dir)
+    summary = asyncio.run(_run(options))
+    text = json.dumps(summary, indent=2, sort_keys=True)
+    if options.json_summary is not None:
+        options.json_summary.parent.mkdir(parents=True, exist_ok=True)
+        options.json_summary.write_text(text + "\n")
+    ok = (
+        summary["measurements_sent"]
+        == summary["measurements_committed"] + summary["measurements_quarantined"]
+        and summary["measurements_lost"] == 0
+    )
+    verdict = "OK" if ok else "MISMATCH"
+    print(
+        f"{verdict}: sent {summary['measurements_sent']} = committed "
+        f"{summary['measurements_committed']} + quarantined "
+        f"{summary['measurements_quarantined']}; lost {summary['measurements_lost']}; "
+        f"commands sent {summary['commands_sent']}, applied {summary['commands_applied']}"
+    )
+    return 0 if ok else 1

@@ -1,0 +1,123 @@
+"""Composition root of an edge node: devices -> sampler -> outbox -> uplink, and commands back.
+
+Edge directory layout: the credentials (see ``edge_node.credentials``), plus
+``outbox.db`` (durable queue and command replay state) and ``audit.jsonl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from edge_node.commands import CommandExecutor, CommandSeqStore, DeviceState
+from edge_node.config import DeviceConfig, EdgeConfig
+from edge_node.credentials import EdgeCredentials
+from edge_node.devices.base import DeviceAdapter, DeviceError, DeviceLimits
+from edge_node.outbox import Outbox
+from edge_node.sampler import Sampler
+from edge_node.uplinks.grpc import GrpcUplink, UplinkSettings
+from security.audit_log import AuditLog
+from security.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+AdapterFactory = Callable[[DeviceConfig], DeviceAdapter]
+
+
+def default_adapter(device: DeviceConfig) -> DeviceAdapter:
+    """Build the adapter for a configured device."""
+    from edge_node.devices.factory import build_adapter
+
+    return build_adapter(device)
+
+
+class EdgeNode:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        *,
+        clock: Clock | None = None,
+        adapter_factory: AdapterFactory = default_adapter,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.credentials = EdgeCredentials.load(config.edge_dir)
+        if self.credentials.site_id != config.site_id:
+            raise ValueError(
+                f"site_id {config.site_id!r} does not match the enrolled identity "
+                f"{self.credentials.spiffe_id}"
+            )
+        d = config.edge_dir
+        self.outbox = Outbox(d / "outbox.db")
+        self.outbox.ensure_next_seq(self.credentials.next_seq)
+        self.command_seq = CommandSeqStore(d / "outbox.db")
+        self.command_seq.advance(self.credentials.next_command_seq - 1)
+        self.audit = AuditLog(d / "audit.jsonl", self.clock)
+        self.devices = {
+            dev.asset_id: DeviceState(adapter_factory(dev), DeviceLimits(rated_p_kw=0.0))
+            for dev in config.devices
+        }
+        self.executor = CommandExecutor(
+            site_id=config.site_id,
+            controller=self.credentials.controller,
+            devices=self.devices,
+            signer=self.credentials.signer,
+            seq_store=self.command_seq,
+            audit=self.audit,
+            clock=self.clock,
+            site_limits=config.site_limits,
+        )
+        self.uplink = GrpcUplink(
+            credentials=self.credentials,
+            outbox=self.outbox,
+            settings=UplinkSettings(endpoints=config.endpoints, window=config.uplink_window),
+            clock=self.clock,
+            on_command=self.executor.handle,
+        )
+        self.sampler = Sampler(
+            site_id=config.site_id,
+            devices=self.devices,
+            outbox=self.outbox,
+            signer=self.credentials.signer,
+            clock=self.clock,
+            interval_s=config.sample_interval_s,
+            on_sealed=self.uplink.notify,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def connect_devices(self) -> None:
+        """Connect every device; a device that is down now is retried by the sampler."""
+        for asset_id, state in self.devices.items():
+            try:
+                state.limits = await state.adapter.connect()
+            except DeviceError as e:
+                log.warning("site %s: device %s unavailable: %s", self.config.site_id, asset_id, e)
+
+    async def start(self, *, sample: bool = True) -> None:
+        await self.connect_devices()
+        self._tasks.append(asyncio.ensure_future(self.uplink.run()))
+        if sample:
+            self._tasks.append(asyncio.ensure_future(self.sampler.run()))
+
+    async def stop_sampling(self) -> None:
+        if len(self._tasks) > 1:
+            task = self._tasks.pop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for state in self.devices.values():
+            with contextlib.suppress(DeviceError):
+                await state.adapter.close()
+        self.outbox.close()
+        self.command_seq.close()
+        self.audit.close()

@@ -1,0 +1,98 @@
+"""Edge-node configuration: typed, validated at load, errors name the field."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_node.devices.base import AssetKind
+from edge_node.safety_limits import SiteLimits
+from security.refusals import ConfigError
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One device. ``protocol`` is ``sunspec`` (address ``host:port``, ``unit_id``) or
+    ``opcua`` (address ``opc.tcp://host:port/...``)."""
+
+    asset_id: str
+    kind: AssetKind
+    protocol: str
+    address: str
+    unit_id: int = 1
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("sunspec", "opcua"):
+            raise ConfigError(f"devices.{self.asset_id}.protocol: must be 'sunspec' or 'opcua'")
+        if self.protocol == "opcua" and not self.address.startswith("opc.tcp://"):
+            raise ConfigError(f"devices.{self.asset_id}.address: expected opc.tcp://HOST:PORT")
+        if self.protocol == "sunspec":
+            host, _, port = self.address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"devices.{self.asset_id}.address: expected HOST:PORT")
+            if not 1 <= self.unit_id <= 247:
+                raise ConfigError(f"devices.{self.asset_id}.unit_id: must be 1..247")
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    site_id: str
+    edge_dir: Path
+    endpoints: tuple[str, ...]
+    devices: tuple[DeviceConfig, ...]
+    sample_interval_s: float = 1.0
+    uplink_window: int = 256
+    site_limits: SiteLimits = field(default_factory=SiteLimits)
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            raise ConfigError("endpoints: at least one control-plane endpoint is required")
+        if not 0.05 <= self.sample_interval_s <= 3600:
+            raise ConfigError("sample_interval_s: must be between 0.05 and 3600")
+        ids = [d.asset_id for d in self.devices]
+        if len(set(ids)) != len(ids):
+            raise ConfigError("devices: asset ids must be unique")
+        if not self.devices:
+            raise ConfigError("devices: at least one device is required")
+
+    @classmethod
+    def from_toml(cls, path: Path) -> EdgeConfig:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"{path}: {e}") from e
+        return cls.from_mapping(raw, base=path.parent)
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any], base: Path) -> EdgeConfig:
+        try:
+            devices = tuple(
+                DeviceConfig(
+                    asset_id=str(d["asset_id"]),
+                    kind=AssetKind(d["kind"]),
+                    protocol=str(d["protocol"]),
+                    address=str(d["address"]),
+                    unit_id=int(d.get("unit_id", 1)),
+                )
+                for d in raw.get("devices", [])
+            )
+            limits = raw.get("site_limits", {})
+            return cls(
+                site_id=str(raw["site_id"]),
+                edge_dir=(base / str(raw["edge_dir"])).resolve(),
+                endpoints=tuple(str(e) for e in raw["endpoints"]),
+                devices=devices,
+                sample_interval_s=float(raw.get("sample_interval_s", 1.0)),
+                uplink_window=int(raw.get("uplink_window", 256)),
+                site_limits=SiteLimits(
+                    max_export_kw=float(limits.get("max_export_kw", math.inf)),
+                    max_import_kw=float(limits.get("max_import_kw", math.inf)),
+                ),
+            )
+        except KeyError as e:
+            raise ConfigError(f"{e.args[0]}: required") from e
+        except ValueError as e:
+            raise ConfigError(str(e)) from e

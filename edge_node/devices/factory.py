@@ -1,0 +1,21 @@
+"""Build a device adapter from its configuration (the edge's only adapter constructor)."""
+
+from __future__ import annotations
+
+from edge_node.config import DeviceConfig
+from edge_node.devices.base import AssetKind, DeviceAdapter
+from edge_node.devices.opcua import OpcUaEvCharger
+from edge_node.devices.sunspec import SunSpecBattery, SunSpecPvInverter
+
+
+def build_adapter(device: DeviceConfig) -> DeviceAdapter:
+    if device.protocol == "sunspec":
+        host, _, port = device.address.rpartition(":")
+        if device.kind is AssetKind.PV_INVERTER:
+            return SunSpecPvInverter(device.asset_id, host, int(port), device.unit_id)
+        if device.kind is AssetKind.BATTERY:
+            return SunSpecBattery(device.asset_id, host, int(port), device.unit_id)
+        raise ValueError(f"device {device.asset_id}: no SunSpec adapter for {device.kind.value}")
+    if device.kind is AssetKind.EV_CHARGER:
+        return OpcUaEvCharger(device.asset_id, device.address)
+    raise ValueError(f"device {device.asset_id}: no OPC UA adapter for {device.kind.value}")
