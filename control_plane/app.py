@@ -101,7 +101,13 @@ def load_or_create_signer(path: Path, signer: str) -> EnvelopeSigner:
 class ControlPlane:
     """A running control plane: gRPC listeners, pipeline, store, command dispatcher."""
 
-    def __init__(self, config: ControlPlaneConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: ControlPlaneConfig,
+        clock: Clock | None = None,
+        *,
+        pipeline_cls: type[IngestPipeline] = IngestPipeline,
+    ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.paths = StatePaths(config.state_dir)
@@ -126,7 +132,7 @@ class ControlPlane:
             self.paths.telemetry_db, clock_, synchronous="FULL" if config.durable_sync else "NORMAL"
         )
         self.signer = load_or_create_signer(self.paths.signing_key, str(self.spiffe_id))
-        self.pipeline = IngestPipeline(
+        self.pipeline = pipeline_cls(
             trust_domain=config.trust_domain,
             registry=self.registry,
             keys=self.keys,

@@ -33,8 +33,8 @@ class ControlPlaneConfig:
             raise ConfigError("replay_window_s: must be between 1 and 3600 seconds")
         if not 0 <= self.clock_skew_s <= self.replay_window_s:
             raise ConfigError("clock_skew_s: must be between 0 and replay_window_s")
-        if not 60 <= self.workload_ttl_s <= 30 * 86400:
-            raise ConfigError("workload_ttl_s: must be between 60 s and 30 days")
+        if not 10 <= self.workload_ttl_s <= 30 * 86400:
+            raise ConfigError("workload_ttl_s: must be between 10 s and 30 days")
 
     @classmethod
     def from_toml(cls, path: Path) -> ControlPlaneConfig:

@@ -14,6 +14,7 @@ from typing import Any
 from control_plane.app import ControlPlane, StatePaths, init_state
 from control_plane.assets.model import Asset
 from control_plane.config import ControlPlaneConfig
+from control_plane.ingest.pipeline import IngestPipeline
 from edge_node.credentials import EdgeCredentials, enroll
 from security.clock import Clock, SystemClock
 
@@ -26,8 +27,10 @@ class EmbeddedSystem:
         trust_domain: str = "gridfort.local",
         clock: Clock | None = None,
         link_addresses: tuple[str, ...] = ("127.0.0.1:0",),
+        pipeline_cls: type[IngestPipeline] = IngestPipeline,
         **config: Any,
     ) -> None:
+        self._pipeline_cls = pipeline_cls
         self.state_dir = state_dir
         self.trust_domain = trust_domain
         self.clock = clock or SystemClock()
@@ -53,7 +56,7 @@ class EmbeddedSystem:
     async def start(self) -> ControlPlane:
         if not self.paths.ca.exists():
             init_state(self.state_dir, self.trust_domain, self.clock)
-        self.cp = ControlPlane(self._config, self.clock)
+        self.cp = ControlPlane(self._config, self.clock, pipeline_cls=self._pipeline_cls)
         await self.cp.start()
         return self.cp
 

@@ -20,6 +20,7 @@ from edge_node.sampler import Sampler
 from edge_node.uplinks.grpc import GrpcUplink, UplinkSettings
 from security.audit_log import AuditLog
 from security.clock import Clock, SystemClock
+from security.tasks import reap
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ class EdgeNode:
             interval_s=config.sample_interval_s,
             on_sealed=self.uplink.notify,
         )
-        self._tasks: list[asyncio.Task[None]] = []
+        self._uplink_task: asyncio.Task[None] | None = None
+        self._sampler_task: asyncio.Task[None] | None = None
 
     async def connect_devices(self) -> None:
         """Connect every device; a device that is down now is retried by the sampler."""
@@ -97,24 +99,19 @@ class EdgeNode:
 
     async def start(self, *, sample: bool = True) -> None:
         await self.connect_devices()
-        self._tasks.append(asyncio.ensure_future(self.uplink.run()))
+        self._uplink_task = asyncio.ensure_future(self.uplink.run())
         if sample:
-            self._tasks.append(asyncio.ensure_future(self.sampler.run()))
+            self._sampler_task = asyncio.ensure_future(self.sampler.run())
 
     async def stop_sampling(self) -> None:
-        if len(self._tasks) > 1:
-            task = self._tasks.pop()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop reading devices; the uplink keeps draining the outbox."""
+        task, self._sampler_task = self._sampler_task, None
+        await reap(task)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self.stop_sampling()
+        task, self._uplink_task = self._uplink_task, None
+        await reap(task)
         for state in self.devices.values():
             with contextlib.suppress(DeviceError):
                 await state.adapter.close()

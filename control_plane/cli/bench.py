@@ -14,9 +14,25 @@ def register(sub: Any) -> None:
         "ingest", help="measurements/s through the full gRPC pipeline vs. a no-security baseline"
     )
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/ingest.json"))
-    p.add_argument("--sites", type=int, default=8, help="concurrent edge streams")
+    p.add_argument("--sites", type=int, default=8, help="concurrent enrolled edge streams")
     p.add_argument("--batch-size", type=int, default=250, help="measurements per batch")
-    p.add_argument("--seconds", type=float, default=8.0, help="duration of each phase [s]")
+    p.add_argument("--seconds", type=float, default=5.0, help="measured duration of each phase [s]")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up before each phase [s]")
+    p.add_argument("--window", type=int, default=16, help="batches in flight per edge")
+    p.add_argument("--load-procs", type=int, default=1, help="load generator processes")
+    p.add_argument(
+        "--durability",
+        choices=("fsync", "normal", "both"),
+        default="both",
+        help="fsync: durable_sync=True (headline); normal: synchronous=NORMAL; both",
+    )
+    p.add_argument(
+        "--latency-load", type=float, default=0.5, help="latency phase load, fraction of saturation"
+    )
+    p.add_argument(
+        "--verify-every", type=int, default=1, help="verify every n-th receipt signature (0: none)"
+    )
+    p.add_argument("--state-dir", type=Path, default=None, help="parent of the scratch state")
     p.set_defaults(handler=bench_ingest)
 
 

@@ -111,6 +111,10 @@ class IngestPipeline:
 
     # -- stage 1 -------------------------------------------------------------
     def authenticate(self, cert_pem: bytes | None, allowed: frozenset[Role]) -> Peer | Refusal:
+        # A new connection never waits for the watcher's next tick to see a revocation:
+        # one indexed read per connection (the TLS handshake costs far more).
+        if self._revocations.current_version() != self.revocation_snapshot.version:
+            self.revocation_snapshot = self._revocations.snapshot()
         result = authenticate(
             cert_pem,
             trust_domain=self.trust_domain,

@@ -25,7 +25,6 @@ from google.protobuf.message import DecodeError
 from control_plane.commands.dispatcher import CommandDispatcher
 from control_plane.ingest.pipeline import IngestPipeline
 from control_plane.ingest.receipts import sign_receipt
-from control_plane.ingest.types import Peer
 from control_plane.transports.grpc_status import REASON_KEY, details_for, status_for
 from control_plane.transports.streams import EdgeStream, StreamRegistry
 from gridfort.v1 import edge_link_pb2 as lpb
@@ -39,6 +38,7 @@ from security.signing_keys import SigningKeyRegistry
 from security.ca import CertificateAuthority
 from security.identity import Role
 from security.refusals import Reason, RefusedError, Refusal
+from security.tasks import reap
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +139,13 @@ class EdgeLinkService:
         try:
             await asyncio.wait({reader, writer, closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (reader, writer, closed):
-                task.cancel()
-            for task in (reader, writer, closed):
-                with contextlib.suppress(BaseException):
-                    await task
-            self._streams.remove(stream)
+            self._streams.remove(stream)  # first: a cancelled handler must not leak its slot
             log.info("stream %d of %s ended", stream.stream_id, peer.uri)
+            try:
+                await reap(reader)
+            finally:
+                for task in (writer, closed):
+                    task.cancel()
         if stream.close_reason is not None:
             await _abort(context, stream.close_reason)
 
@@ -158,7 +158,7 @@ class EdgeLinkService:
                 if raw is grpc.aio.EOF:
                     break
                 stream.last_seen_ms = self._clock.now_ms()
-                message = self._parse(stream.peer, raw)
+                message = self._parse(stream, raw)
                 if message is None:
                     continue
                 kind = message.WhichOneof("kind")
@@ -179,7 +179,8 @@ class EdgeLinkService:
             for task in tasks:
                 task.cancel()
 
-    def _parse(self, peer: Peer, raw: object) -> lpb.EdgeMessage | None:
+    def _parse(self, stream: EdgeStream, raw: object) -> lpb.EdgeMessage | None:
+        peer = stream.peer
         data = raw if isinstance(raw, bytes) else b""
         message = lpb.EdgeMessage()
         refusal: Refusal | None = None
@@ -209,13 +210,8 @@ class EdgeLinkService:
         env = self._signer.sign(
             epb.PAYLOAD_TYPE_BATCH_RECEIPT, receipt.SerializeToString(), self._clock.now_ms()
         )
-        self._send(peer, lpb.ControlMessage(receipt=env))
+        stream.send(lpb.ControlMessage(receipt=env))  # answered on the stream that sent it
         return None
-
-    def _send(self, peer: Peer, message: lpb.ControlMessage) -> None:
-        stream = self._streams.newest_for(peer.uri)
-        if stream is not None:
-            stream.send(message)
 
     async def _ingest(
         self, stream: EdgeStream, message: lpb.EdgeMessage, window: asyncio.Semaphore

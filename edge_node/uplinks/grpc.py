@@ -27,6 +27,7 @@ from security.clock import Clock
 from security.envelope import check_envelope_shape, verify_signature
 from security.refusals import Reason, Refusal
 from security.rotation import should_rotate
+from security.tasks import reap
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,7 @@ class _Session:
 
     async def close(self) -> None:
         self.call.cancel()
-        if self.reader is not None:
-            self.reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self.reader
+        await reap(self.reader)
         await self.channel.close(grace=None)
 
 

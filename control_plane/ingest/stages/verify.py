@@ -14,6 +14,9 @@ from security.refusals import Reason, Refusal
 from security.replay_guard import Outcome, ReplayGuard
 from security.signing_keys import EnrolledKey
 
+#: Sequence numbers are stored as SQLite INTEGER (signed 64 bit): larger uint64 values are refused.
+MAX_SEQ = 2**63 - 1
+
 
 def verify(
     envelope: epb.SignedEnvelope,
@@ -43,6 +46,15 @@ def verify(
         batch.ParseFromString(envelope.payload)
     except DecodeError:
         return Refusal(Reason.MALFORMED_BATCH, "payload is not a valid TelemetryBatch", who)
+    if batch.site_id != peer.spiffe_id.name:
+        # Before the replay guard: another site's sequence state is none of this peer's business.
+        return Refusal(
+            Reason.SITE_MISMATCH,
+            f"edge {peer.spiffe_id.name} may not report for site {batch.site_id[:64]!r}",
+            who,
+        )
+    if batch.seq > MAX_SEQ:
+        return Refusal(Reason.MALFORMED_BATCH, f"seq must be at most {MAX_SEQ}", who)
     digest = payload_digest(envelope.payload)
     decision = guard.check(batch.site_id, batch.seq, envelope.signed_ms, digest, now_ms)
     if isinstance(decision, Refusal):
