@@ -196,7 +196,7 @@ class ControlPlane:
 
     @property
     def bootstrap_port(self) -> int:
-        return self.transport.bootstrap_port
+        return int(self.transport.bootstrap_port)
 
     async def start(self) -> None:
         await self.transport.start()
@@ -204,11 +204,17 @@ class ControlPlane:
             "control_plane_started",
             decision="info",
             identity=str(self.spiffe_id),
-            details={"link_ports": ",".join(map(str, self.link_ports)),
-                     "bootstrap_port": self.bootstrap_port},
+            details={
+                "link_ports": ",".join(map(str, self.link_ports)),
+                "bootstrap_port": self.bootstrap_port,
+            },
         )
-        log.info("control plane %s listening on %s (bootstrap %s)",
-                 self.spiffe_id, self.link_ports, self.bootstrap_port)
+        log.info(
+            "control plane %s listening on %s (bootstrap %s)",
+            self.spiffe_id,
+            self.link_ports,
+            self.bootstrap_port,
+        )
 
     async def stop(self) -> None:
         await self.transport.stop()

@@ -85,7 +85,11 @@ class Site:
 
     @property
     def assets(self) -> dict[str, str]:
-        return {"pv": f"{self.site_id}-pv", "bat": f"{self.site_id}-bat", "ev": f"{self.site_id}-ev"}
+        return {
+            "pv": f"{self.site_id}-pv",
+            "bat": f"{self.site_id}-bat",
+            "ev": f"{self.site_id}-ev",
+        }
 
 
 def _prepare_state_dir(path: Path) -> None:
@@ -116,13 +120,21 @@ class Demo:
 
     async def _start_site(self, site_id: str, i: int) -> None:
         modbus = SunSpecSiteSimulator(
-            pv_rated_kw=10.0, battery_rated_kw=5.0, battery_e_kwh=10.0,
-            battery_soc_pct=30.0 + 10 * (i % 5), clock=self.sim_clock,
+            pv_rated_kw=10.0,
+            battery_rated_kw=5.0,
+            battery_e_kwh=10.0,
+            battery_soc_pct=30.0 + 10 * (i % 5),
+            clock=self.sim_clock,
             time_scale=1.0,
         )
         opcua = OpcUaEvChargerSimulator(
-            clock=self.sim_clock, max_charge_kw=11.0, e_kwh=60.0, soc_pct=25.0 + 5 * (i % 4),
-            target_soc_pct=80.0, departure_in_s=10 * 3600.0, time_scale=1.0,
+            clock=self.sim_clock,
+            max_charge_kw=11.0,
+            e_kwh=60.0,
+            soc_pct=25.0 + 5 * (i % 4),
+            target_soc_pct=80.0,
+            departure_in_s=10 * 3600.0,
+            time_scale=1.0,
             security="none",
         )
         modbus_port = await modbus.start()
@@ -130,11 +142,14 @@ class Demo:
         site = Site(site_id, modbus, opcua)
         self.sites.append(site)
         a = site.assets
-        self.system.register_site(site_id, [
-            Asset(a["pv"], site_id, AssetKind.PV_INVERTER, rated_p_kw=10.0),
-            Asset(a["bat"], site_id, AssetKind.BATTERY, rated_p_kw=5.0, e_kwh=10.0),
-            Asset(a["ev"], site_id, AssetKind.EV_CHARGER, rated_p_kw=11.0, e_kwh=60.0),
-        ])
+        self.system.register_site(
+            site_id,
+            [
+                Asset(a["pv"], site_id, AssetKind.PV_INVERTER, rated_p_kw=10.0),
+                Asset(a["bat"], site_id, AssetKind.BATTERY, rated_p_kw=5.0, e_kwh=10.0),
+                Asset(a["ev"], site_id, AssetKind.EV_CHARGER, rated_p_kw=11.0, e_kwh=60.0),
+            ],
+        )
         edge_dir = self.options.state_dir / "edges" / site_id
         await self.system.enroll_edge(site_id, edge_dir)
         config = EdgeConfig(
@@ -143,9 +158,13 @@ class Demo:
             endpoints=self.system.link_endpoints,
             sample_interval_s=self.options.sample_interval_s,
             devices=(
-                DeviceConfig(a["pv"], EdgeKind.PV_INVERTER, "sunspec", f"127.0.0.1:{modbus_port}", 1),
+                DeviceConfig(
+                    a["pv"], EdgeKind.PV_INVERTER, "sunspec", f"127.0.0.1:{modbus_port}", 1
+                ),
                 DeviceConfig(a["bat"], EdgeKind.BATTERY, "sunspec", f"127.0.0.1:{modbus_port}", 2),
-                DeviceConfig(a["ev"], EdgeKind.EV_CHARGER, "opcua", f"opc.tcp://127.0.0.1:{opcua_port}"),
+                DeviceConfig(
+                    a["ev"], EdgeKind.EV_CHARGER, "opcua", f"opc.tcp://127.0.0.1:{opcua_port}"
+                ),
             ),
         )
         site.edge = EdgeNode(config, clock=self.clock)
@@ -170,7 +189,9 @@ class Demo:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
-            if all(s.edge is None or s.edge.outbox.stats().pending_batches == 0 for s in self.sites):
+            if all(
+                s.edge is None or s.edge.outbox.stats().pending_batches == 0 for s in self.sites
+            ):
                 return True
             await asyncio.sleep(0.2)
         return False
@@ -232,22 +253,44 @@ class Demo:
 
     def table(self) -> Table:
         s = self.summary()
-        t = Table(title=f"Gridfort demo: {s['sites']} sites over gRPC + mTLS   "
-                        f"(gate: {s['gate']})")
-        for col in ("site", "link", "sent", "committed", "quarantined", "pending",
-                    "cmd applied", "cmd refused"):
+        t = Table(title=f"Gridfort demo: {s['sites']} sites over gRPC + mTLS   (gate: {s['gate']})")
+        for col in (
+            "site",
+            "link",
+            "sent",
+            "committed",
+            "quarantined",
+            "pending",
+            "cmd applied",
+            "cmd refused",
+        ):
             t.add_column(col, justify="right" if col not in ("site", "link") else "left")
         for site_id, p in s["per_site"].items():
-            t.add_row(site_id, p["link"] if p["connected"] else "[red]down[/red]",
-                      str(p["measurements_sent"]), str(p["measurements_committed"]),
-                      str(p["measurements_quarantined"]), str(p["pending"]),
-                      str(p["commands_applied"]), str(p["commands_refused"]))
-        t.add_row("[b]total[/b]", "", str(s["measurements_sent"]), str(s["measurements_committed"]),
-                  str(s["measurements_quarantined"]), str(s["measurements_pending"]),
-                  str(s["commands_applied"]), str(s["commands_refused"]))
-        t.caption = (f"batches committed {s['batches_committed']}  duplicates "
-                     f"{s['batches_duplicate']}  rejected {s['batches_rejected']}  "
-                     f"commands sent {s['commands_sent']}")
+            t.add_row(
+                site_id,
+                p["link"] if p["connected"] else "[red]down[/red]",
+                str(p["measurements_sent"]),
+                str(p["measurements_committed"]),
+                str(p["measurements_quarantined"]),
+                str(p["pending"]),
+                str(p["commands_applied"]),
+                str(p["commands_refused"]),
+            )
+        t.add_row(
+            "[b]total[/b]",
+            "",
+            str(s["measurements_sent"]),
+            str(s["measurements_committed"]),
+            str(s["measurements_quarantined"]),
+            str(s["measurements_pending"]),
+            str(s["commands_applied"]),
+            str(s["commands_refused"]),
+        )
+        t.caption = (
+            f"batches committed {s['batches_committed']}  duplicates "
+            f"{s['batches_duplicate']}  rejected {s['batches_rejected']}  "
+            f"commands sent {s['commands_sent']}"
+        )
         return t
 
 
@@ -259,17 +302,22 @@ async def _run(options: DemoOptions) -> dict[str, Any]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    console.print(f"[b]Gridfort demo[/b]: state in {options.state_dir}; starting "
-                  f"{options.sites} sites (Ctrl-C to stop)")
+    console.print(
+        f"[b]Gridfort demo[/b]: state in {options.state_dir}; starting "
+        f"{options.sites} sites (Ctrl-C to stop)"
+    )
     try:
         await demo.start()
         cp = demo.system.control_plane
-        console.print(f"control plane {cp.spiffe_id} on {demo.system.link_endpoints}, "
-                      f"enrollment on {demo.system.bootstrap_endpoint}")
+        console.print(
+            f"control plane {cp.spiffe_id} on {demo.system.link_endpoints}, "
+            f"enrollment on {demo.system.bootstrap_endpoint}"
+        )
         started = loop.time()
         next_command = started + 2.0
-        with Live(demo.table(), console=console, refresh_per_second=2,
-                  transient=not sys.stdout.isatty()) as live:
+        with Live(
+            demo.table(), console=console, refresh_per_second=2, transient=not sys.stdout.isatty()
+        ) as live:
             while not stop.is_set():
                 now = loop.time()
                 if options.duration_s is not None and now - started >= options.duration_s:

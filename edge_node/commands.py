@@ -13,11 +13,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
+from gridfort.v1 import command_pb2 as cpb
+from gridfort.v1 import envelope_pb2 as epb
 
 from edge_node.devices.base import DeviceAdapter, DeviceError, DeviceLimits, EvSession
 from edge_node.safety_limits import SiteLimits, check_active_power
-from gridfort.v1 import command_pb2 as cpb
-from gridfort.v1 import envelope_pb2 as epb
 from security.audit_log import AuditLog
 from security.clock import Clock
 from security.envelope import EnvelopeSigner, check_envelope_shape, verify_signature
@@ -42,7 +42,9 @@ class CommandSeqStore:
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS command_hwm (id INTEGER PRIMARY KEY, seq INTEGER)")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS command_hwm (id INTEGER PRIMARY KEY, seq INTEGER)"
+        )
         self._conn.execute("INSERT OR IGNORE INTO command_hwm VALUES (1, 0)")
 
     def get(self) -> int:
@@ -104,8 +106,13 @@ class CommandExecutor:
         p_kw = command.set_active_power.p_kw
         ev = await self._ev_session(state)
         problem = check_active_power(
-            state.adapter.kind, p_kw, state.limits, soc_pct=state.soc_pct, ev=ev,
-            site=self._limits, now_ms=now_ms,
+            state.adapter.kind,
+            p_kw,
+            state.limits,
+            soc_pct=state.soc_pct,
+            ev=ev,
+            site=self._limits,
+            now_ms=now_ms,
         )
         self._seq.advance(command.seq)
         if problem is not None:
@@ -164,16 +171,26 @@ class CommandExecutor:
         if status == cpb.COMMAND_STATUS_APPLIED:
             self.applied += 1
             self._audit.append(
-                "command_applied", decision="allow", identity=self._controller.spiffe_id,
-                details={"command_id": command.command_id, "asset": command.asset_id,
-                         "p_kw": applied_p_kw, "seq": command.seq},
+                "command_applied",
+                decision="allow",
+                identity=self._controller.spiffe_id,
+                details={
+                    "command_id": command.command_id,
+                    "asset": command.asset_id,
+                    "p_kw": applied_p_kw,
+                    "seq": command.seq,
+                },
             )
         else:
             self.refused += 1
             assert refusal is not None
             self._audit.record_refusal(
-                Refusal(refusal.reason, refusal.message, self._controller.spiffe_id,
-                        {"command_id": command.command_id[:64], "seq": command.seq}),
+                Refusal(
+                    refusal.reason,
+                    refusal.message,
+                    self._controller.spiffe_id,
+                    {"command_id": command.command_id[:64], "seq": command.seq},
+                ),
                 event="command",
             )
             log.warning("command %s refused: %s", command.command_id[:16], refusal.message)

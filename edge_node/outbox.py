@@ -10,9 +10,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_node.devices.base import Reading
 from gridfort.v1 import envelope_pb2 as epb
 from gridfort.v1 import telemetry_pb2 as tpb
+
+from edge_node.devices.base import Reading
 from security.envelope import EnvelopeSigner, payload_digest
 
 _SCHEMA = """
@@ -151,7 +152,9 @@ class Outbox:
         """Delete the batch with this digest; returns its seq, or None if it was not pending."""
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            row = self._conn.execute("SELECT seq FROM outbox WHERE digest = ?", (digest,)).fetchone()
+            row = self._conn.execute(
+                "SELECT seq FROM outbox WHERE digest = ?", (digest,)
+            ).fetchone()
             if row is None:
                 return None
             self._conn.execute("DELETE FROM outbox WHERE seq = ?", (row[0],))

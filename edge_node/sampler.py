@@ -5,14 +5,16 @@ the outbox, and wakes the uplink. Sampling never waits for the network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from gridfort.v1 import telemetry_pb2 as tpb
+
 from edge_node.commands import DeviceState
 from edge_node.devices.base import DeviceError, Reading
 from edge_node.outbox import Outbox
-from gridfort.v1 import telemetry_pb2 as tpb
 from security.clock import Clock
 from security.envelope import EnvelopeSigner
 
@@ -87,11 +89,8 @@ class Sampler:
             if asset_id not in self._broken:
                 log.warning("site %s device %s: %s", self._site, asset_id, e or "timeout")
                 self._broken.add(asset_id)
-                with_close = state.adapter.close()
-                try:
-                    await asyncio.wait_for(with_close, self._timeout)
-                except (DeviceError, TimeoutError):
-                    pass
+                with contextlib.suppress(DeviceError, TimeoutError):
+                    await asyncio.wait_for(state.adapter.close(), self._timeout)
             return []
         for r in readings:
             if r.quantity == tpb.QUANTITY_STATE_OF_CHARGE:

@@ -19,8 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError
-
 from gridfort.v1 import envelope_pb2 as epb
+
 from security.refusals import Reason, Refusal
 
 DOMAIN_PREFIX = b"gridfort/v1/"
@@ -39,7 +39,7 @@ def public_key_raw(key: Ed25519PublicKey) -> bytes:
 
 def signing_message(payload_type: int, signer: str, signed_ms: int, payload: bytes) -> bytes:
     """The exact bytes an envelope signature covers (see module docstring)."""
-    type_name = epb.PayloadType.Name(payload_type).encode("ascii")  # raises ValueError if unknown
+    type_name = epb.PayloadType.Name(payload_type).encode("ascii")  # type: ignore[arg-type]
     signer_b = signer.encode("utf-8")
     if len(signer_b) > MAX_SIGNER_BYTES:
         raise ValueError("signer is too long")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,9 +36,6 @@ async def system(tmp_path: Path) -> AsyncIterator[EmbeddedSystem]:
         yield sys_
     finally:
         await sys_.stop()
-
-
-EnrollFn = Callable[[str], "asyncio.Future[EdgeCredentials]"]
 
 
 @pytest.fixture

@@ -82,9 +82,12 @@ class AssetRegistry:
                 ).fetchone()
                 if row is not None and row[0] != a.site_id:
                     raise ValueError(f"asset {a.asset_id} already belongs to site {row[0]}")
-                if self._conn.execute(
-                    "SELECT 1 FROM sites WHERE site_id = ?", (a.site_id,)
-                ).fetchone() is None:
+                if (
+                    self._conn.execute(
+                        "SELECT 1 FROM sites WHERE site_id = ?", (a.site_id,)
+                    ).fetchone()
+                    is None
+                ):
                     raise ValueError(f"site {a.site_id} is not registered")
                 self._conn.execute(
                     "INSERT OR REPLACE INTO assets VALUES (?, ?, ?, ?, ?)",

@@ -77,7 +77,9 @@ def register(sub: Any) -> None:
 
     audit = sub.add_parser("audit", help="the hash-chained audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    p = audit_sub.add_parser("verify", help="verify the chain offline; pinpoint the first tampering")
+    p = audit_sub.add_parser(
+        "verify", help="verify the chain offline; pinpoint the first tampering"
+    )
     p.add_argument("path", type=Path, nargs="?", default=DEFAULT_STATE / "audit.jsonl")
     p.set_defaults(handler=audit_verify)
 
@@ -111,8 +113,13 @@ def ca_revoke(args: argparse.Namespace) -> int:
     clock = SystemClock()
     at = RevocationList(paths.registry_db, clock).revoke(spiffe_id, args.reason)
     audit = AuditLog(paths.audit_log, clock)
-    audit.append("revocation", decision="deny", identity=str(spiffe_id), reason=args.reason,
-                 details={"revoked_at_ms": at})
+    audit.append(
+        "revocation",
+        decision="deny",
+        identity=str(spiffe_id),
+        reason=args.reason,
+        details={"revoked_at_ms": at},
+    )
     audit.close()
     print(f"revoked {spiffe_id}")
     return 0
@@ -159,8 +166,12 @@ def site_list(args: argparse.Namespace) -> int:
     registry.close()
     out = {
         site: [
-            {"asset_id": a.asset_id, "kind": a.kind.value, "rated_p_kw": a.rated_p_kw,
-             "e_kwh": a.e_kwh}
+            {
+                "asset_id": a.asset_id,
+                "kind": a.kind.value,
+                "rated_p_kw": a.rated_p_kw,
+                "e_kwh": a.e_kwh,
+            }
             for a in snap.assets_of(site)
         ]
         for site in sorted(snap.sites)

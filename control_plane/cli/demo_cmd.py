@@ -13,17 +13,30 @@ def register(sub: Any) -> None:
         help="run CA, control plane and simulated sites (Modbus + OPC UA devices) on loopback",
     )
     p.add_argument("--sites", type=int, default=3, help="number of simulated sites (default 3)")
-    p.add_argument("--duration", type=float, default=None,
-                   help="run this many seconds, then drain, summarize and exit")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="run this many seconds, then drain, summarize and exit",
+    )
     p.add_argument("--transport", choices=["grpc", "nats"], default="grpc")
-    p.add_argument("--state-dir", type=Path, default=Path(".gridfort/demo"),
-                   help="state directory; wiped at start when it holds a previous demo")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".gridfort/demo"),
+        help="state directory; wiped at start when it holds a previous demo",
+    )
     p.add_argument("--json-summary", type=Path, help="write the final summary as JSON here")
     p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between samples")
-    p.add_argument("--command-interval", type=float, default=5.0,
-                   help="seconds between signed command rounds")
-    p.add_argument("--time-scale", type=float, default=60.0,
-                   help="simulated seconds per real second for device physics (default 60)")
+    p.add_argument(
+        "--command-interval", type=float, default=5.0, help="seconds between signed command rounds"
+    )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=60.0,
+        help="simulated seconds per real second for device physics (default 60)",
+    )
     p.set_defaults(handler=demo)
 
 

@@ -11,7 +11,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from control_plane.cli import admin, bench, demo_cmd, run
+from control_plane.cli import admin, run
+from control_plane.cli import bench as bench
+from control_plane.cli import demo_cmd as demo_cmd
 from security.refusals import GridfortError, RefusedError
 
 Handler = Callable[[argparse.Namespace], int]

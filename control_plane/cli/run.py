@@ -81,8 +81,11 @@ def control_plane_run(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         cp = ControlPlane(config)
-        print(f"control plane {cp.spiffe_id}: link ports {cp.link_ports}, "
-              f"bootstrap port {cp.bootstrap_port}", flush=True)
+        print(
+            f"control plane {cp.spiffe_id}: link ports {cp.link_ports}, "
+            f"bootstrap port {cp.bootstrap_port}",
+            flush=True,
+        )
         await _serve_until_signal(cp.start, cp.stop)
 
     asyncio.run(go())

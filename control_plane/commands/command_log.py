@@ -79,7 +79,7 @@ class CommandLog:
             return cur.rowcount == 1
 
     def status_counts(self, site_ids: list[str] | None = None) -> Counter[str]:
-        where, args = "", ()
+        where, args = "", tuple[str, ...]()
         if site_ids is not None:
             where = f" WHERE site_id IN ({','.join('?' * len(site_ids))})"
             args = tuple(site_ids)

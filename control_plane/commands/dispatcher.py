@@ -14,13 +14,13 @@ import uuid
 from collections.abc import Mapping
 
 from google.protobuf.message import DecodeError
+from gridfort.v1 import command_pb2 as cpb
+from gridfort.v1 import edge_link_pb2 as lpb
+from gridfort.v1 import envelope_pb2 as epb
 
 from control_plane.commands.command_log import CommandLog
 from control_plane.ingest.types import Peer
 from control_plane.transports.streams import StreamRegistry
-from gridfort.v1 import command_pb2 as cpb
-from gridfort.v1 import edge_link_pb2 as lpb
-from gridfort.v1 import envelope_pb2 as epb
 from security.audit_log import AuditLog
 from security.clock import Clock
 from security.envelope import EnvelopeSigner, check_envelope_shape, verify_signature
@@ -87,8 +87,14 @@ class CommandDispatcher:
             decision="allow" if stream else "deny",
             identity=self._signer.signer,
             reason="" if stream else Reason.UNAVAILABLE.value,
-            details={"site": site_id, "asset": asset_id, "seq": command.seq, "p_kw": p_kw,
-                     "command_id": command.command_id, "status": status},
+            details={
+                "site": site_id,
+                "asset": asset_id,
+                "seq": command.seq,
+                "p_kw": p_kw,
+                "command_id": command.command_id,
+                "status": status,
+            },
         )
         if stream is None:
             return Refusal(Reason.UNAVAILABLE, f"site {site_id} is not connected", edge)

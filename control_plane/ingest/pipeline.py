@@ -14,6 +14,9 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from gridfort.v1 import edge_link_pb2 as lpb
+from gridfort.v1 import envelope_pb2 as epb
+
 from control_plane.assets.registry import AssetRegistry, RegistrySnapshot
 from control_plane.ingest.gate import Gate
 from control_plane.ingest.receipts import IngestResult
@@ -23,8 +26,6 @@ from control_plane.ingest.stages.validate import ValidationPolicy, validate
 from control_plane.ingest.stages.verify import verify
 from control_plane.ingest.types import Duplicate, Peer, ValidatedBatch
 from control_plane.store.telemetry_store import CommitOutcome, CommitRequest, TelemetryStore
-from gridfort.v1 import edge_link_pb2 as lpb
-from gridfort.v1 import envelope_pb2 as epb
 from security.audit_log import AuditLog
 from security.clock import Clock
 from security.envelope import payload_digest
@@ -230,4 +231,6 @@ class IngestPipeline:
             details.setdefault("seq", seq)
         details.setdefault("key_id", envelope.key_id[:64])
         self.refuse(Refusal(refusal.reason, refusal.message, refusal.identity, details))
-        return IngestResult(site, seq, REFUSED, digest, reason=refusal.reason, message=refusal.message)
+        return IngestResult(
+            site, seq, REFUSED, digest, reason=refusal.reason, message=refusal.message
+        )

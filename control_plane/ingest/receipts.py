@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from gridfort.v1 import edge_link_pb2 as lpb
 from gridfort.v1 import envelope_pb2 as epb
+
 from security.envelope import EnvelopeSigner
 from security.refusals import RETRYABLE, Reason
 
@@ -40,7 +41,8 @@ def sign_receipt(result: IngestResult, signer: EnvelopeSigner, now_ms: int) -> e
         decided_ms=now_ms,
         retryable=result.retryable,
         quarantined_detail=[
-            lpb.QuarantinedMeasurement(index=i, reason=r.value) for i, r in result.quarantined_detail
+            lpb.QuarantinedMeasurement(index=i, reason=r.value)
+            for i, r in result.quarantined_detail
         ],
     )
     return signer.sign(epb.PAYLOAD_TYPE_BATCH_RECEIPT, receipt.SerializeToString(), now_ms)

@@ -132,7 +132,7 @@ class TelemetryStore:
         return None if row is None else bytes(row[0])
 
     def counts(self, site_ids: list[str] | None = None) -> StoreCounts:
-        where, args = "", ()
+        where, args = "", tuple[str, ...]()
         if site_ids is not None:
             where = f" WHERE site_id IN ({','.join('?' * len(site_ids))})"
             args = tuple(site_ids)
@@ -251,9 +251,7 @@ class TelemetryStore:
         return CommitOutcome.COMMITTED
 
 
-def _resolve(
-    future: asyncio.Future[CommitOutcome], result: CommitOutcome | BaseException
-) -> None:
+def _resolve(future: asyncio.Future[CommitOutcome], result: CommitOutcome | BaseException) -> None:
     if future.done():
         return
     if isinstance(result, BaseException):

@@ -21,23 +21,23 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.message import DecodeError
+from gridfort.v1 import edge_link_pb2 as lpb
+from gridfort.v1 import enrollment_pb2 as enpb
+from gridfort.v1 import enrollment_pb2_grpc as engrpc
+from gridfort.v1 import envelope_pb2 as epb
 
 from control_plane.commands.dispatcher import CommandDispatcher
 from control_plane.ingest.pipeline import IngestPipeline
 from control_plane.ingest.receipts import sign_receipt
 from control_plane.transports.grpc_status import REASON_KEY, details_for, status_for
 from control_plane.transports.streams import EdgeStream, StreamRegistry
-from gridfort.v1 import edge_link_pb2 as lpb
-from gridfort.v1 import enrollment_pb2 as enpb
-from gridfort.v1 import enrollment_pb2_grpc as engrpc
-from gridfort.v1 import envelope_pb2 as epb
+from security.ca import CertificateAuthority
 from security.clock import Clock
 from security.enrollment import EnrollmentAuthority
 from security.envelope import EnvelopeSigner
-from security.signing_keys import SigningKeyRegistry
-from security.ca import CertificateAuthority
 from security.identity import Role
-from security.refusals import Reason, RefusedError, Refusal
+from security.refusals import Reason, Refusal, RefusedError
+from security.signing_keys import SigningKeyRegistry
 from security.tasks import reap
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,9 @@ class EdgeLinkService:
                         stream.peer, message.command_result, self._pipeline.keys
                     )
                 elif kind == "heartbeat":
-                    stream.send(lpb.ControlMessage(heartbeat=lpb.Heartbeat(sent_ms=stream.last_seen_ms)))
+                    stream.send(
+                        lpb.ControlMessage(heartbeat=lpb.Heartbeat(sent_ms=stream.last_seen_ms))
+                    )
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
@@ -196,7 +198,9 @@ class EdgeLinkService:
             except DecodeError:
                 refusal = Refusal(Reason.MALFORMED_ENVELOPE, "not a valid EdgeMessage", peer.uri)
             if refusal is None and message.WhichOneof("kind") is None:
-                refusal = Refusal(Reason.MALFORMED_ENVELOPE, "EdgeMessage carries nothing", peer.uri)
+                refusal = Refusal(
+                    Reason.MALFORMED_ENVELOPE, "EdgeMessage carries nothing", peer.uri
+                )
         if refusal is None:
             return message
         self._pipeline.refuse(refusal)
@@ -237,7 +241,7 @@ class RenewalService(engrpc.RenewalServicer):
         self._authority = authority
         self._ca = ca
 
-    async def Renew(  # noqa: N802 (gRPC method name)
+    async def Renew(
         self, request: enpb.RenewRequest, context: grpc.aio.ServicerContext
     ) -> enpb.RenewResponse:
         peer = self._pipeline.authenticate(_peer_cert(context), RENEW_ROLES)
@@ -270,7 +274,7 @@ class EnrollmentService(engrpc.EnrollmentServicer):
         self._signer = signer
         self._next_command_seq = next_command_seq
 
-    async def Enroll(  # noqa: N802 (gRPC method name)
+    async def Enroll(
         self, request: enpb.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> enpb.EnrollResponse:
         try:
@@ -335,11 +339,11 @@ class GrpcTransport:
         engrpc.add_RenewalServicer_to_server(renewal, self._link_server)
         self._bootstrap_server = grpc.aio.server(options=options)
         engrpc.add_EnrollmentServicer_to_server(enrollment, self._bootstrap_server)
-        self.link_ports = [
-            self._link_server.add_secure_port(addr, link_credentials)
+        self.link_ports: list[int] = [
+            int(self._link_server.add_secure_port(addr, link_credentials))
             for addr in settings.link_addresses
         ]
-        self.bootstrap_port = self._bootstrap_server.add_secure_port(
+        self.bootstrap_port: int = self._bootstrap_server.add_secure_port(
             settings.bootstrap_address, bootstrap_credentials
         )
         if 0 in self.link_ports or self.bootstrap_port == 0:
@@ -357,7 +361,9 @@ class GrpcTransport:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         for stream in self._streams.all():
-            stream.close(Refusal(Reason.UNAVAILABLE, "control plane shutting down", stream.peer.uri))
+            stream.close(
+                Refusal(Reason.UNAVAILABLE, "control plane shutting down", stream.peer.uri)
+            )
         await self._link_server.stop(grace_s)
         await self._bootstrap_server.stop(grace_s)
 

@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
+from gridfort.v1 import edge_link_pb2 as lpb
+from gridfort.v1 import envelope_pb2 as epb
 
 from edge_node.credentials import EdgeCredentials, EnrollmentError, renew
 from edge_node.outbox import Outbox, OutboxEntry
-from gridfort.v1 import edge_link_pb2 as lpb
-from gridfort.v1 import envelope_pb2 as epb
 from security.clock import Clock
 from security.envelope import check_envelope_shape, verify_signature
 from security.refusals import Reason, Refusal
@@ -131,7 +131,7 @@ class GrpcUplink:
                 if index == 0:
                     attempt += 1
                 delay = min(
-                    self._settings.backoff_max_s, self._settings.backoff_initial_s * 2 ** attempt
+                    self._settings.backoff_max_s, self._settings.backoff_initial_s * 2**attempt
                 )
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         finally:
@@ -182,7 +182,9 @@ class GrpcUplink:
             if sent:
                 last_write = now
             elif now - last_write >= self._settings.heartbeat_s * 1000:
-                await self._session.call.write(lpb.EdgeMessage(heartbeat=lpb.Heartbeat(sent_ms=now)))
+                await self._session.call.write(
+                    lpb.EdgeMessage(heartbeat=lpb.Heartbeat(sent_ms=now))
+                )
                 last_write = now
             if not sent:
                 self._wake.clear()
@@ -256,7 +258,10 @@ class GrpcUplink:
         reasons[receipt.reason] = reasons.get(receipt.reason, 0) + 1
         log.warning(
             "uplink %s: batch %s refused: %s (%s)",
-            self._creds.site_id, receipt.seq, receipt.reason, receipt.message,
+            self._creds.site_id,
+            receipt.seq,
+            receipt.reason,
+            receipt.message,
         )
         if receipt.retryable and seq is not None:
             self._retry.add(seq)

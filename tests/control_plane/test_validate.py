@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from gridfort.v1 import envelope_pb2 as epb
+from gridfort.v1 import telemetry_pb2 as tpb
 
 from control_plane.assets.model import Asset, AssetKind
 from control_plane.ingest.stages.validate import ValidationPolicy, validate
 from control_plane.ingest.types import AuthorizedBatch, Peer, VerifiedBatch
-from gridfort.v1 import envelope_pb2 as epb
-from gridfort.v1 import telemetry_pb2 as tpb
 from security.identity import Role, SpiffeId
 from security.refusals import Reason, Refusal
 
@@ -44,12 +44,14 @@ def reasons(rows: list[tuple[str, int, int, float, int]]) -> list[Reason | None]
 
 
 def test_plausible_measurements_are_accepted() -> None:
-    assert reasons([
-        ("s1-pv", Q.QUANTITY_ACTIVE_POWER, U.UNIT_KW, 7.5, NOW),
-        ("s1-bat", Q.QUANTITY_ACTIVE_POWER, U.UNIT_KW, -4.0, NOW),  # charging
-        ("s1-bat", Q.QUANTITY_STATE_OF_CHARGE, U.UNIT_PCT, 55.0, NOW - 1000),
-        ("s1-pv", Q.QUANTITY_FREQUENCY, U.UNIT_HZ, 50.02, NOW),
-    ]) == [None, None, None, None]
+    assert reasons(
+        [
+            ("s1-pv", Q.QUANTITY_ACTIVE_POWER, U.UNIT_KW, 7.5, NOW),
+            ("s1-bat", Q.QUANTITY_ACTIVE_POWER, U.UNIT_KW, -4.0, NOW),  # charging
+            ("s1-bat", Q.QUANTITY_STATE_OF_CHARGE, U.UNIT_PCT, 55.0, NOW - 1000),
+            ("s1-pv", Q.QUANTITY_FREQUENCY, U.UNIT_HZ, 50.02, NOW),
+        ]
+    ) == [None, None, None, None]
 
 
 @pytest.mark.parametrize(
@@ -61,10 +63,22 @@ def test_plausible_measurements_are_accepted() -> None:
         (("s1-pv", Q.QUANTITY_ACTIVE_POWER, U.UNIT_KW, math.nan, NOW), Reason.VALUE_NOT_FINITE),
         (("s1-pv", Q.QUANTITY_ACTIVE_POWER, U.UNIT_KW, math.inf, NOW), Reason.VALUE_NOT_FINITE),
         (("s1-pv", 999, U.UNIT_KW, 1.0, NOW), Reason.UNKNOWN_QUANTITY),
-        (("s1-pv", Q.QUANTITY_STATE_OF_CHARGE, U.UNIT_PCT, 50.0, NOW), Reason.QUANTITY_NOT_FOR_ASSET),
-        (("s1-bat", Q.QUANTITY_STATE_OF_CHARGE, U.UNIT_PCT, 101.0, NOW), Reason.OUT_OF_PHYSICAL_BOUNDS),
-        (("s1-pv", Q.QUANTITY_ACTIVE_POWER, U.UNIT_KW, 1.0, NOW + 60_000), Reason.SAMPLE_TIME_INVALID),
-        (("s1-pv", Q.QUANTITY_ACTIVE_POWER, U.UNIT_KW, 1.0, NOW - 3_600_000), Reason.SAMPLE_TIME_INVALID),
+        (
+            ("s1-pv", Q.QUANTITY_STATE_OF_CHARGE, U.UNIT_PCT, 50.0, NOW),
+            Reason.QUANTITY_NOT_FOR_ASSET,
+        ),
+        (
+            ("s1-bat", Q.QUANTITY_STATE_OF_CHARGE, U.UNIT_PCT, 101.0, NOW),
+            Reason.OUT_OF_PHYSICAL_BOUNDS,
+        ),
+        (
+            ("s1-pv", Q.QUANTITY_ACTIVE_POWER, U.UNIT_KW, 1.0, NOW + 60_000),
+            Reason.SAMPLE_TIME_INVALID,
+        ),
+        (
+            ("s1-pv", Q.QUANTITY_ACTIVE_POWER, U.UNIT_KW, 1.0, NOW - 3_600_000),
+            Reason.SAMPLE_TIME_INVALID,
+        ),
     ],
 )
 def test_bad_measurement_is_quarantined_and_the_rest_accepted(

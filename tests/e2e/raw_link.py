@@ -7,11 +7,11 @@ import hashlib
 from collections.abc import Sequence
 
 import grpc
-
-from edge_node.credentials import EdgeCredentials
 from gridfort.v1 import edge_link_pb2 as lpb
 from gridfort.v1 import envelope_pb2 as epb
 from gridfort.v1 import telemetry_pb2 as tpb
+
+from edge_node.credentials import EdgeCredentials
 from security.envelope import EnvelopeSigner
 
 METHOD = "/gridfort.v1.EdgeLink/Connect"
@@ -39,7 +39,9 @@ def make_batch(
     )
 
 
-def sign_batch(signer: EnvelopeSigner, batch: tpb.TelemetryBatch, signed_ms: int) -> epb.SignedEnvelope:
+def sign_batch(
+    signer: EnvelopeSigner, batch: tpb.TelemetryBatch, signed_ms: int
+) -> epb.SignedEnvelope:
     return signer.sign(epb.PAYLOAD_TYPE_TELEMETRY_BATCH, batch.SerializeToString(), signed_ms)
 
 

@@ -25,7 +25,10 @@ from tests.e2e.tcp_proxy import TcpProxy
 @pytest.fixture
 async def modbus(system: EmbeddedSystem) -> AsyncIterator[int]:
     sim = SunSpecSiteSimulator(
-        pv_rated_kw=10.0, battery_rated_kw=5.0, battery_e_kwh=10.0, battery_soc_pct=50.0,
+        pv_rated_kw=10.0,
+        battery_rated_kw=5.0,
+        battery_e_kwh=10.0,
+        battery_soc_pct=50.0,
         clock=system.clock,
     )
     port = await sim.start()

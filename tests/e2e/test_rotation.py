@@ -14,22 +14,35 @@ from tests.conftest import TRUST_DOMAIN, default_assets
 
 
 async def test_edge_and_server_certificates_rotate_without_loss(tmp_path: Path) -> None:
-    system = EmbeddedSystem(tmp_path / "cp", trust_domain=TRUST_DOMAIN, workload_ttl_s=10,
-                            durable_sync=False)
+    system = EmbeddedSystem(
+        tmp_path / "cp", trust_domain=TRUST_DOMAIN, workload_ttl_s=10, durable_sync=False
+    )
     await system.start()
-    sim = SunSpecSiteSimulator(pv_rated_kw=10.0, battery_rated_kw=5.0, battery_e_kwh=10.0,
-                               battery_soc_pct=50.0, clock=system.clock)
+    sim = SunSpecSiteSimulator(
+        pv_rated_kw=10.0,
+        battery_rated_kw=5.0,
+        battery_e_kwh=10.0,
+        battery_soc_pct=50.0,
+        clock=system.clock,
+    )
     port = await sim.start()
     node: EdgeNode | None = None
     try:
         system.register_site("s1", default_assets("s1"))
         await system.enroll_edge("s1", tmp_path / "edge")
         first_cert = (tmp_path / "edge" / "tls.pem").read_bytes()
-        node = EdgeNode(EdgeConfig(
-            site_id="s1", edge_dir=tmp_path / "edge", endpoints=system.link_endpoints,
-            sample_interval_s=0.1,
-            devices=(DeviceConfig("s1-pv", AssetKind.PV_INVERTER, "sunspec", f"127.0.0.1:{port}"),),
-        ), clock=system.clock)
+        node = EdgeNode(
+            EdgeConfig(
+                site_id="s1",
+                edge_dir=tmp_path / "edge",
+                endpoints=system.link_endpoints,
+                sample_interval_s=0.1,
+                devices=(
+                    DeviceConfig("s1-pv", AssetKind.PV_INVERTER, "sunspec", f"127.0.0.1:{port}"),
+                ),
+            ),
+            clock=system.clock,
+        )
         await node.start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20

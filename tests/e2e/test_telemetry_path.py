@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from control_plane.embedded import EmbeddedSystem
 from gridfort.v1 import edge_link_pb2 as lpb
+
+from control_plane.embedded import EmbeddedSystem
 from security.envelope import verify_signature
 from tests.e2e.raw_link import RawLink, digest, make_batch, sign_batch
 
 
-async def test_signed_batch_is_committed_and_receipt_is_signed(system: EmbeddedSystem, enroll_site) -> None:  # type: ignore[no-untyped-def]
+async def test_signed_batch_is_committed_and_receipt_is_signed(
+    system: EmbeddedSystem, enroll_site
+) -> None:  # type: ignore[no-untyped-def]
     creds = await enroll_site("s1")
     now = system.clock.now_ms()
     link = RawLink.for_edge(system.link_endpoints[0], creds)

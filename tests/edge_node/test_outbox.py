@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gridfort.v1 import telemetry_pb2 as tpb
+
 from edge_node.devices.base import Reading
 from edge_node.outbox import Outbox
-from gridfort.v1 import telemetry_pb2 as tpb
 from security.envelope import EnvelopeSigner, generate_signing_key, verify_signature
 
 Q, U = tpb.Quantity, tpb.Unit
@@ -30,7 +31,11 @@ def test_batches_drain_in_order_and_survive_reopen(tmp_path: Path) -> None:
     assert box.acknowledge(pending[1].digest, committed=2, quarantined=0) is None  # idempotent
     assert [e.seq for e in box.pending(after_seq=40)] == [42]
     stats = box.stats()
-    assert (stats.sealed_measurements, stats.pending_batches, stats.committed_measurements) == (6, 2, 2)
+    assert (stats.sealed_measurements, stats.pending_batches, stats.committed_measurements) == (
+        6,
+        2,
+        2,
+    )
 
 
 def test_resign_keeps_payload_and_digest(tmp_path: Path) -> None:
@@ -50,4 +55,8 @@ def test_dead_letter_moves_a_refused_batch_out(tmp_path: Path) -> None:
     entry = box.seal("s1", readings(3), 1000, signer)
     assert box.dead_letter(entry.digest, "ASSET_NOT_AUTHORIZED", "no", 2000) == entry.seq
     stats = box.stats()
-    assert (stats.pending_batches, stats.dead_letter_batches, stats.dead_letter_measurements) == (0, 1, 3)
+    assert (stats.pending_batches, stats.dead_letter_batches, stats.dead_letter_measurements) == (
+        0,
+        1,
+        3,
+    )

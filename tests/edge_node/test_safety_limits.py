@@ -14,10 +14,17 @@ PV = DeviceLimits(rated_p_kw=10.0)
 EV = DeviceLimits(rated_p_kw=11.0, e_kwh=60.0)
 
 
-def check(kind: AssetKind, p: float, limits: DeviceLimits, soc: float | None = 50.0,
-          ev: EvSession | None = None, site: SiteLimits | None = None) -> str | None:
-    return check_active_power(kind, p, limits, soc_pct=soc, ev=ev, site=site or SiteLimits(),
-                              now_ms=NOW)
+def check(
+    kind: AssetKind,
+    p: float,
+    limits: DeviceLimits,
+    soc: float | None = 50.0,
+    ev: EvSession | None = None,
+    site: SiteLimits | None = None,
+) -> str | None:
+    return check_active_power(
+        kind, p, limits, soc_pct=soc, ev=ev, site=site or SiteLimits(), now_ms=NOW
+    )
 
 
 def test_within_limits_is_allowed() -> None:

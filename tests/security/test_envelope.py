@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from gridfort.v1 import envelope_pb2 as epb
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gridfort.v1 import envelope_pb2 as epb
 from security.envelope import (
     EnvelopeSigner,
     decode_envelope,
@@ -29,14 +29,14 @@ def signer() -> EnvelopeSigner:
 def test_signature_verifies_with_the_right_key(signer: EnvelopeSigner) -> None:
     env = signer.sign(epb.PAYLOAD_TYPE_TELEMETRY_BATCH, b"payload", 1000)
     key = generate_signing_key()
-    assert verify_signature(env, signer._key.public_key())  # noqa: SLF001
+    assert verify_signature(env, signer._key.public_key())
     assert not verify_signature(env, key.public_key())
 
 
 @pytest.mark.parametrize("field", ["payload", "signer", "signed_ms", "payload_type", "signature"])
 def test_any_altered_field_breaks_the_signature(signer: EnvelopeSigner, field: str) -> None:
     env = signer.sign(epb.PAYLOAD_TYPE_TELEMETRY_BATCH, b"payload", 1000)
-    public = signer._key.public_key()  # noqa: SLF001
+    public = signer._key.public_key()
     if field == "payload":
         env.payload = b"paylaod"
     elif field == "signer":

@@ -13,7 +13,9 @@ NOW = 1_800_000_000_000
 D1, D2 = b"\x01" * 32, b"\x02" * 32
 
 
-def guard(hwm: dict[str, int] | None = None, committed: dict[tuple[str, int], bytes] | None = None) -> ReplayGuard:
+def guard(
+    hwm: dict[str, int] | None = None, committed: dict[tuple[str, int], bytes] | None = None
+) -> ReplayGuard:
     store = committed or {}
     return ReplayGuard(ReplayPolicy(), hwm or {}, lambda s, q: store.get((s, q)))
 
@@ -79,7 +81,10 @@ def test_policy_is_validated() -> None:
         ReplayPolicy(window_ms=1000, skew_ms=2000)
 
 
-@given(st.integers(min_value=-(2**63), max_value=2**64 - 1), st.integers(min_value=-(2**63), max_value=2**63 - 1))
+@given(
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+)
 def test_any_sequence_and_time_gives_a_decision(seq: int, signed_ms: int) -> None:
     decision = guard({"s1": 10}).check("s1", seq, signed_ms, D1, NOW)
     assert decision in (FRESH, DUPLICATE, PENDING) or isinstance(decision, Refusal)

@@ -16,7 +16,9 @@ def authorize(verified: VerifiedBatch, registry: RegistrySnapshot) -> Authorized
     site_id = verified.batch.site_id
     if site_id != peer.spiffe_id.name:
         return Refusal(
-            Reason.SITE_MISMATCH, f"edge {peer.spiffe_id.name} may not report for site {site_id}", who
+            Reason.SITE_MISMATCH,
+            f"edge {peer.spiffe_id.name} may not report for site {site_id}",
+            who,
         )
     assets = {}
     for m in verified.batch.measurements:

@@ -52,7 +52,9 @@ def validate(authorized: AuthorizedBatch, policy: ValidationPolicy) -> Validated
     quarantined: list[QuarantinedMeasurement] = []
     channels = {aid: channel_bounds(asset) for aid, asset in authorized.assets.items()}
     for i, m in enumerate(batch.measurements):
-        reason = _judge(m.quantity, m.unit, m.value, m.ts_ms, channels[m.asset_id], earliest, latest)
+        reason = _judge(
+            m.quantity, m.unit, m.value, m.ts_ms, channels[m.asset_id], earliest, latest
+        )
         if reason is None:
             accepted.append((m.asset_id, m.quantity, m.ts_ms, m.value))
             accepted_index.append(i)
