@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -30,10 +31,12 @@ from edge_node.config import DeviceConfig, EdgeConfig
 from edge_node.devices.base import AssetKind as EdgeKind
 from edge_node.simulators.opcua_server import OpcUaEvChargerSimulator
 from edge_node.simulators.sunspec_server import SunSpecSiteSimulator
+from gridfort.v1 import telemetry_pb2 as tpb
 from security.clock import Clock, SystemClock
 from security.refusals import GridfortError
 
 DRAIN_TIMEOUT_S = 20.0
+Q = tpb.Quantity
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,10 @@ class Demo:
 
     async def start(self) -> None:
         await self.system.start()
-        for i in range(1, self.options.sites + 1):
-            await self._start_site(f"site-{i}", i)
+        await asyncio.gather(
+            *(self._start_site(f"site-{i}", i) for i in range(1, self.options.sites + 1))
+        )
+        self.sites.sort(key=lambda s: int(s.site_id.split("-")[1]))
 
     async def _start_site(self, site_id: str, i: int) -> None:
         modbus = SunSpecSiteSimulator(
@@ -251,45 +256,68 @@ class Demo:
             "per_site": per_site,
         }
 
+    def _latest(self, asset_id: str, quantity: int, fmt: str) -> str:
+        v = self.system.control_plane.pipeline.state.get(asset_id, quantity)
+        return "-" if v is None else format(v.value, fmt)
+
     def table(self) -> Table:
         s = self.summary()
-        t = Table(title=f"Gridfort demo: {s['sites']} sites over gRPC + mTLS   (gate: {s['gate']})")
+        t = Table(
+            title=f"Gridfort demo: {s['sites']} sites, gRPC + mutual TLS, signed batches",
+            caption=(
+                f"batches committed {s['batches_committed']}, duplicates "
+                f"{s['batches_duplicate']}, rejected {s['batches_rejected']}; commands sent "
+                f"{s['commands_sent']}, applied {s['commands_applied']}, refused "
+                f"{s['commands_refused'] + s['commands_failed']}; FDI gate: {s['gate']}"
+            ),
+        )
         for col in (
             "site",
             "link",
+            "PV kW",
+            "bat kW",
+            "bat SOC",
+            "EV kW",
+            "EV SOC",
             "sent",
             "committed",
-            "quarantined",
+            "quar.",
             "pending",
-            "cmd applied",
-            "cmd refused",
+            "cmds ok",
         ):
-            t.add_column(col, justify="right" if col not in ("site", "link") else "left")
-        for site_id, p in s["per_site"].items():
+            t.add_column(col, justify="left" if col in ("site", "link") else "right")
+        p_q, soc_q = Q.QUANTITY_ACTIVE_POWER, Q.QUANTITY_STATE_OF_CHARGE
+        for site in self.sites:
+            p = s["per_site"][site.site_id]
+            a = site.assets
+            link = p["link"].rsplit(":", 1)[-1] if p["connected"] else "[red]down[/red]"
             t.add_row(
-                site_id,
-                p["link"] if p["connected"] else "[red]down[/red]",
+                site.site_id,
+                link,
+                self._latest(a["pv"], p_q, ".2f"),
+                self._latest(a["bat"], p_q, "+.2f"),
+                self._latest(a["bat"], soc_q, ".1f"),
+                self._latest(a["ev"], p_q, ".2f"),
+                self._latest(a["ev"], soc_q, ".1f"),
                 str(p["measurements_sent"]),
                 str(p["measurements_committed"]),
                 str(p["measurements_quarantined"]),
                 str(p["pending"]),
                 str(p["commands_applied"]),
-                str(p["commands_refused"]),
             )
         t.add_row(
             "[b]total[/b]",
+            "",
+            "",
+            "",
+            "",
+            "",
             "",
             str(s["measurements_sent"]),
             str(s["measurements_committed"]),
             str(s["measurements_quarantined"]),
             str(s["measurements_pending"]),
             str(s["commands_applied"]),
-            str(s["commands_refused"]),
-        )
-        t.caption = (
-            f"batches committed {s['batches_committed']}  duplicates "
-            f"{s['batches_duplicate']}  rejected {s['batches_rejected']}  "
-            f"commands sent {s['commands_sent']}"
         )
         return t
 
@@ -310,8 +338,8 @@ async def _run(options: DemoOptions) -> dict[str, Any]:
         await demo.start()
         cp = demo.system.control_plane
         console.print(
-            f"control plane {cp.spiffe_id} on {demo.system.link_endpoints}, "
-            f"enrollment on {demo.system.bootstrap_endpoint}"
+            f"control plane {cp.spiffe_id}: link {', '.join(demo.system.link_endpoints)}, "
+            f"enrollment {demo.system.bootstrap_endpoint}, audit log {cp.paths.audit_log}"
         )
         started = loop.time()
         next_command = started + 2.0
@@ -341,6 +369,7 @@ async def _run(options: DemoOptions) -> dict[str, Any]:
 
 def run_demo(options: DemoOptions) -> int:
     _prepare_state_dir(options.state_dir)
+    logging.getLogger("asyncua").setLevel(logging.ERROR)  # its startup chatter, not ours
     summary = asyncio.run(_run(options))
     text = json.dumps(summary, indent=2, sort_keys=True)
     if options.json_summary is not None:

@@ -25,6 +25,7 @@ from control_plane.ingest.stages.authorize import authorize
 from control_plane.ingest.stages.validate import ValidationPolicy, validate
 from control_plane.ingest.stages.verify import verify
 from control_plane.ingest.types import Duplicate, Peer, ValidatedBatch
+from control_plane.state import FleetState
 from control_plane.store.telemetry_store import CommitOutcome, CommitRequest, TelemetryStore
 from security.audit_log import AuditLog
 from security.clock import Clock
@@ -81,6 +82,7 @@ class IngestPipeline:
         )
         self._in_flight: dict[tuple[str, int], asyncio.Future[CommitOutcome]] = {}
         self.stats = IngestStats()
+        self.state = FleetState()
         self.registry_snapshot: RegistrySnapshot = registry.snapshot()
         self.revocation_snapshot: RevocationSnapshot = revocations.snapshot()
         self._keys: dict[str, EnrolledKey] = {k.key_id: k for k in keys.all_keys()}
@@ -182,6 +184,8 @@ class IngestPipeline:
         finally:
             self._in_flight.pop((site, seq), None)
         self.guard.commit(site, seq)
+        if outcome is CommitOutcome.COMMITTED:
+            self.state.apply(v.accepted)
         if outcome is CommitOutcome.DUPLICATE:
             self.stats.batches_duplicate += 1
             return IngestResult(site, seq, DUPLICATE, digest)
