@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     asset_id TEXT NOT NULL,
     quantity INTEGER NOT NULL,
     ts_ms INTEGER NOT NULL,
-    value REAL NOT NULL,
+    value REAL,               -- NULL when the value was NaN (SQLite has no NaN)
+    value_text TEXT NOT NULL, -- the value exactly as received (repr), for forensics
     reason TEXT NOT NULL
 );
 """
@@ -199,7 +201,7 @@ class TelemetryStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for request, _future, _loop in group:
-                results.append(self._write_one(conn, request, now_ms))
+                results.append(self._write_isolated(conn, request, now_ms))
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             log.error("telemetry commit of %d batches failed: %s", len(group), e)
@@ -208,6 +210,22 @@ class TelemetryStore:
             results = [e] * len(group)
         for (_request, future, loop), result in zip(group, results, strict=True):
             loop.call_soon_threadsafe(_resolve, future, result)
+
+    @classmethod
+    def _write_isolated(
+        cls, conn: sqlite3.Connection, r: CommitRequest, now_ms: int
+    ) -> CommitOutcome | BaseException:
+        """One request in its own savepoint: a bad batch never fails its group."""
+        conn.execute("SAVEPOINT one")
+        try:
+            result = cls._write_one(conn, r, now_ms)
+        except sqlite3.IntegrityError as e:
+            conn.execute("ROLLBACK TO one")
+            conn.execute("RELEASE one")
+            log.error("batch %s/%s could not be stored: %s", r.site_id, r.seq, e)
+            return e
+        conn.execute("RELEASE one")
+        return result
 
     @staticmethod
     def _write_one(
@@ -242,9 +260,19 @@ class TelemetryStore:
         )
         if r.quarantined:
             conn.executemany(
-                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (site, seq, m.index, m.asset_id, m.quantity, m.ts_ms, m.value, m.reason.value)
+                    (
+                        site,
+                        seq,
+                        m.index,
+                        m.asset_id,
+                        m.quantity,
+                        m.ts_ms,
+                        None if math.isnan(m.value) else m.value,
+                        repr(m.value),
+                        m.reason.value,
+                    )
                     for m in r.quarantined
                 ],
             )
