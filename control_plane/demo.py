@@ -29,13 +29,17 @@ from control_plane.embedded import EmbeddedSystem
 from edge_node.app import EdgeNode
 from edge_node.config import DeviceConfig, EdgeConfig
 from edge_node.devices.base import AssetKind as EdgeKind
-from edge_node.simulators.opcua_server import OpcUaEvChargerSimulator
+from edge_node.simulators.opcua_server import (
+    OpcUaEvChargerSimulator,
+    generate_application_certificate,
+)
 from edge_node.simulators.sunspec_server import SunSpecSiteSimulator
 from gridfort.v1 import telemetry_pb2 as tpb
 from security.clock import Clock, SystemClock
 from security.refusals import GridfortError
 
 DRAIN_TIMEOUT_S = 20.0
+OPCUA_CLIENT_URI = "urn:gridfort:edge:opcua-client"
 Q = tpb.Quantity
 
 
@@ -132,6 +136,22 @@ class Demo:
             clock=self.sim_clock,
             time_scale=1.0,
         )
+        site_dir = self.options.state_dir / "sites" / site_id
+        now_ms = self.clock.now_ms()
+        client_cert, client_key = generate_application_certificate(
+            site_dir / "opcua-client",
+            name=f"{site_id}-edge",
+            application_uri=OPCUA_CLIENT_URI,
+            role="client",
+            now_ms=now_ms,
+        )
+        server_cert, server_key = generate_application_certificate(
+            site_dir / "opcua-server",
+            name=f"{site_id}-ev-charger",
+            application_uri="urn:gridfort:sim:ev-charger",
+            role="server",
+            now_ms=now_ms,
+        )
         opcua = OpcUaEvChargerSimulator(
             clock=self.sim_clock,
             max_charge_kw=11.0,
@@ -140,7 +160,11 @@ class Demo:
             target_soc_pct=80.0,
             departure_in_s=10 * 3600.0,
             time_scale=1.0,
-            security="none",
+            security="sign_encrypt",
+            server_cert_path=server_cert,
+            server_key_path=server_key,
+            trusted_client_certs=[client_cert],
+            state_dir=site_dir / "opcua-state",
         )
         modbus_port = await modbus.start()
         opcua_port = await opcua.start()
@@ -168,7 +192,14 @@ class Demo:
                 ),
                 DeviceConfig(a["bat"], EdgeKind.BATTERY, "sunspec", f"127.0.0.1:{modbus_port}", 2),
                 DeviceConfig(
-                    a["ev"], EdgeKind.EV_CHARGER, "opcua", f"opc.tcp://127.0.0.1:{opcua_port}"
+                    a["ev"],
+                    EdgeKind.EV_CHARGER,
+                    "opcua",
+                    opcua.endpoint_url,
+                    opcua_client_cert=client_cert,
+                    opcua_client_key=client_key,
+                    opcua_server_cert=server_cert,
+                    opcua_application_uri=OPCUA_CLIENT_URI,
                 ),
             ),
         )
@@ -176,7 +207,8 @@ class Demo:
         await site.edge.start()
 
     def send_commands(self) -> None:
-        """One round of signed setpoints: battery cycles, PV cap alternates, EV at full power."""
+        """One round of signed setpoints: battery cycles, PV cap alternates, EV at full power;
+        every fourth round adds an unsafe battery setpoint that the edges' local limits refuse."""
         cp = self.system.control_plane
         self.command_round += 1
         r = self.command_round
@@ -185,6 +217,8 @@ class Demo:
             cp.dispatcher.send_active_power(site.site_id, a["bat"], (-2.0, 0.0, 2.0)[r % 3])
             cp.dispatcher.send_active_power(site.site_id, a["pv"], (10.0, 6.0)[r % 2])
             cp.dispatcher.send_active_power(site.site_id, a["ev"], -11.0)
+            if r % 4 == 0:  # deliberately unsafe (above the 5 kW rating): the edge must refuse
+                cp.dispatcher.send_active_power(site.site_id, a["bat"], 8.0)
 
     async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
         """Stop sampling and wait until every outbox is empty."""

@@ -23,6 +23,12 @@ class DeviceConfig:
     protocol: str
     address: str
     unit_id: int = 1
+    # OPC UA Basic256Sha256 SignAndEncrypt: the edge's application certificate and key,
+    # and the device's pinned server certificate. Unset = no security (loopback only).
+    opcua_client_cert: Path | None = None
+    opcua_client_key: Path | None = None
+    opcua_server_cert: Path | None = None
+    opcua_application_uri: str = "urn:gridfort:edge:opcua-client"
 
     def __post_init__(self) -> None:
         if self.protocol not in ("sunspec", "opcua"):
@@ -35,6 +41,12 @@ class DeviceConfig:
                 raise ConfigError(f"devices.{self.asset_id}.address: expected HOST:PORT")
             if not 1 <= self.unit_id <= 247:
                 raise ConfigError(f"devices.{self.asset_id}.unit_id: must be 1..247")
+        tls = (self.opcua_client_cert, self.opcua_client_key, self.opcua_server_cert)
+        if any(tls) and not all(tls):
+            raise ConfigError(
+                f"devices.{self.asset_id}: give opcua_client_cert, opcua_client_key and "
+                "opcua_server_cert together"
+            )
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,9 @@ class EdgeConfig:
                     protocol=str(d["protocol"]),
                     address=str(d["address"]),
                     unit_id=int(d.get("unit_id", 1)),
+                    opcua_client_cert=_path(base, d.get("opcua_client_cert")),
+                    opcua_client_key=_path(base, d.get("opcua_client_key")),
+                    opcua_server_cert=_path(base, d.get("opcua_server_cert")),
                 )
                 for d in raw.get("devices", [])
             )
@@ -96,3 +111,7 @@ class EdgeConfig:
             raise ConfigError(f"{e.args[0]}: required") from e
         except ValueError as e:
             raise ConfigError(str(e)) from e
+
+
+def _path(base: Path, value: object) -> Path | None:
+    return None if value is None else (base / str(value)).resolve()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edge_node.config import DeviceConfig
 from edge_node.devices.base import AssetKind, DeviceAdapter
-from edge_node.devices.opcua import OpcUaEvCharger
+from edge_node.devices.opcua import OpcUaClientSecurity, OpcUaEvCharger
 from edge_node.devices.sunspec import SunSpecBattery, SunSpecPvInverter
 
 
@@ -17,5 +17,13 @@ def build_adapter(device: DeviceConfig) -> DeviceAdapter:
             return SunSpecBattery(device.asset_id, host, int(port), device.unit_id)
         raise ValueError(f"device {device.asset_id}: no SunSpec adapter for {device.kind.value}")
     if device.kind is AssetKind.EV_CHARGER:
-        return OpcUaEvCharger(device.asset_id, device.address)
+        security = None
+        if device.opcua_client_cert and device.opcua_client_key and device.opcua_server_cert:
+            security = OpcUaClientSecurity(
+                device.opcua_client_cert,
+                device.opcua_client_key,
+                device.opcua_server_cert,
+                application_uri=device.opcua_application_uri,
+            )
+        return OpcUaEvCharger(device.asset_id, device.address, security=security)
     raise ValueError(f"device {device.asset_id}: no OPC UA adapter for {device.kind.value}")
