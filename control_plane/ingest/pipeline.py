@@ -85,6 +85,7 @@ class IngestPipeline:
         self.state = FleetState()
         self.registry_snapshot: RegistrySnapshot = registry.snapshot()
         self.revocation_snapshot: RevocationSnapshot = revocations.snapshot()
+        self._keys_version = keys.current_version()
         self._keys: dict[str, EnrolledKey] = {k.key_id: k for k in keys.all_keys()}
 
     # -- live state ----------------------------------------------------------
@@ -92,7 +93,10 @@ class IngestPipeline:
         """Reload registry, keys and revocations if they changed. True if revocations changed."""
         if self._registry.version() != self.registry_snapshot.version:
             self.registry_snapshot = self._registry.snapshot()
-        self._keys = {k.key_id: k for k in self._keys_registry.all_keys()}
+        keys_version = self._keys_registry.current_version()
+        if keys_version != self._keys_version:
+            self._keys = {k.key_id: k for k in self._keys_registry.all_keys()}
+            self._keys_version = keys_version
         if self._revocations.current_version() != self.revocation_snapshot.version:
             self.revocation_snapshot = self._revocations.snapshot()
             return True

@@ -249,7 +249,9 @@ class RenewalService(engrpc.RenewalServicer):
             await _abort(context, peer)
             raise AssertionError("unreachable")
         try:
-            issued = self._authority.renew(peer.spiffe_id, request.csr_der)
+            issued = self._authority.renew(
+                peer.spiffe_id, request.csr_der, presented_not_before_ms=peer.not_before_ms
+            )
         except RefusedError as e:
             await _abort(context, e.refusal)
             raise AssertionError("unreachable") from e

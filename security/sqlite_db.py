@@ -1,0 +1,67 @@
+"""The SQLite adapter shared by the security stores: one file, WAL, owner-only permissions.
+
+Each operation opens its own short-lived connection in autocommit mode, so the
+stores are safe to use from many threads and many processes at once; SQLite's
+locking (WAL, ``busy_timeout`` 5000 ms) serialises the writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def initialize(db_path: Path, schema: str) -> None:
+    """Create ``db_path`` (mode 0600) if missing, switch it to WAL and apply ``schema``.
+
+    ``schema`` must be idempotent (``CREATE ... IF NOT EXISTS``).
+    """
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    # Create the file with its final mode; SQLite gives -wal/-shm the same mode.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    with connect(db_path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(schema)
+
+
+@contextmanager
+def connect(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A fresh autocommit connection with the busy timeout set; closed on exit."""
+    conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def write_transaction(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection inside ``BEGIN IMMEDIATE`` (the write lock taken up front); commits on exit."""
+    with connect(db_path) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+@contextmanager
+def read_transaction(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection inside one read transaction: every query sees the same snapshot."""
+    with connect(db_path) as conn:
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
