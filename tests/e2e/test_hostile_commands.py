@@ -16,7 +16,7 @@ import asyncio
 import json
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ from security.audit_log import AuditLog, verify_audit_log
 from security.envelope import EnvelopeSigner, verify_signature
 from security.refusals import Reason
 from tests.e2e.raw_link import RawLink
+
+EnrollSite = Callable[[str], Awaitable[EdgeCredentials]]
 
 PV_RATED_KW = 10.0
 BATTERY_RATED_KW = 5.0
@@ -92,7 +94,9 @@ class EdgeSite:
             set_active_power=cpb.SetActivePower(p_kw=p_kw),
         )
 
-    def sign(self, command: cpb.Command, signer: EnvelopeSigner | None = None) -> epb.SignedEnvelope:
+    def sign(
+        self, command: cpb.Command, signer: EnvelopeSigner | None = None
+    ) -> epb.SignedEnvelope:
         signer = signer or self.cp_signer
         return signer.sign(epb.PAYLOAD_TYPE_COMMAND, command.SerializeToString(), self.now())
 
@@ -123,7 +127,7 @@ def audit_records(path: Path) -> list[dict[str, Any]]:
 
 
 async def start_edge(
-    system: EmbeddedSystem, enroll_site: Any, tmp_path: Path, battery_soc_pct: float
+    system: EmbeddedSystem, enroll_site: EnrollSite, tmp_path: Path, battery_soc_pct: float
 ) -> AsyncIterator[EdgeSite]:
     creds = await enroll_site("s1")
     sim = SunSpecSiteSimulator(
@@ -166,9 +170,7 @@ async def start_edge(
         audit=audit,
         clock=system.clock,
     )
-    site = EdgeSite(
-        system, creds, sim, executor, seq_store, audit, devices, creds.next_command_seq
-    )
+    site = EdgeSite(system, creds, sim, executor, seq_store, audit, devices, creds.next_command_seq)
     try:
         yield site
     finally:
@@ -181,7 +183,9 @@ async def start_edge(
 
 
 @pytest.fixture
-async def edge(system: EmbeddedSystem, enroll_site, tmp_path: Path) -> AsyncIterator[EdgeSite]:  # type: ignore[no-untyped-def]
+async def edge(
+    system: EmbeddedSystem, enroll_site: EnrollSite, tmp_path: Path
+) -> AsyncIterator[EdgeSite]:
     async for site in start_edge(system, enroll_site, tmp_path, battery_soc_pct=50.0):
         yield site
 
@@ -297,7 +301,14 @@ async def test_command_for_an_unknown_asset_is_refused(edge: EdgeSite, asset_id:
         ("s1-pv", math.inf),
         ("s1-bat", math.nan),
     ],
-    ids=["pv-above-rated", "pv-just-above", "bat-discharge-above", "bat-charge-above", "inf", "nan"],
+    ids=[
+        "pv-above-rated",
+        "pv-just-above",
+        "bat-discharge-above",
+        "bat-charge-above",
+        "inf",
+        "nan",
+    ],
 )
 async def test_setpoint_beyond_the_rating_is_refused(
     edge: EdgeSite, asset_id: str, p_kw: float
@@ -315,8 +326,8 @@ async def test_negative_pv_export_cap_is_refused(edge: EdgeSite, p_kw: float) ->
 
 
 @pytest.fixture
-async def low_battery_edge(  # type: ignore[no-untyped-def]
-    system: EmbeddedSystem, enroll_site, tmp_path: Path
+async def low_battery_edge(
+    system: EmbeddedSystem, enroll_site: EnrollSite, tmp_path: Path
 ) -> AsyncIterator[EdgeSite]:
     async for site in start_edge(system, enroll_site, tmp_path, battery_soc_pct=4.0):
         yield site
@@ -351,7 +362,9 @@ async def test_honest_command_is_applied_read_back_and_reported(edge: EdgeSite) 
     dispatcher = system.control_plane.dispatcher
     link = RawLink.for_edge(system.link_endpoints[0], edge.creds)
     try:
-        await link.send_bytes(lpb.EdgeMessage(heartbeat=lpb.Heartbeat(sent_ms=1)).SerializeToString())
+        await link.send_bytes(
+            lpb.EdgeMessage(heartbeat=lpb.Heartbeat(sent_ms=1)).SerializeToString()
+        )
         assert (await link.recv()).WhichOneof("kind") == "heartbeat"  # the stream is registered
         for asset_id, p_kw in (("s1-pv", 2.5), ("s1-bat", 1.5)):
             sent = dispatcher.send_active_power("s1", asset_id, p_kw)

@@ -94,7 +94,9 @@ async def test_token_for_another_site_is_refused_and_stays_usable_for_its_site(
     assert creds.site_id == "s1"
 
 
-@pytest.mark.parametrize("token", GARBAGE_TOKENS, ids=["empty", "word", "never-issued", "non-ascii", "huge"])
+@pytest.mark.parametrize(
+    "token", GARBAGE_TOKENS, ids=["empty", "word", "never-issued", "non-ascii", "huge"]
+)
 async def test_garbage_token_is_refused(system: EmbeddedSystem, tmp_path: Path, token: str) -> None:
     register(system, "s1")
     await assert_enrollment_refused(system, tmp_path, "s1", token, "TOKEN_UNKNOWN")
@@ -114,7 +116,9 @@ async def test_unknown_or_invalid_site_is_refused(
 async def manual_system(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedSystem, ManualClock]]:
     """A control plane whose clock only moves when told (tokens age without sleeping)."""
     clock = ManualClock(SystemClock().now_ms())
-    sys_ = EmbeddedSystem(tmp_path / "cp", trust_domain=TRUST_DOMAIN, clock=clock, durable_sync=False)
+    sys_ = EmbeddedSystem(
+        tmp_path / "cp", trust_domain=TRUST_DOMAIN, clock=clock, durable_sync=False
+    )
     await sys_.start()
     try:
         yield sys_, clock

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import grpc
 import pytest
 
 from control_plane.embedded import EmbeddedSystem
+from control_plane.tls_identity import control_plane_dns_name
 from edge_node.credentials import EdgeCredentials
 from gridfort.v1 import edge_link_pb2 as lpb
 from security.ca import CertificateAuthority
@@ -28,6 +30,8 @@ from security.clock import SystemClock
 from security.identity import Role, SpiffeId
 from tests.conftest import TRUST_DOMAIN
 from tests.e2e.raw_link import RawLink, make_batch, sign_batch
+
+EnrollSite = Callable[[str], Awaitable[EdgeCredentials]]
 
 STATUS_TIMEOUT_S = 5.0
 HOUR_MS = 3_600_000
@@ -67,18 +71,18 @@ def foreign_link(system: EmbeddedSystem, key_pem: bytes | None, chain_pem: bytes
         key_pem=key_pem,
         chain_pem=chain_pem,
         bundle_pem=cp.ca.trust_bundle_pem(),
-        target_name=f"control-plane.{TRUST_DOMAIN}",
+        target_name=control_plane_dns_name(TRUST_DOMAIN),
     )
 
 
-async def try_send_batch(link: RawLink, creds: EdgeCredentials | None, site: str, seq: int) -> None:
-    """Write a batch if the call still accepts writes (a refused call may already be over)."""
+async def try_send_batch(link: RawLink, creds: EdgeCredentials, seq: int) -> None:
+    """Write a validly signed batch of ``creds``' site if the call still accepts writes.
+
+    A refused call may already be over; the batch must never be committed.
+    """
     now = int(time.time() * 1000)
-    if creds is None:
-        data = lpb.EdgeMessage(heartbeat=lpb.Heartbeat(sent_ms=now)).SerializeToString()
-    else:
-        env = sign_batch(creds.signer, make_batch(site, seq, now), now)
-        data = lpb.EdgeMessage(telemetry=env).SerializeToString()
+    env = sign_batch(creds.signer, make_batch(creds.site_id, seq, now), now)
+    data = lpb.EdgeMessage(telemetry=env).SerializeToString()
     with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
         await asyncio.wait_for(link.send_bytes(data), STATUS_TIMEOUT_S)
 
@@ -117,7 +121,7 @@ def assert_no_internals(text: str) -> None:
 
 
 @pytest.fixture
-async def honest(system: EmbeddedSystem, enroll_site) -> Edge:  # type: ignore[no-untyped-def]
+async def honest(system: EmbeddedSystem, enroll_site: EnrollSite) -> Edge:
     return Edge(system, await enroll_site("honest"))
 
 
@@ -125,9 +129,12 @@ async def honest(system: EmbeddedSystem, enroll_site) -> Edge:  # type: ignore[n
 
 
 async def _handshake_is_refused(system: EmbeddedSystem, honest: Edge, link: RawLink) -> None:
-    """The call fails before any application byte is exchanged; the honest site is still served."""
+    """The call fails before any application byte is exchanged; the honest site is still served.
+
+    The attacker even holds the honest site's envelope-signing key: TLS alone stops it.
+    """
     try:
-        await try_send_batch(link, None, "honest", 1)
+        await try_send_batch(link, honest.creds, honest.seq)
         code, details, metadata = await final_status(link)
     finally:
         await link.close()
@@ -135,6 +142,7 @@ async def _handshake_is_refused(system: EmbeddedSystem, honest: Edge, link: RawL
     assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED), (code, details)
     assert "gridfort-reason" not in metadata
     assert system.control_plane.streams.all() == []
+    assert system.control_plane.store.counts(["honest"]).batches == 0
     good = honest.link()
     try:
         await honest.commit_one(good)
@@ -186,7 +194,7 @@ async def test_valid_identity_of_another_role_may_not_open_an_edge_link(
     )
     link = foreign_link(system, key_pem, issued.chain_pem)
     try:
-        await try_send_batch(link, None, "honest", 1)
+        await try_send_batch(link, honest.creds, honest.seq)
         code, details, metadata = await final_status(link)
     finally:
         await link.close()
@@ -204,14 +212,14 @@ async def test_valid_identity_of_another_role_may_not_open_an_edge_link(
 
 
 async def test_revoked_identity_is_refused_on_a_new_connection(
-    system: EmbeddedSystem, honest: Edge, enroll_site  # type: ignore[no-untyped-def]
+    system: EmbeddedSystem, honest: Edge, enroll_site: EnrollSite
 ) -> None:
     creds = await enroll_site("victim")
     system.control_plane.revocations.revoke(creds.spiffe_id, "gateway stolen")
     # No pause: the very next connection must already be refused, and nothing it sends counts.
     link = RawLink.for_edge(system.link_endpoints[0], creds)
     try:
-        await try_send_batch(link, creds, "victim", creds.next_seq)
+        await try_send_batch(link, creds, creds.next_seq)
         code, details, metadata = await final_status(link)
     finally:
         await link.close()
@@ -228,7 +236,7 @@ async def test_revoked_identity_is_refused_on_a_new_connection(
 
 
 async def test_revocation_closes_an_already_open_stream(
-    system: EmbeddedSystem, honest: Edge, enroll_site  # type: ignore[no-untyped-def]
+    system: EmbeddedSystem, honest: Edge, enroll_site: EnrollSite
 ) -> None:
     victim = Edge(system, await enroll_site("victim"))
     link = victim.link()
@@ -266,7 +274,7 @@ async def test_stream_flood_from_one_identity_is_refused_while_the_honest_stream
         for _ in range(3):
             extra = honest.link()
             flood.append(extra)
-            await try_send_batch(extra, honest.creds, "honest", 10_000)
+            await try_send_batch(extra, honest.creds, 10_000)
             code, details, metadata = await final_status(extra)
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
             assert metadata.get("gridfort-reason") == "TOO_MANY_STREAMS"
@@ -292,7 +300,7 @@ async def test_stream_flood_from_one_identity_is_refused_while_the_honest_stream
 async def test_idle_tcp_connections_do_not_block_others_and_are_closed_by_the_handshake_timeout(
     system: EmbeddedSystem, honest: Edge
 ) -> None:
-    """Slowloris: TCP connections that never start TLS. Handshake timeout: 5 s (not configurable)."""
+    """Slowloris: TCP connections that never start TLS (handshake timeout 5 s, not configurable)."""
     port = system.control_plane.link_ports[0]
     idle = [
         await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), STATUS_TIMEOUT_S)
