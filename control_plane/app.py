@@ -155,7 +155,16 @@ class ControlPlane:
             clock_,
             workload_ttl_s=config.workload_ttl_s,
         )
-        self.streams = StreamRegistry()
+        settings = GrpcSettings(
+            link_addresses=config.link_addresses,
+            bootstrap_address=config.bootstrap_address,
+            stream_idle_timeout_s=config.stream_idle_timeout_s,
+            max_streams_per_identity=config.max_streams_per_identity,
+            max_batch_bytes=config.max_batch_bytes,
+            handshake_timeout_ms=config.handshake_timeout_ms,
+            watch_interval_s=config.watch_interval_s,
+        )
+        self.streams = StreamRegistry(settings.max_streams_per_identity)
         self.command_log = CommandLog(self.paths.commands_db)
         self.dispatcher = CommandDispatcher(
             signer=self.signer,
@@ -168,11 +177,6 @@ class ControlPlane:
         dns = (control_plane_dns_name(config.trust_domain), "localhost", *config.extra_dns_names)
         self.server_identity = ServerIdentity(
             self.ca, self.spiffe_id, clock_, dns_names=dns, ttl_s=config.workload_ttl_s
-        )
-        settings = GrpcSettings(
-            link_addresses=config.link_addresses,
-            bootstrap_address=config.bootstrap_address,
-            stream_idle_timeout_s=config.stream_idle_timeout_s,
         )
         self.transport = GrpcTransport(
             settings=settings,

@@ -22,6 +22,10 @@ class ControlPlaneConfig:
     workload_ttl_s: int = 3600
     durable_sync: bool = True  # SQLite synchronous=FULL: ack only after fsync
     stream_idle_timeout_s: float = 30.0
+    max_streams_per_identity: int = 2
+    max_batch_bytes: int = 512 << 10
+    handshake_timeout_ms: int = 5_000
+    watch_interval_s: float = 1.0  # revocation/expiry/idle checks of open streams
     extra_dns_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -33,6 +37,14 @@ class ControlPlaneConfig:
             raise ConfigError("replay_window_s: must be between 1 and 3600 seconds")
         if not 0 <= self.clock_skew_s <= self.replay_window_s:
             raise ConfigError("clock_skew_s: must be between 0 and replay_window_s")
+        if not 1 <= self.max_streams_per_identity <= 64:
+            raise ConfigError("max_streams_per_identity: must be between 1 and 64")
+        if not 1024 <= self.max_batch_bytes < 1 << 20:
+            raise ConfigError("max_batch_bytes: must be between 1 KiB and 1 MiB")
+        if not 100 <= self.handshake_timeout_ms <= 60_000:
+            raise ConfigError("handshake_timeout_ms: must be between 100 and 60000")
+        if not 0.05 <= self.watch_interval_s <= 5:
+            raise ConfigError("watch_interval_s: must be between 0.05 and 5 s (revocation latency)")
         if not 10 <= self.workload_ttl_s <= 30 * 86400:
             raise ConfigError("workload_ttl_s: must be between 10 s and 30 days")
 

@@ -25,6 +25,7 @@ from security.tasks import reap
 log = logging.getLogger(__name__)
 
 AdapterFactory = Callable[[DeviceConfig], DeviceAdapter]
+STOP_TIMEOUT_S = 3.0  # a device that does not close in time is abandoned, not waited for
 
 
 def default_adapter(device: DeviceConfig) -> DeviceAdapter:
@@ -113,8 +114,8 @@ class EdgeNode:
         task, self._uplink_task = self._uplink_task, None
         await reap(task)
         for state in self.devices.values():
-            with contextlib.suppress(DeviceError):
-                await state.adapter.close()
+            with contextlib.suppress(DeviceError, TimeoutError):
+                await asyncio.wait_for(state.adapter.close(), STOP_TIMEOUT_S)
         self.outbox.close()
         self.command_seq.close()
         self.audit.close()

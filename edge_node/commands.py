@@ -103,6 +103,7 @@ class CommandExecutor:
         if isinstance(checked, Refusal):
             return self._answer(command, cpb.COMMAND_STATUS_REFUSED, checked, 0.0)
         state = checked
+        self._seq.advance(command.seq)  # before any await: a seq is used exactly once
         p_kw = command.set_active_power.p_kw
         ev = await self._ev_session(state)
         problem = check_active_power(
@@ -114,7 +115,6 @@ class CommandExecutor:
             site=self._limits,
             now_ms=now_ms,
         )
-        self._seq.advance(command.seq)
         if problem is not None:
             return self._answer(
                 command, cpb.COMMAND_STATUS_REFUSED, Refusal(Reason.COMMAND_UNSAFE, problem), 0.0

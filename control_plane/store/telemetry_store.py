@@ -203,7 +203,7 @@ class TelemetryStore:
             for request, _future, _loop in group:
                 results.append(self._write_isolated(conn, request, now_ms))
             conn.execute("COMMIT")
-        except sqlite3.Error as e:
+        except Exception as e:  # any failure: the callers learn it, the writer lives on
             log.error("telemetry commit of %d batches failed: %s", len(group), e)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -219,7 +219,7 @@ class TelemetryStore:
         conn.execute("SAVEPOINT one")
         try:
             result = cls._write_one(conn, r, now_ms)
-        except sqlite3.IntegrityError as e:
+        except (sqlite3.IntegrityError, OverflowError, ValueError) as e:
             conn.execute("ROLLBACK TO one")
             conn.execute("RELEASE one")
             log.error("batch %s/%s could not be stored: %s", r.site_id, r.seq, e)
