@@ -1,0 +1,470 @@
+"""``gridfort bench ingest``: measurements/s through the full ingest pipeline, honestly.
+
+What is measured: K enrolled edge identities (real enrollment with one-time
+tokens) stream signed 250-measurement batches over real gRPC with mutual TLS on
+loopback into a real control plane: authenticate, verify (Ed25519 + replay
+guard), authorize (asset registry), validate (units, physical bounds), durable
+group commit to SQLite WAL, a signed receipt back. The load generator runs in
+separate OS processes (see ``ingest_load``).
+
+Phases, each checked for lost or double-counted data before the next starts:
+
+1. saturation, full pipeline (the headline, ``durable_sync=True``: fsync per group commit);
+2. saturation, :class:`~benchmarks.baseline_pipeline.BaselinePipeline` (same transport
+   and store, verify/authorize/validate off), for the ratio full/baseline;
+3. latency at a stated load (50 % of phase 1), open-loop rate-limited sending:
+   p50/p95/p99 sample-to-commit latency [ms].
+
+Optionally the two saturation phases again with ``durable_sync=False``.
+Output: a table on stdout and JSON (machine, parameters, phases, ratio, targets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.baseline_pipeline import BaselinePipeline
+from benchmarks.ingest_integrity import check_phase, store_snapshot
+from benchmarks.ingest_load import (
+    MAX_PHASE_S,
+    LoadReport,
+    LoadSpec,
+    SiteSpec,
+    generator_main,
+    split_sites,
+)
+from benchmarks.ingest_report import print_report
+from control_plane.assets.model import CANONICAL_UNIT, Asset, AssetKind, channel_bounds
+from control_plane.embedded import EmbeddedSystem
+from control_plane.ingest.pipeline import IngestPipeline
+
+TARGET_THROUGHPUT_MPS = 100_000  # measurements/s, every stage on, durable
+TARGET_P99_MS = 250.0  # sample-to-commit p99 at half of saturation [ms]
+SAMPLES_PER_DEVICE = 10  # a gateway reads ~10 channels per device per second
+TRUST_DOMAIN = "bench.gridfort.local"
+BUSY_MACHINE_CORES = 0.25  # other processes using more than this during a phase: flagged
+DURABILITY = {"fsync": True, "normal": False}  # label -> ControlPlaneConfig.durable_sync
+
+
+class IntegrityError(Exception):
+    """A phase lost, refused or double-counted data: the benchmark result is void."""
+
+
+@dataclass(frozen=True)
+class BenchParams:
+    sites: int = 8
+    batch_size: int = 250
+    seconds: float = 5.0
+    warmup_s: float = 1.0
+    window: int = 16  # batches in flight per site at saturation
+    load_procs: int = 1
+    durability: str = "both"  # fsync | normal | both
+    latency_load: float = 0.5  # phase 3 load as a fraction of phase 1 saturation
+    verify_every: int = 1  # the generator verifies every n-th receipt signature (0: none)
+    state_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.sites < 1 or self.batch_size < 1 or self.window < 1 or self.load_procs < 1:
+            raise ValueError("sites, batch_size, window and load_procs must be >= 1")
+        if self.seconds <= 0 or self.warmup_s < 0 or self.seconds + self.warmup_s > MAX_PHASE_S:
+            raise ValueError(f"seconds must be > 0, warmup >= 0, together <= {MAX_PHASE_S:.0f}")
+        if self.durability not in ("fsync", "normal", "both"):
+            raise ValueError("durability must be fsync, normal or both")
+        if not 0 < self.latency_load <= 1:
+            raise ValueError("latency_load must be in (0, 1]")
+
+
+@dataclass
+class Phase:
+    phase: str  # 1 full saturation, 2 baseline saturation, 3 latency; 4, 5: other durability
+    name: str
+    pipeline: str  # full | baseline
+    durability: str  # fsync | normal
+    mode: str  # saturation | rate
+    offered_batches_per_s: float | None
+    throughput_mps: float = 0.0
+    batches_per_s: float = 0.0
+    sent_batches_per_s: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    max_schedule_lag_ms: float = 0.0
+    batches_sent: int = 0
+    batches_committed: int = 0
+    measurements_committed: int = 0
+    receipts_verified: int = 0
+    server_cpu_us_per_measurement: float = 0.0  # control-plane CPU [us] per committed measurement
+    server_cpu_cores: float = 0.0  # CPU of the control-plane process / window [cores]
+    generator_cpu_cores: float = 0.0  # CPU of the load generator processes / window [cores]
+    other_cpu_cores: float | None = None  # the rest of the machine (noise) [cores], Linux only
+    integrity: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the fleet -------------------------------------------------------------------
+_KINDS = (AssetKind.PV_INVERTER, AssetKind.BATTERY, AssetKind.EV_CHARGER)
+
+
+def site_assets(site_id: str, batch_size: int) -> list[Asset]:
+    """~batch_size/10 devices (PV, battery, EV charger in turn) for one site gateway."""
+    n = max(1, -(-batch_size // SAMPLES_PER_DEVICE))
+    assets = []
+    for i in range(n):
+        kind = _KINDS[i % len(_KINDS)]
+        e_kwh = {AssetKind.PV_INVERTER: 0.0, AssetKind.BATTERY: 20.0, AssetKind.EV_CHARGER: 60.0}
+        assets.append(Asset(f"{site_id}-d{i:03d}", site_id, kind, 11.0, e_kwh[kind]))
+    return assets
+
+
+def site_channels(assets: list[Asset]) -> tuple[tuple[str, int, int, float, float], ...]:
+    """SAMPLES_PER_DEVICE samples per device, over the device's channels in turn."""
+    out = []
+    for a in assets:
+        bounds = sorted(channel_bounds(a).items())
+        for j in range(SAMPLES_PER_DEVICE):
+            quantity, (low, high) = bounds[j % len(bounds)]
+            out.append((a.asset_id, quantity, CANONICAL_UNIT[quantity], low, high))
+    return tuple(out)
+
+
+# -- the generator processes --------------------------------------------------------
+def _machine_busy_s() -> float:
+    """CPU time [s] the whole machine spent outside idle/iowait since boot; -1 if unknown."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return -1.0
+    ticks = [int(x) for x in fields[:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+async def _window_cpu(t_begin: float, t_end: float) -> tuple[float, float]:
+    """(this process, whole machine) CPU time [s] between two perf_counter instants."""
+    await asyncio.sleep(max(0.0, t_begin - time.perf_counter()))
+    proc0, machine0 = time.process_time(), _machine_busy_s()
+    await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+    proc, machine = time.process_time() - proc0, _machine_busy_s()
+    return proc, (machine - machine0 if machine0 >= 0 and machine >= 0 else -1.0)
+
+
+class LoadPool:
+    """Generator processes (spawned: no shared event loop, no inherited state)."""
+
+    def __init__(self, procs: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conns = []
+        self._procs = []
+        for i in range(procs):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=generator_main, args=(child,), name=f"bench-load-{i}")
+            p.daemon = True
+            p.start()
+            self._conns.append(parent)
+            self._procs.append(p)
+
+    @property
+    def size(self) -> int:
+        return len(self._conns)
+
+    async def run(self, specs: list[LoadSpec]) -> tuple[list[LoadReport], tuple[float, float]]:
+        """Run one phase on all generators: their reports, and the CPU time [s] of this
+        process and of the whole machine (-1 if unknown) during the measured window."""
+        loop = asyncio.get_running_loop()
+        conns = self._conns[: len(specs)]
+        for conn, spec in zip(conns, specs, strict=True):
+            conn.send(spec)
+        for conn in conns:
+            ready = await loop.run_in_executor(None, conn.recv)
+            if isinstance(ready, LoadReport):
+                raise RuntimeError(f"load generator failed:\n{ready.error}")
+        start_wall = time.time() + 0.2
+        t_begin = time.perf_counter() + 0.2 + specs[0].warmup_s
+        cpu = asyncio.ensure_future(_window_cpu(t_begin, t_begin + specs[0].seconds))
+        for conn in conns:
+            conn.send(start_wall)
+        reports: list[LoadReport] = [await loop.run_in_executor(None, c.recv) for c in conns]
+        window_cpu = await cpu
+        for r in reports:
+            if r.error:
+                raise RuntimeError(f"load generator failed:\n{r.error}")
+        return reports, window_cpu
+
+    def close(self) -> None:
+        for conn in self._conns:
+            with suppress(OSError):
+                conn.send(None)
+        for p in self._procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+
+
+# -- one control plane under test ------------------------------------------------
+@dataclass
+class Target:
+    system: EmbeddedSystem
+    pipeline: str
+    durability: str
+    sites: list[SiteSpec]
+
+
+@asynccontextmanager
+async def control_plane(
+    root: Path, pipeline: str, durability: str, params: BenchParams
+) -> AsyncIterator[Target]:
+    cls: type[IngestPipeline] = BaselinePipeline if pipeline == "baseline" else IngestPipeline
+    state = root / f"{pipeline}-{durability}"
+    system = EmbeddedSystem(
+        state / "cp",
+        trust_domain=TRUST_DOMAIN,
+        pipeline_cls=cls,
+        durable_sync=DURABILITY[durability],
+    )
+    await system.start()
+    try:
+        sites = []
+        for i in range(params.sites):
+            site_id = f"site-{i:03d}"
+            assets = site_assets(site_id, params.batch_size)
+            system.register_site(site_id, assets)
+            creds = await system.enroll_edge(site_id, state / "edges" / site_id)
+            sites.append(SiteSpec(site_id, creds.directory, creds.next_seq, site_channels(assets)))
+        yield Target(system, pipeline, durability, sites)
+    finally:
+        await system.stop()
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    v = sorted(values)
+
+    def pct(p: float) -> float:
+        return round(v[min(len(v) - 1, int(p / 100.0 * len(v)))], 2)
+
+    return {"n": len(v), "p50": pct(50), "p95": pct(95), "p99": pct(99), "max": round(v[-1], 2)}
+
+
+async def run_phase(
+    target: Target, pool: LoadPool, params: BenchParams, phase_id: str, rate: float | None
+) -> Phase:
+    """One phase: saturation (closed loop) if ``rate`` is None, else ``rate`` batches/s."""
+    if rate is None:
+        name = f"{phase_id} {target.pipeline}, saturation ({target.durability})"
+    else:
+        name = f"{phase_id} full, {params.latency_load:.0%} of saturation ({target.durability})"
+    endpoint = target.system.link_endpoints[0]
+    window = params.window if rate is None else max(params.window, 256)
+    parts = split_sites(target.sites, pool.size)
+    specs = [
+        LoadSpec(
+            endpoint=endpoint,
+            sites=part,
+            batch_size=params.batch_size,
+            window=window,
+            warmup_s=params.warmup_s,
+            seconds=params.seconds,
+            rate_batches_per_s=None if rate is None else rate * len(part) / len(target.sites),
+            verify_every=params.verify_every,
+        )
+        for part in parts
+    ]
+    cp, site_ids = target.system.control_plane, [s.site_id for s in target.sites]
+    before = store_snapshot(cp, site_ids)
+    reports, (server_cpu_s, machine_cpu_s) = await pool.run(specs)
+    integrity = check_phase(cp, before, store_snapshot(cp, site_ids), reports, params.batch_size)
+    # advance each site's next sequence number for the next phase on this control plane
+    next_seq = {s.site_id: s.last_seq + 1 for r in reports for s in r.sites}
+    target.sites = [
+        SiteSpec(s.site_id, s.edge_dir, next_seq.get(s.site_id, s.first_seq), s.channels)
+        for s in target.sites
+    ]
+    window_s = max(r.window_s for r in reports)
+    generator_cpu_s = sum(r.cpu_s for r in reports)
+    window_measurements = sum(r.window_measurements for r in reports)
+    phase = Phase(
+        phase=phase_id,
+        name=name,
+        pipeline=target.pipeline,
+        durability=target.durability,
+        mode="saturation" if rate is None else "rate",
+        offered_batches_per_s=None if rate is None else round(rate, 1),
+        throughput_mps=window_measurements / window_s,
+        batches_per_s=sum(r.window_batches for r in reports) / window_s,
+        sent_batches_per_s=sum(r.window_sent_batches for r in reports) / window_s,
+        latency_ms=_percentiles([x for r in reports for x in r.latencies_ms]),
+        max_schedule_lag_ms=round(max(r.max_schedule_lag_ms for r in reports), 2),
+        batches_sent=integrity["batches_sent"],
+        batches_committed=integrity["committed_receipts"],
+        measurements_committed=sum(s.measurements_committed for r in reports for s in r.sites),
+        receipts_verified=sum(r.receipts_verified for r in reports),
+        server_cpu_us_per_measurement=round(server_cpu_s * 1e6 / max(1, window_measurements), 2),
+        server_cpu_cores=round(server_cpu_s / window_s, 2),
+        generator_cpu_cores=round(generator_cpu_s / window_s, 2),
+        other_cpu_cores=(
+            None
+            if machine_cpu_s < 0
+            else round(max(0.0, machine_cpu_s - server_cpu_s - generator_cpu_s) / window_s, 2)
+        ),
+        integrity=integrity,
+    )
+    return phase
+
+
+def _record(phases: list[Phase], phase: Phase) -> Phase:
+    """Keep the phase; stop the whole run loudly if it lost or double-counted anything."""
+    phases.append(phase)
+    if not phase.integrity["ok"]:
+        raise IntegrityError(f"{phase.name}: " + "; ".join(phase.integrity["problems"][:10]))
+    return phase
+
+
+# -- the whole run -------------------------------------------------------------------
+async def _run_all(params: BenchParams, root: Path, pool: LoadPool, phases: list[Phase]) -> None:
+    """Phases 1 and 3 on one control plane (full pipeline), then 2 (baseline); then, if asked,
+    4 and 5: the two saturation phases with the other durability setting."""
+    durabilities = ["fsync", "normal"] if params.durability == "both" else [params.durability]
+    for i, d in enumerate(durabilities):
+        first = i == 0
+        async with control_plane(root, "full", d, params) as full:
+            sat = await run_phase(full, pool, params, "1" if first else "4", None)
+            _record(phases, sat)
+            if first:
+                rate = params.latency_load * sat.batches_per_s
+                _record(phases, await run_phase(full, pool, params, "3", rate))
+        async with control_plane(root, "baseline", d, params) as base:
+            _record(phases, await run_phase(base, pool, params, "2" if first else "5", None))
+
+
+def fsync_latency_ms(directory: Path, n: int = 20) -> float:
+    """Median time [ms] of a 4 KiB write + fsync in ``directory`` (a group commit waits this)."""
+    path = directory / "fsync-probe"
+    times = []
+    with path.open("wb") as f:
+        for _ in range(n):
+            f.write(os.urandom(4096))
+            f.flush()
+            t = time.perf_counter()
+            os.fsync(f.fileno())
+            times.append((time.perf_counter() - t) * 1000.0)
+    path.unlink()
+    return round(sorted(times)[n // 2], 3)
+
+
+def _summarize(
+    params: BenchParams, phases: list[Phase], error: str, machine: dict[str, Any]
+) -> dict[str, Any]:
+    phases = sorted(phases, key=lambda p: p.phase)
+    sat = {(p.pipeline, p.durability): p for p in phases if p.mode == "saturation"}
+    ratio = {
+        d: round(sat[("full", d)].throughput_mps / sat[("baseline", d)].throughput_mps, 3)
+        for d in DURABILITY
+        if ("full", d) in sat and ("baseline", d) in sat and sat[("baseline", d)].throughput_mps
+    }
+    by_cpu = {
+        d: round(
+            sat[("baseline", d)].server_cpu_us_per_measurement
+            / sat[("full", d)].server_cpu_us_per_measurement,
+            3,
+        )
+        for d in ratio
+        if sat[("full", d)].server_cpu_us_per_measurement
+    }
+    ok = not error and len(phases) > 0 and all(p.integrity.get("ok") for p in phases)
+    headline = next((p for p in phases if p.phase == "1"), None)
+    latency = next((p for p in phases if p.phase == "3"), None)
+    thr = headline.throughput_mps if headline else None
+    p99 = latency.latency_ms.get("p99") if latency else None
+    return {
+        "benchmark": "ingest",
+        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(params).items()}
+        | {"samples_per_device": SAMPLES_PER_DEVICE, "trust_domain": TRUST_DOMAIN},
+        "phases": [asdict(p) for p in phases],
+        "ratio_full_over_baseline": ratio,
+        "ratio_full_over_baseline_by_cpu": by_cpu,
+        "targets": {
+            "throughput_mps": {
+                "target": TARGET_THROUGHPUT_MPS,
+                "durability": headline.durability if headline else None,
+                "measured": None if thr is None else round(thr),
+                "met": ok and thr is not None and thr >= TARGET_THROUGHPUT_MPS,
+            },
+            "p99_latency_ms": {
+                "target": TARGET_P99_MS,
+                "at_load_mps": (
+                    round(latency.sent_batches_per_s * params.batch_size) if latency else None
+                ),
+                "measured": p99,
+                "met": ok and p99 is not None and p99 < TARGET_P99_MS,
+            },
+        },
+        "contended_phases": [
+            p.phase
+            for p in phases
+            if p.other_cpu_cores is not None and p.other_cpu_cores > BUSY_MACHINE_CORES
+        ],
+        "integrity_ok": ok,
+        "error": error,
+    }
+
+
+def machine_info(scratch: Path) -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "fsync_4k_median_ms": fsync_latency_ms(scratch),
+    }
+
+
+def run_benchmark(params: BenchParams) -> dict[str, Any]:
+    """Run every phase; the JSON-ready result has ``integrity_ok`` False if data was lost."""
+    phases: list[Phase] = []
+    error = ""
+    with tempfile.TemporaryDirectory(prefix="gridfort-bench-", dir=params.state_dir) as tmp:
+        machine = machine_info(Path(tmp))
+        pool = LoadPool(min(params.load_procs, params.sites))
+        try:
+            asyncio.run(_run_all(params, Path(tmp), pool, phases))
+        except IntegrityError as e:
+            error = f"integrity: {e}"
+        finally:
+            pool.close()
+    return _summarize(params, phases, error, machine)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    params = BenchParams(
+        sites=args.sites,
+        batch_size=args.batch_size,
+        seconds=args.seconds,
+        warmup_s=getattr(args, "warmup", 1.0),
+        window=getattr(args, "window", 16),
+        load_procs=getattr(args, "load_procs", 1),
+        durability=getattr(args, "durability", "both"),
+        latency_load=getattr(args, "latency_load", 0.5),
+        verify_every=getattr(args, "verify_every", 1),
+        state_dir=getattr(args, "state_dir", None),
+    )
+    result = run_benchmark(params)
+    path: Path = args.json
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print_report(result)
+    print(f"JSON written to {path}")
+    return 0 if result["integrity_ok"] else 1

@@ -1,0 +1,106 @@
+"""The stdout table of ``gridfort bench ingest`` (the JSON holds the same numbers and more)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+WIDTH = 180  # columns when stdout is not a terminal (CI logs, files)
+BUSY = 0.25  # cores; see benchmarks.ingest.BUSY_MACHINE_CORES
+
+
+def _fmt(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def _verdict(met: bool) -> str:
+    return "[bold green]met[/]" if met else "[bold red]NOT met[/]"
+
+
+def print_report(result: dict[str, Any], console: Console | None = None) -> None:
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=WIDTH)
+    m, p = result["machine"], result["parameters"]
+    console.print(
+        f"[bold]gridfort bench ingest[/]  {m['cpu_count']} CPU, Python {m['python']}, "
+        f"{m['platform']}, load average {m['load_average_at_start']}, "
+        f"fsync {m['fsync_4k_median_ms']} ms\n"
+        f"{p['sites']} enrolled edges x window {p['window']} batches, "
+        f"{p['batch_size']} measurements/batch, {p['seconds']} s per phase "
+        f"(+{p['warmup_s']} s warm-up), {p['load_procs']} load process(es)"
+    )
+    table = Table(title="ingest over gRPC + mutual TLS on loopback")
+    columns = (
+        "phase",
+        "measurements/s",
+        "batches/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "µs/meas",
+        "CPU server",
+        "load",
+        "other",
+        "sent",
+        "committed",
+        "checks",
+    )
+    for col in columns:
+        phase = col == "phase"
+        table.add_column(col, justify="left" if phase else "right", no_wrap=phase)
+    for ph in result["phases"]:
+        lat = ph["latency_ms"]
+        table.add_row(
+            escape(ph["name"]),
+            _fmt(ph["throughput_mps"]),
+            _fmt(ph["batches_per_s"], 1),
+            _fmt(lat.get("p50"), 1),
+            _fmt(lat.get("p95"), 1),
+            _fmt(lat.get("p99"), 1),
+            f"{ph['server_cpu_us_per_measurement']:.2f}",
+            f"{ph['server_cpu_cores']:.2f}",
+            f"{ph['generator_cpu_cores']:.2f}",
+            _fmt(ph["other_cpu_cores"], 2),
+            f"{ph['batches_sent']:,}",
+            f"{ph['batches_committed']:,}",
+            "[green]ok[/]" if ph["integrity"]["ok"] else "[bold red]FAILED[/]",
+        )
+    console.print(table)
+    by_cpu = result["ratio_full_over_baseline_by_cpu"]
+    for d, r in result["ratio_full_over_baseline"].items():
+        console.print(
+            f"ratio full/baseline ({d}): [bold]{r:.2f}[/] by throughput, "
+            f"{by_cpu.get(d, 0.0):.2f} by server CPU per measurement"
+        )
+    t = result["targets"]
+    thr, lat = t["throughput_mps"], t["p99_latency_ms"]
+    console.print(
+        f"target >= {thr['target']:,} measurements/s, every stage on ({thr['durability']}): "
+        f"{_fmt(thr['measured'])} -> {_verdict(thr['met'])}"
+    )
+    console.print(
+        f"target p99 < {lat['target']:.0f} ms at half of saturation "
+        f"({_fmt(lat['at_load_mps'])} measurements/s): {_fmt(lat['measured'], 1)} ms -> "
+        f"{_verdict(lat['met'])}"
+    )
+    if result["contended_phases"]:
+        console.print(
+            f"[yellow]note: other processes used > {BUSY} cores of this machine during "
+            f"phase(s) {', '.join(result['contended_phases'])} ('other'): their throughput is "
+            "a lower bound; 'µs/meas' (server CPU per measurement) is the contention-robust cost[/]"
+        )
+    if result["integrity_ok"]:
+        console.print(
+            "[green]integrity: every batch sent got one COMMITTED receipt; "
+            "store counts match exactly[/]"
+        )
+    else:
+        console.print(f"[bold red]INTEGRITY FAILURE: {escape(result['error'])}[/]")
+        for ph in result["phases"]:
+            for problem in ph["integrity"].get("problems", [])[:10]:
+                console.print(f"[red]  {escape(ph['name'])}: {escape(problem)}[/]")

@@ -1,0 +1,1 @@
+"""Tests of the benchmarks (structure and integrity checks only, never timings)."""
