@@ -167,7 +167,7 @@ class Demo:
             state_dir=site_dir / "opcua-state",
         )
         modbus_port = await modbus.start()
-        opcua_port = await opcua.start()
+        await opcua.start()
         site = Site(site_id, modbus, opcua)
         self.sites.append(site)
         a = site.assets

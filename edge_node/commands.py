@@ -13,11 +13,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
-from gridfort.v1 import command_pb2 as cpb
-from gridfort.v1 import envelope_pb2 as epb
 
 from edge_node.devices.base import DeviceAdapter, DeviceError, DeviceLimits, EvSession
 from edge_node.safety_limits import SiteLimits, check_active_power
+from gridfort.v1 import command_pb2 as cpb
+from gridfort.v1 import envelope_pb2 as epb
 from security.audit_log import AuditLog
 from security.clock import Clock
 from security.envelope import EnvelopeSigner, check_envelope_shape, verify_signature

@@ -16,11 +16,11 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from gridfort.v1 import enrollment_pb2 as enpb
-from gridfort.v1 import enrollment_pb2_grpc as engrpc
 
 from control_plane.tls_identity import control_plane_dns_name
 from edge_node.commands import TrustedController
+from gridfort.v1 import enrollment_pb2 as enpb
+from gridfort.v1 import enrollment_pb2_grpc as engrpc
 from security.ca import generate_private_key, make_csr, write_bytes_atomic
 from security.envelope import (
     EnvelopeSigner,

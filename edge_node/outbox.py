@@ -10,10 +10,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_node.devices.base import Reading
 from gridfort.v1 import envelope_pb2 as epb
 from gridfort.v1 import telemetry_pb2 as tpb
-
-from edge_node.devices.base import Reading
 from security.envelope import EnvelopeSigner, payload_digest
 
 _SCHEMA = """

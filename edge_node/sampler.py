@@ -10,11 +10,10 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gridfort.v1 import telemetry_pb2 as tpb
-
 from edge_node.commands import DeviceState
 from edge_node.devices.base import DeviceError, Reading
 from edge_node.outbox import Outbox
+from gridfort.v1 import telemetry_pb2 as tpb
 from security.clock import Clock
 from security.envelope import EnvelopeSigner
 

@@ -19,8 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError
-from gridfort.v1 import envelope_pb2 as epb
 
+from gridfort.v1 import envelope_pb2 as epb
 from security.refusals import Reason, Refusal
 
 DOMAIN_PREFIX = b"gridfort/v1/"

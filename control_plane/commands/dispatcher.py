@@ -14,13 +14,13 @@ import uuid
 from collections.abc import Mapping
 
 from google.protobuf.message import DecodeError
-from gridfort.v1 import command_pb2 as cpb
-from gridfort.v1 import edge_link_pb2 as lpb
-from gridfort.v1 import envelope_pb2 as epb
 
 from control_plane.commands.command_log import CommandLog
 from control_plane.ingest.types import Peer
 from control_plane.transports.streams import StreamRegistry
+from gridfort.v1 import command_pb2 as cpb
+from gridfort.v1 import edge_link_pb2 as lpb
+from gridfort.v1 import envelope_pb2 as epb
 from security.audit_log import AuditLog
 from security.clock import Clock
 from security.envelope import EnvelopeSigner, check_envelope_shape, verify_signature

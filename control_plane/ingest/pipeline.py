@@ -14,9 +14,6 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from gridfort.v1 import edge_link_pb2 as lpb
-from gridfort.v1 import envelope_pb2 as epb
-
 from control_plane.assets.registry import AssetRegistry, RegistrySnapshot
 from control_plane.ingest.gate import Gate
 from control_plane.ingest.receipts import IngestResult
@@ -27,6 +24,8 @@ from control_plane.ingest.stages.verify import verify
 from control_plane.ingest.types import Duplicate, Peer, ValidatedBatch
 from control_plane.state import FleetState
 from control_plane.store.telemetry_store import CommitOutcome, CommitRequest, TelemetryStore
+from gridfort.v1 import edge_link_pb2 as lpb
+from gridfort.v1 import envelope_pb2 as epb
 from security.audit_log import AuditLog
 from security.clock import Clock
 from security.envelope import payload_digest

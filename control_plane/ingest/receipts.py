@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from gridfort.v1 import edge_link_pb2 as lpb
 from gridfort.v1 import envelope_pb2 as epb
-
 from security.envelope import EnvelopeSigner
 from security.refusals import RETRYABLE, Reason
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from control_plane.assets.model import Asset
 from gridfort.v1 import envelope_pb2 as epb
 from gridfort.v1 import telemetry_pb2 as tpb
-
-from control_plane.assets.model import Asset
 from security.identity import SpiffeId
 from security.refusals import Reason
 

@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.message import DecodeError
-from gridfort.v1 import edge_link_pb2 as lpb
-from gridfort.v1 import enrollment_pb2 as enpb
-from gridfort.v1 import enrollment_pb2_grpc as engrpc
-from gridfort.v1 import envelope_pb2 as epb
 
 from control_plane.commands.dispatcher import CommandDispatcher
 from control_plane.ingest.pipeline import IngestPipeline
 from control_plane.ingest.receipts import sign_receipt
 from control_plane.transports.grpc_status import REASON_KEY, details_for, status_for
 from control_plane.transports.streams import EdgeStream, StreamRegistry
+from gridfort.v1 import edge_link_pb2 as lpb
+from gridfort.v1 import enrollment_pb2 as enpb
+from gridfort.v1 import enrollment_pb2_grpc as engrpc
+from gridfort.v1 import envelope_pb2 as epb
 from security.ca import CertificateAuthority
 from security.clock import Clock
 from security.enrollment import EnrollmentAuthority

@@ -11,9 +11,8 @@ import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from gridfort.v1 import edge_link_pb2 as lpb
-
 from control_plane.ingest.types import Peer
+from gridfort.v1 import edge_link_pb2 as lpb
 from security.refusals import Reason, Refusal
 
 

@@ -49,7 +49,6 @@ from asyncua.common.subscription import DataChangeNotif, Subscription
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError
-from gridfort.v1 import telemetry_pb2 as tpb
 
 from edge_node.devices.base import (
     AppliedSetpoint,
@@ -59,6 +58,7 @@ from edge_node.devices.base import (
     EvSession,
     Reading,
 )
+from gridfort.v1 import telemetry_pb2 as tpb
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")

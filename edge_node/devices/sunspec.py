@@ -25,13 +25,13 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping
 
-from gridfort.v1 import telemetry_pb2 as tpb
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
 from edge_node.devices import sunspec_models as ssm
 from edge_node.devices.base import AppliedSetpoint, AssetKind, DeviceError, DeviceLimits, Reading
+from gridfort.v1 import telemetry_pb2 as tpb
 
 MAX_MODELS = 64  # a longer chain is treated as a broken device
 _CHARGE_BIT, _DISCHARGE_BIT = 0x1, 0x2  # model 124 StorCtl_Mod: CHARGE=bit 0, DiSCHARGE=bit 1

@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
-from gridfort.v1 import edge_link_pb2 as lpb
-from gridfort.v1 import envelope_pb2 as epb
 
 from edge_node.credentials import EdgeCredentials, EnrollmentError, renew
 from edge_node.outbox import Outbox, OutboxEntry
+from gridfort.v1 import edge_link_pb2 as lpb
+from gridfort.v1 import envelope_pb2 as epb
 from security.clock import Clock
 from security.envelope import check_envelope_shape, verify_signature
 from security.refusals import Reason, Refusal

@@ -12,8 +12,12 @@ from security.clock import ManualClock
 from security.refusals import Reason
 
 
-def request(seq: int, digest: bytes = b"a" * 32, quarantined: list[QuarantinedMeasurement] | None = None) -> CommitRequest:
-    return CommitRequest("s1", seq, digest, "k" * 32, 1, 1, 1, [("s1-pv", 1, 1, 2.5)], quarantined or [])
+def request(
+    seq: int, digest: bytes = b"a" * 32, quarantined: list[QuarantinedMeasurement] | None = None
+) -> CommitRequest:
+    return CommitRequest(
+        "s1", seq, digest, "k" * 32, 1, 1, 1, [("s1-pv", 1, 1, 2.5)], quarantined or []
+    )
 
 
 async def test_commit_is_idempotent_and_high_water_marks_survive_reopen(tmp_path: Path) -> None:
@@ -45,7 +49,8 @@ async def test_conflicting_batch_fails_alone(tmp_path: Path) -> None:
     store = TelemetryStore(tmp_path / "t.db", ManualClock(5))
     await store.commit(request(1))
     results = await asyncio.gather(
-        store.commit(request(1, b"x" * 32)), store.commit(request(2, b"y" * 32)),
+        store.commit(request(1, b"x" * 32)),
+        store.commit(request(2, b"y" * 32)),
         return_exceptions=True,
     )
     assert isinstance(results[0], Exception) and results[1] is CommitOutcome.COMMITTED

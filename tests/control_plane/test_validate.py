@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from gridfort.v1 import envelope_pb2 as epb
-from gridfort.v1 import telemetry_pb2 as tpb
 
 from control_plane.assets.model import Asset, AssetKind
 from control_plane.ingest.stages.validate import ValidationPolicy, validate
 from control_plane.ingest.types import AuthorizedBatch, Peer, VerifiedBatch
+from gridfort.v1 import envelope_pb2 as epb
+from gridfort.v1 import telemetry_pb2 as tpb
 from security.identity import Role, SpiffeId
 from security.refusals import Reason, Refusal
 

@@ -13,7 +13,9 @@ HANG_REPORT_AFTER_S = 45.0
 
 async def _report_hang() -> None:
     await asyncio.sleep(HANG_REPORT_AFTER_S)
-    print(f"\n--- asyncio tasks still running after {HANG_REPORT_AFTER_S:.0f} s ---", file=sys.stderr)
+    print(
+        f"\n--- asyncio tasks still running after {HANG_REPORT_AFTER_S:.0f} s ---", file=sys.stderr
+    )
     for task in asyncio.all_tasks():
         print(f"task {task.get_name()}: {task.get_coro()}", file=sys.stderr)
         task.print_stack(limit=8, file=sys.stderr)

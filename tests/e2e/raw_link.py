@@ -7,11 +7,11 @@ import hashlib
 from collections.abc import Sequence
 
 import grpc
+
+from edge_node.credentials import EdgeCredentials
 from gridfort.v1 import edge_link_pb2 as lpb
 from gridfort.v1 import envelope_pb2 as epb
 from gridfort.v1 import telemetry_pb2 as tpb
-
-from edge_node.credentials import EdgeCredentials
 from security.envelope import EnvelopeSigner
 
 METHOD = "/gridfort.v1.EdgeLink/Connect"

@@ -67,13 +67,37 @@ async def test_operator_deploys_a_site_with_the_cli(tmp_path: Path) -> None:
     state, edge_dir = tmp_path / "state", tmp_path / "edge"
     await run("ca", "init", "--state-dir", str(state), "--trust-domain", DOMAIN)
     assert (state / "ca").stat().st_mode & 0o777 == 0o700
-    await run("site", "add", "--state-dir", str(state), "site-9",
-              "--asset", "site-9-pv:pv_inverter:10", "--asset", "site-9-bat:battery:5:10")
+    await run(
+        "site",
+        "add",
+        "--state-dir",
+        str(state),
+        "site-9",
+        "--asset",
+        "site-9-pv:pv_inverter:10",
+        "--asset",
+        "site-9-bat:battery:5:10",
+    )
     link, boot = free_port(), free_port()
-    cp = await start("control-plane", "run", "--state-dir", str(state), "--trust-domain", DOMAIN,
-                     "--listen", f"127.0.0.1:{link}", "--bootstrap-listen", f"127.0.0.1:{boot}")
-    sim = SunSpecSiteSimulator(pv_rated_kw=10.0, battery_rated_kw=5.0, battery_e_kwh=10.0,
-                               battery_soc_pct=50.0, clock=SystemClock())
+    cp = await start(
+        "control-plane",
+        "run",
+        "--state-dir",
+        str(state),
+        "--trust-domain",
+        DOMAIN,
+        "--listen",
+        f"127.0.0.1:{link}",
+        "--bootstrap-listen",
+        f"127.0.0.1:{boot}",
+    )
+    sim = SunSpecSiteSimulator(
+        pv_rated_kw=10.0,
+        battery_rated_kw=5.0,
+        battery_e_kwh=10.0,
+        battery_soc_pct=50.0,
+        clock=SystemClock(),
+    )
     port = await sim.start()
     edge: asyncio.subprocess.Process | None = None
     try:
@@ -81,17 +105,42 @@ async def test_operator_deploys_a_site_with_the_cli(tmp_path: Path) -> None:
         _, token, _ = await run("token", "issue", "--state-dir", str(state), "--site", "site-9")
         _, bundle, _ = await run("ca", "bundle", "--state-dir", str(state))
         (tmp_path / "bundle.pem").write_text(bundle)
-        await run("edge", "enroll", "--edge-dir", str(edge_dir), "--site", "site-9",
-                  "--token", token.strip(), "--bootstrap", f"127.0.0.1:{boot}",
-                  "--trust-bundle", str(tmp_path / "bundle.pem"), "--trust-domain", DOMAIN)
+        await run(
+            "edge",
+            "enroll",
+            "--edge-dir",
+            str(edge_dir),
+            "--site",
+            "site-9",
+            "--token",
+            token.strip(),
+            "--bootstrap",
+            f"127.0.0.1:{boot}",
+            "--trust-bundle",
+            str(tmp_path / "bundle.pem"),
+            "--trust-domain",
+            DOMAIN,
+        )
         assert (edge_dir / "tls.key").stat().st_mode & 0o777 == 0o600
         assert (edge_dir / "signing.key").stat().st_mode & 0o777 == 0o600
         # the token was single use
-        code, _, err = await run("edge", "enroll", "--edge-dir", str(tmp_path / "e2"),
-                                 "--site", "site-9", "--token", token.strip(),
-                                 "--bootstrap", f"127.0.0.1:{boot}",
-                                 "--trust-bundle", str(tmp_path / "bundle.pem"),
-                                 "--trust-domain", DOMAIN, check=False)
+        code, _, err = await run(
+            "edge",
+            "enroll",
+            "--edge-dir",
+            str(tmp_path / "e2"),
+            "--site",
+            "site-9",
+            "--token",
+            token.strip(),
+            "--bootstrap",
+            f"127.0.0.1:{boot}",
+            "--trust-bundle",
+            str(tmp_path / "bundle.pem"),
+            "--trust-domain",
+            DOMAIN,
+            check=False,
+        )
         assert code != 0 and "TOKEN_ALREADY_USED" in err and "Traceback" not in err
         (tmp_path / "edge.toml").write_text(
             f'site_id = "site-9"\nedge_dir = "{edge_dir}"\n'
@@ -124,19 +173,24 @@ async def test_operator_deploys_a_site_with_the_cli(tmp_path: Path) -> None:
 
 async def test_cli_mistakes_are_one_clear_line(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    code, _, err = await run("token", "issue", "--state-dir", str(state), "--site", "x", check=False)
+    code, _, err = await run(
+        "token", "issue", "--state-dir", str(state), "--site", "x", check=False
+    )
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     await run("ca", "init", "--state-dir", str(state), "--trust-domain", DOMAIN)
     code, _, err = await run("ca", "init", "--state-dir", str(state), check=False)
     assert code == 2 and "Traceback" not in err
-    code, _, err = await run("token", "issue", "--state-dir", str(state), "--site", "nope",
-                             check=False)
+    code, _, err = await run(
+        "token", "issue", "--state-dir", str(state), "--site", "nope", check=False
+    )
     assert code == 2 and "not registered" in err
-    code, _, err = await run("site", "add", "--state-dir", str(state), "s1", "--asset", "bad",
-                             check=False)
+    code, _, err = await run(
+        "site", "add", "--state-dir", str(state), "s1", "--asset", "bad", check=False
+    )
     assert code == 2 and "ID:KIND:RATED_KW" in err
-    code, _, err = await run("ca", "revoke", "--state-dir", str(state), "not-a-spiffe-id",
-                             check=False)
+    code, _, err = await run(
+        "ca", "revoke", "--state-dir", str(state), "not-a-spiffe-id", check=False
+    )
     assert code == 2 and "Traceback" not in err
     code, out, _ = await run("--help")
     assert code == 0 and "demo" in out

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from gridfort.v1 import edge_link_pb2 as lpb
-
 from control_plane.embedded import EmbeddedSystem
+from gridfort.v1 import edge_link_pb2 as lpb
 from security.envelope import verify_signature
 from tests.e2e.raw_link import RawLink, digest, make_batch, sign_batch
 

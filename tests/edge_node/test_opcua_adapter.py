@@ -20,7 +20,6 @@ from asyncua.crypto.validator import CertificateValidator
 from asyncua.server.server import Server
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaStatusCodeError
-from gridfort.v1 import telemetry_pb2 as tpb
 
 from edge_node.devices.base import DeviceAdapter, DeviceError, Reading
 from edge_node.devices.opcua import (
@@ -35,6 +34,7 @@ from edge_node.simulators.opcua_server import (
     OpcUaEvChargerSimulator,
     generate_application_certificate,
 )
+from gridfort.v1 import telemetry_pb2 as tpb
 from security.clock import ManualClock, SystemClock
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

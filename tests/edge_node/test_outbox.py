@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gridfort.v1 import telemetry_pb2 as tpb
-
 from edge_node.devices.base import Reading
 from edge_node.outbox import Outbox
+from gridfort.v1 import telemetry_pb2 as tpb
 from security.envelope import EnvelopeSigner, generate_signing_key, verify_signature
 
 Q, U = tpb.Quantity, tpb.Unit

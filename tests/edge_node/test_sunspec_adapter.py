@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import pytest
-from gridfort.v1 import telemetry_pb2 as tpb
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -18,6 +17,7 @@ from edge_node.devices import sunspec_models as ssm
 from edge_node.devices.base import DeviceAdapter, DeviceError, Reading
 from edge_node.devices.sunspec import SunSpecBattery, SunSpecPvInverter
 from edge_node.simulators.sunspec_server import SunSpecSiteSimulator
+from gridfort.v1 import telemetry_pb2 as tpb
 from security.clock import ManualClock
 
 NOON_MS = 1_700_049_600_000  # 2023-11-15T12:00Z

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from gridfort.v1 import envelope_pb2 as epb
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gridfort.v1 import envelope_pb2 as epb
 from security.envelope import (
     EnvelopeSigner,
     decode_envelope,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from google.protobuf.message import DecodeError
-from gridfort.v1 import envelope_pb2 as epb
-from gridfort.v1 import telemetry_pb2 as tpb
 
 from control_plane.ingest.types import Duplicate, Peer, VerifiedBatch
+from gridfort.v1 import envelope_pb2 as epb
+from gridfort.v1 import telemetry_pb2 as tpb
 from security.envelope import check_envelope_shape, payload_digest, verify_signature
 from security.refusals import Reason, Refusal
 from security.replay_guard import Outcome, ReplayGuard
