@@ -15,6 +15,7 @@ from cryptography import x509
 from security.ca import CertificateAuthority
 from security.clock import Clock
 from security.identity import SpiffeId
+from security.identity import control_plane_dns_name as control_plane_dns_name
 from security.rotation import should_rotate
 
 
@@ -72,12 +73,3 @@ class ServerIdentity:
         return grpc.ssl_server_certificate_configuration(
             [(key_pem, chain_pem)], root_certificates=self._ca.trust_bundle_pem()
         )
-
-
-def control_plane_dns_name(trust_domain: str) -> str:
-    """The DNS name every edge verifies on the control plane's certificate.
-
-    Only control-plane identities ever get it, so a valid TLS handshake against
-    it proves the server is a control plane of this trust domain.
-    """
-    return f"control-plane.{trust_domain}"

@@ -17,7 +17,6 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from control_plane.tls_identity import control_plane_dns_name
 from edge_node.commands import TrustedController
 from gridfort.v1 import enrollment_pb2 as enpb
 from gridfort.v1 import enrollment_pb2_grpc as engrpc
@@ -26,12 +25,12 @@ from security.envelope import (
     EnvelopeSigner,
     generate_signing_key,
     key_id_for,
-    load_public_key_raw,
     load_signing_key,
     save_signing_key,
 )
-from security.identity import SpiffeId
+from security.identity import SpiffeId, control_plane_dns_name
 from security.refusals import GridfortError
+from security.signing_keys import load_signing_public_key
 
 RPC_TIMEOUT_S = 10.0
 
@@ -92,7 +91,7 @@ class EdgeCredentials:
             meta = json.loads((directory / "enrollment.json").read_text())
             spiffe_id = SpiffeId.parse(meta["spiffe_id"])
             signer = EnvelopeSigner(load_signing_key(directory / "signing.key"), str(spiffe_id))
-            controller_key = load_public_key_raw(bytes.fromhex(meta["controller_public_key"]))
+            controller_key = load_signing_public_key(bytes.fromhex(meta["controller_public_key"]))
             return cls(
                 directory=directory,
                 spiffe_id=spiffe_id,
@@ -167,7 +166,7 @@ async def enroll(
         controller=TrustedController(
             response.control_plane_spiffe_id,
             response.control_plane_key_id,
-            load_public_key_raw(response.control_plane_public_key),
+            load_signing_public_key(response.control_plane_public_key),
         ),
         next_seq=max(1, response.next_seq),
         next_command_seq=max(1, response.next_command_seq),

@@ -144,9 +144,3 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} does not hold an Ed25519 private key")
     return key
-
-
-def load_public_key_raw(raw: bytes) -> Ed25519PublicKey:
-    if len(raw) != 32:
-        raise ValueError("an Ed25519 public key is exactly 32 bytes")
-    return Ed25519PublicKey.from_public_bytes(raw)

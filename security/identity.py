@@ -163,3 +163,12 @@ def spiffe_id_from_certificate(cert: x509.Certificate) -> SpiffeId:
     if len(uris) != 1:
         raise ValueError(f"certificate must have exactly one URI SAN, found {len(uris)}")
     return SpiffeId.parse(uris[0])
+
+
+def control_plane_dns_name(trust_domain: str) -> str:
+    """The DNS name every edge verifies on the control plane's TLS certificate.
+
+    The CA issues DNS names only to control-plane identities, so a handshake
+    that verifies this name proves the server is a control plane of the domain.
+    """
+    return f"control-plane.{validate_trust_domain(trust_domain)}"

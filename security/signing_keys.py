@@ -13,13 +13,13 @@ signatures under a small-order key can verify for many messages.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from security import sqlite_db
+from security.envelope import key_id_for
 from security.identity import SpiffeId
 
 ED25519_PUBLIC_KEY_LEN = 32
@@ -41,11 +41,6 @@ CREATE TABLE IF NOT EXISTS signing_keys_version (
 INSERT OR IGNORE INTO signing_keys_version (id, version) VALUES (1, 0);
 """
 _BUMP_VERSION = "UPDATE signing_keys_version SET version = version + 1 WHERE id = 1"
-
-
-def key_id_for(public_key_raw: bytes) -> str:
-    """Hex of the first 16 bytes of SHA-256 over the 32 raw public key bytes."""
-    return hashlib.sha256(public_key_raw).digest()[:16].hex()
 
 
 @dataclass(frozen=True, slots=True)
