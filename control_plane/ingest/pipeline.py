@@ -27,6 +27,7 @@ from control_plane.store.telemetry_store import CommitOutcome, CommitRequest, Te
 from gridfort.v1 import edge_link_pb2 as lpb
 from gridfort.v1 import envelope_pb2 as epb
 from security.audit_log import AuditLog
+from security.audit_throttle import ThrottledAudit
 from security.clock import Clock
 from security.envelope import payload_digest
 from security.identity import Role
@@ -81,6 +82,7 @@ class IngestPipeline:
         )
         self._in_flight: dict[tuple[str, int], asyncio.Future[CommitOutcome]] = {}
         self.stats = IngestStats()
+        self._refusal_audit = ThrottledAudit(audit, clock)
         self.state = FleetState()
         self.registry_snapshot: RegistrySnapshot = registry.snapshot()
         self.revocation_snapshot: RevocationSnapshot = revocations.snapshot()
@@ -89,7 +91,11 @@ class IngestPipeline:
 
     # -- live state ----------------------------------------------------------
     def refresh(self) -> bool:
-        """Reload registry, keys and revocations if they changed. True if revocations changed."""
+        """Reload registry, keys and revocations if they changed. True if revocations changed.
+
+        Also writes the summaries of refusal floods (see ``security.audit_throttle``).
+        """
+        self._refusal_audit.flush()
         if self._registry.version() != self.registry_snapshot.version:
             self.registry_snapshot = self._registry.snapshot()
         keys_version = self._keys_registry.current_version()
@@ -112,7 +118,7 @@ class IngestPipeline:
     def refuse(self, refusal: Refusal, *, event: str = "ingest") -> Refusal:
         """Count and audit a refusal (the one path every refusal takes)."""
         self.stats.refusals[refusal.reason.value] += 1
-        self._audit.record_refusal(refusal, event=event)
+        self._refusal_audit.record_refusal(refusal, event=event)
         return refusal
 
     # -- stage 1 -------------------------------------------------------------
