@@ -233,6 +233,13 @@ class IngestPipeline:
         self.stats.batches_duplicate += 1
         return IngestResult(d.site_id, d.seq, DUPLICATE, d.digest)
 
+    def internal_error(self, peer: Peer, envelope: epb.SignedEnvelope) -> IngestResult:
+        """The result for a batch whose processing failed unexpectedly: retryable, audited."""
+        refusal = Refusal(
+            Reason.INTERNAL, "the control plane could not process the batch", peer.uri
+        )
+        return self._refused(refusal, envelope)
+
     def _refused(
         self, refusal: Refusal, envelope: epb.SignedEnvelope, site: str = "", seq: int = 0
     ) -> IngestResult:

@@ -221,7 +221,11 @@ class EdgeLinkService:
         self, stream: EdgeStream, message: lpb.EdgeMessage, window: asyncio.Semaphore
     ) -> None:
         try:
-            result = await self._pipeline.ingest(stream.peer, message.telemetry)
+            try:
+                result = await self._pipeline.ingest(stream.peer, message.telemetry)
+            except Exception:  # a bug must cost one retry, never a silent stall or a leak
+                log.exception("ingest failed for %s", stream.peer.uri)
+                result = self._pipeline.internal_error(stream.peer, message.telemetry)
             envelope = sign_receipt(result, self._signer, self._clock.now_ms())
             stream.send(lpb.ControlMessage(receipt=envelope))
         finally:
