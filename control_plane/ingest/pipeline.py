@@ -223,13 +223,21 @@ class IngestPipeline:
 
     async def _duplicate(self, d: Duplicate) -> IngestResult:
         if d.pending:
+            # Acknowledge only what is durable: wait for the original commit to finish.
             task = self._in_flight.get((d.site_id, d.seq))
-            if task is not None:
-                try:
-                    await asyncio.shield(task)
-                except Exception:
-                    refusal = Refusal(Reason.UNAVAILABLE, "the original commit failed", d.peer.uri)
-                    return IngestResult(d.site_id, d.seq, REFUSED, d.digest, reason=refusal.reason)
+            try:
+                if task is None:
+                    raise LookupError("reserved sequence without a commit in flight")
+                await asyncio.shield(task)
+            except Exception:
+                return IngestResult(
+                    d.site_id,
+                    d.seq,
+                    REFUSED,
+                    d.digest,
+                    reason=Reason.UNAVAILABLE,
+                    message="the original commit of this batch did not complete; resend",
+                )
         self.stats.batches_duplicate += 1
         return IngestResult(d.site_id, d.seq, DUPLICATE, d.digest)
 
