@@ -45,6 +45,7 @@ class UplinkSettings:
     backoff_max_s: float = 10.0
     resign_after_ms: int = 15_000  # re-sign buffered batches older than this before sending
     rotation_fraction: float = 0.5
+    retry_delay_ms: int = 1_000  # wait before resending a batch refused as retryable
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -101,7 +102,7 @@ class GrpcUplink:
         self.stats = UplinkStats()
         self._wake = asyncio.Event()
         self._in_flight: dict[bytes, int] = {}  # digest -> seq
-        self._retry: set[int] = set()
+        self._retry: dict[int, float] = {}  # seq -> earliest resend, monotonic loop time [s]
         self._cursor = 0  # highest seq sent on the current stream
         self._session: _Session | None = None
         self._failed = asyncio.Event()
@@ -196,14 +197,16 @@ class GrpcUplink:
         room = self._settings.window - len(self._in_flight)
         if room <= 0:
             return 0
-        entries: list[OutboxEntry] = []
-        for seq in sorted(self._retry)[:room]:
-            self._retry.discard(seq)
-            entry = self._outbox.get(seq)
-            if entry is not None:
-                entries.append(entry)
-        entries += self._outbox.pending(after_seq=self._cursor, limit=room - len(entries))
         now_ms = self._clock.now_ms()
+        retries: list[OutboxEntry] = []
+        mono = asyncio.get_running_loop().time()  # pacing must not follow wall-clock jumps
+        for seq in sorted(s for s, due in self._retry.items() if due <= mono)[:room]:
+            del self._retry[seq]
+            entry = self._outbox.get(seq)
+            if entry is not None:  # a retry is always re-signed with the current time
+                retries.append(self._outbox.resign(entry, self._creds.signer, now_ms))
+        fresh = self._outbox.pending(after_seq=self._cursor, limit=room - len(retries))
+        entries = retries + fresh
         for entry in entries:
             if now_ms - entry.signed_ms > self._settings.resign_after_ms:
                 entry = self._outbox.resign(entry, self._creds.signer, now_ms)
@@ -264,7 +267,9 @@ class GrpcUplink:
             receipt.message,
         )
         if receipt.retryable and seq is not None:
-            self._retry.add(seq)
+            # not at once: a skewed clock or a busy store must not become a hot loop
+            due = asyncio.get_running_loop().time() + self._settings.retry_delay_ms / 1000
+            self._retry[seq] = due
         elif receipt.batch_sha256:
             self._outbox.dead_letter(
                 receipt.batch_sha256, receipt.reason, receipt.message, self._clock.now_ms()

@@ -18,6 +18,7 @@ from edge_node.app import EdgeNode
 from edge_node.config import DeviceConfig, EdgeConfig
 from edge_node.devices.base import AssetKind
 from edge_node.simulators.sunspec_server import SunSpecSiteSimulator
+from security.clock import SystemClock
 from tests.conftest import default_assets
 from tests.e2e.tcp_proxy import TcpProxy
 
@@ -128,3 +129,44 @@ async def test_failover_to_second_endpoint(
     finally:
         await node.stop()
         await proxy.cut()
+
+
+class SkewedClock:
+    """The edge's wall clock, off by an adjustable amount."""
+
+    def __init__(self, base: SystemClock, offset_ms: int) -> None:
+        self.base, self.offset_ms = base, offset_ms
+
+    def now_ms(self) -> int:
+        return self.base.now_ms() + self.offset_ms
+
+
+async def test_edge_clock_ahead_is_refused_without_a_hot_loop_then_recovers(
+    system: EmbeddedSystem, modbus: int, tmp_path: Path
+) -> None:
+    site = "s1"
+    system.register_site(site, default_assets(site))
+    edge_dir = tmp_path / "edges" / site
+    await system.enroll_edge(site, edge_dir)
+    clock = SkewedClock(SystemClock(), offset_ms=60_000)  # a minute fast: FUTURE_TIMESTAMP
+    pv = DeviceConfig(f"{site}-pv", AssetKind.PV_INVERTER, "sunspec", f"127.0.0.1:{modbus}", 1)
+    config = EdgeConfig(
+        site_id=site,
+        edge_dir=edge_dir,
+        endpoints=system.link_endpoints[:1],
+        sample_interval_s=0.2,
+        devices=(pv,),
+    )
+    node = EdgeNode(config, clock=clock)
+    await node.start()
+    try:
+        await _wait(lambda: node.uplink.stats.receipts_refused >= 3)
+        await asyncio.sleep(2.0)
+        sealed = node.sampler.stats.batches_sealed
+        assert node.uplink.stats.batches_sent < 4 * sealed + 20  # retries are paced, not a hot loop
+        assert node.uplink.stats.refusal_reasons.get("FUTURE_TIMESTAMP", 0) >= 3
+        assert system.control_plane.store.counts([site]).batches == 0
+        clock.offset_ms = 0  # NTP fixed the clock: every buffered batch is re-signed and lands
+        await _drain_and_check(system, node, site)
+    finally:
+        await node.stop()
