@@ -5,7 +5,6 @@ limits, apply to the device, and answer with a signed result. Every decision is 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from edge_node.devices.base import DeviceAdapter, DeviceError, DeviceLimits, EvS
 from edge_node.safety_limits import SiteLimits, check_active_power
 from gridfort.v1 import command_pb2 as cpb
 from gridfort.v1 import envelope_pb2 as epb
+from security import sqlite_db
 from security.audit_log import AuditLog
 from security.clock import Clock
 from security.envelope import EnvelopeSigner, check_envelope_shape, verify_signature
@@ -40,8 +40,7 @@ class CommandSeqStore:
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn = sqlite_db.open_persistent(path)
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS command_hwm (id INTEGER PRIMARY KEY, seq INTEGER)"
         )

@@ -5,7 +5,6 @@ batches drain in sequence order.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from edge_node.devices.base import Reading
 from gridfort.v1 import envelope_pb2 as epb
 from gridfort.v1 import telemetry_pb2 as tpb
+from security import sqlite_db
 from security.envelope import EnvelopeSigner, payload_digest
 
 _SCHEMA = """
@@ -64,10 +64,7 @@ class OutboxStats:
 class Outbox:
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
-        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn = sqlite_db.open_persistent(path, synchronous=synchronous)
         self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -65,3 +65,22 @@ def read_transaction(db_path: Path) -> Iterator[sqlite3.Connection]:
             yield conn
         finally:
             conn.execute("COMMIT")
+
+
+def open_persistent(db_path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
+    """One long-lived autocommit connection for a single owner (a thread, or callers
+    serialised by a lock): the file created 0600, WAL, busy timeout, ``synchronous``
+    FULL (fsync on every commit) or NORMAL (fsync at checkpoints)."""
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError("synchronous must be FULL or NORMAL")
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    conn = sqlite3.connect(
+        db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    return conn

@@ -7,7 +7,6 @@ when :meth:`AssetRegistry.version` changes.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from control_plane.assets.model import ID_PATTERN, Asset, AssetKind
+from security import sqlite_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -54,9 +54,7 @@ class AssetRegistry:
     def __init__(self, db_path: Path) -> None:
         self._path = db_path
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn = sqlite_db.open_persistent(db_path)
         with self._lock:
             self._conn.executescript(_SCHEMA)
 

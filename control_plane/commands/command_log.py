@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections import Counter
 from pathlib import Path
+
+from security import sqlite_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
@@ -28,9 +29,7 @@ CREATE TABLE IF NOT EXISTS commands (
 class CommandLog:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn = sqlite_db.open_persistent(path)
         self._conn.executescript(_SCHEMA)
 
     def next_seq(self, site_id: str) -> int:

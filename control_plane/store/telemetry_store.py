@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 
 from control_plane.ingest.types import MeasurementRow, QuarantinedMeasurement
+from security import sqlite_db
 from security.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -113,11 +114,7 @@ class TelemetryStore:
         self._closed = False
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
-        return conn
+        return sqlite_db.open_persistent(self._path, synchronous=synchronous)
 
     # -- reads -------------------------------------------------------------
     def high_water_marks(self) -> dict[str, int]:

@@ -55,3 +55,10 @@ async def test_conflicting_batch_fails_alone(tmp_path: Path) -> None:
     )
     assert isinstance(results[0], Exception) and results[1] is CommitOutcome.COMMITTED
     store.close()
+
+
+async def test_database_files_are_owner_only(tmp_path: Path) -> None:
+    store = TelemetryStore(tmp_path / "t.db", ManualClock(5))
+    await store.commit(request(1))
+    store.close()
+    assert (tmp_path / "t.db").stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,83 @@
+"""Operator commands for the NATS transport: ``nats config``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from control_plane.app import StatePaths
+from control_plane.assets.registry import AssetRegistry
+from control_plane.transports.nats_config import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_SYNC_INTERVAL,
+    NatsServerSettings,
+    render_config,
+    users_for,
+)
+from control_plane.transports.nats_server import nats_dir
+from security.ca import CertificateAuthority
+from security.clock import SystemClock
+from security.refusals import GridfortError
+
+DEFAULT_STATE = Path(".gridfort/state")
+
+
+def register(sub: Any) -> None:
+    nats = sub.add_parser("nats", help="the NATS transport (JetStream, per-identity permissions)")
+    nats_sub = nats.add_subparsers(dest="nats_command", metavar="ACTION", required=True)
+    p = nats_sub.add_parser(
+        "config",
+        help="print the nats-server config for this deployment (users = SPIFFE IDs)",
+        description=(
+            "Print the nats-server config Gridfort generates: TLS with verify_and_map, one "
+            "user per site and control plane with its permissions, JetStream. Run it on your "
+            "own NATS server or cluster; the TLS and store paths point into the state dir."
+        ),
+    )
+    p.add_argument(
+        "--state-dir", type=Path, default=DEFAULT_STATE, help="control-plane state directory"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="client listen address")
+    p.add_argument("--port", type=int, default=4222, help="client port")
+    p.add_argument(
+        "--monitor-port", type=int, default=None, help="HTTP monitoring port (127.0.0.1 only)"
+    )
+    p.add_argument(
+        "--control-plane",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="control-plane instance that consumes telemetry (repeatable; default cp-1)",
+    )
+    p.add_argument("--sync-interval", default=DEFAULT_SYNC_INTERVAL, help="e.g. 2m, 1s, always")
+    p.add_argument("--max-payload-bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES)
+    p.set_defaults(handler=nats_config)
+
+
+def nats_config(args: argparse.Namespace) -> int:
+    paths = StatePaths(args.state_dir)
+    ca = CertificateAuthority.load(paths.ca, SystemClock())
+    if not paths.registry_db.exists():
+        raise GridfortError(f"no asset registry in {args.state_dir}: run 'gridfort ca init'")
+    registry = AssetRegistry(paths.registry_db)
+    try:
+        sites = registry.snapshot().sites
+    finally:
+        registry.close()
+    directory = nats_dir(args.state_dir).resolve()
+    settings = NatsServerSettings(
+        host=args.host,
+        port=args.port,
+        server_cert_file=directory / "server.cert.pem",
+        server_key_file=directory / "server.key.pem",
+        ca_file=directory / "bundle.pem",
+        store_dir=directory / "jetstream",
+        users=users_for(ca.trust_domain, sites, args.control_plane or ["cp-1"]),
+        monitor_port=args.monitor_port,
+        max_payload_bytes=args.max_payload_bytes,
+        sync_interval=args.sync_interval,
+    )
+    sys.stdout.write(render_config(settings))
+    return 0
