@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[epb.SignedEnvelope], Awaitable[epb.SignedEnvelope]]
 _METHOD = "/gridfort.v1.EdgeLink/Connect"
+RENEWAL_RETRY_S = 10.0  # after a failed renewal; the certificate is still valid until expiry
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class GrpcUplink:
         self._retry: dict[int, float] = {}  # seq -> earliest resend, monotonic loop time [s]
         self._cursor = 0  # highest seq sent on the current stream
         self._session: _Session | None = None
-        self._failed = asyncio.Event()
+        self._next_renewal = 0.0  # monotonic time of the next renewal attempt [s]
 
     def notify(self) -> None:
         """A new batch was sealed; wake the sender."""
@@ -166,7 +167,6 @@ class GrpcUplink:
         self.stats.connects += 1
         self.stats.connected = True
         self.stats.endpoint = endpoint
-        self._failed.clear()
         self._restart_cursor()
         log.info("uplink %s connected to %s", self._creds.site_id, endpoint)
         last_write = self._clock.now_ms()
@@ -174,8 +174,11 @@ class GrpcUplink:
             if self._session.reader is not None and self._session.reader.done():
                 self._session.reader.result()  # raises the stream's error
                 raise ConnectionError("control plane closed the stream")
-            if should_rotate(
-                self._creds.certificate, self._clock.now_ms(), self._settings.rotation_fraction
+            if (
+                should_rotate(
+                    self._creds.certificate, self._clock.now_ms(), self._settings.rotation_fraction
+                )
+                and asyncio.get_running_loop().time() >= self._next_renewal
             ):
                 await self._rotate()
             sent = await self._send_some()
@@ -283,6 +286,7 @@ class GrpcUplink:
             await renew(self._creds, old.channel)
         except EnrollmentError as e:
             log.error("uplink %s: certificate renewal failed: %s", self._creds.site_id, e)
+            self._next_renewal = asyncio.get_running_loop().time() + RENEWAL_RETRY_S
             return
         new = await self._open(old.endpoint)
         self._session = new
