@@ -34,9 +34,22 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--state-dir", type=Path, default=None, help="parent of the scratch state")
     p.set_defaults(handler=bench_ingest)
+    p = bench_sub.add_parser(
+        "policy", help="market policy decision latency p50/p99 and decisions/s (embedded Rego)"
+    )
+    from benchmarks.policy import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(handler=bench_policy)
 
 
 def bench_ingest(args: argparse.Namespace) -> int:
     from benchmarks.ingest import run_cli
+
+    return run_cli(args)
+
+
+def bench_policy(args: argparse.Namespace) -> int:
+    from benchmarks.policy import run_cli
 
     return run_cli(args)
