@@ -16,7 +16,7 @@ from control_plane.transports.nats_config import (
     render_config,
     users_for,
 )
-from control_plane.transports.nats_server import nats_dir
+from control_plane.transports.nats_server import nats_dir, write_server_identity
 from security.ca import CertificateAuthority
 from security.clock import SystemClock
 from security.refusals import GridfortError
@@ -53,6 +53,17 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--sync-interval", default=DEFAULT_SYNC_INTERVAL, help="e.g. 2m, 1s, always")
     p.add_argument("--max-payload-bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES)
+    p.add_argument(
+        "--write-tls",
+        action="store_true",
+        help="also issue the broker's certificate (spiffe://<domain>/control-plane/nats, "
+        "DNS nats.<domain>) and write the TLS files the config names",
+    )
+    p.add_argument("--dns-name", action="append", default=[], help="extra DNS SAN (repeatable)")
+    p.add_argument("--ip", action="append", default=[], help="extra IP SAN (repeatable)")
+    p.add_argument(
+        "--ttl-s", type=int, default=7 * 86400, help="broker certificate lifetime; re-run to renew"
+    )
     p.set_defaults(handler=nats_config)
 
 
@@ -79,5 +90,18 @@ def nats_config(args: argparse.Namespace) -> int:
         max_payload_bytes=args.max_payload_bytes,
         sync_interval=args.sync_interval,
     )
+    if args.write_tls:
+        cert = write_server_identity(
+            directory,
+            ca,
+            dns_names=("localhost", *args.dns_name),
+            ip_addresses=("127.0.0.1", *args.ip),
+            ttl_s=args.ttl_s,
+        )
+        print(
+            f"wrote the broker's TLS files into {directory} (valid until "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)",
+            file=sys.stderr,
+        )
     sys.stdout.write(render_config(settings))
     return 0

@@ -55,13 +55,13 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from control_plane.transports.nats_config import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_SYNC_INTERVAL,
-    STREAM_NAME,
     STREAM_SUBJECTS,
     NatsServerSettings,
     inbox_prefix,
     render_config,
     users_for,
 )
+from control_plane.transports.nats_config import STREAM_NAME as STREAM_NAME
 from control_plane.transports.nats_config import command_subject as command_subject
 from control_plane.transports.nats_config import telemetry_subject as telemetry_subject
 from security.atomic_files import write_bytes_atomic
@@ -78,16 +78,20 @@ SERVER_WORKLOAD_NAME = "nats"
 #: How long a message id is remembered for de-duplication [s] (JetStream default).
 DUPLICATE_WINDOW_S = 120.0
 
+# A log line is ``[pid] date time [LVL] message``. Lines about a client start their message
+# with the client's address, and the server %q-escapes client-chosen text (connection
+# names, subjects), so the server's own messages are matched on the *whole* message and
+# violations on the line's *end*: a hostile client cannot forge either.
+_LINE_RE = re.compile(r"\[\d+\] (?:\S+ \S+ )?\[(?P<lvl>[A-Z]{3})\] (?P<msg>.*)")
 _READY_RE = re.compile(r"Server is ready")
 _CLIENT_PORT_RE = re.compile(r"Listening for client connections on (?:\[[^\]]*\]|[^\s:]+):(\d+)")
 _MONITOR_PORT_RE = re.compile(r"Starting http monitor on (?:\[[^\]]*\]|[^\s:]+):(\d+)")
-_RELOADED_RE = re.compile(r"Reloaded server configuration")
+_RELOADED_RE = re.compile(r"Reloaded server configuration(?: \(sha256:[0-9a-f]+\))?")
 _RELOAD_FAILED_RE = re.compile(r"Failed to reload server configuration: (.*)")
 _VIOLATION_RE = re.compile(
-    r'"\$G/user:(?P<user>[^"]+)" - (?P<kind>Publish|Subscription) Violation - '
-    r'Subject "(?P<subject>[^"]*)"'
+    r'" - "\$G/user:(?P<user>spiffe://[^"\\\s]+)" - (?P<kind>Publish|Subscription) Violation'
+    r' - Subject "(?P<subject>(?:[^"\\]|\\.)*)"(?:, SID \S+)?$'
 )
-_LEVEL_RE = re.compile(r"\[(INF|WRN|ERR|FTL|DBG|TRC)\]")
 _TAIL_LINES = 20
 
 
@@ -132,7 +136,10 @@ class PermissionViolation:
 
 def parse_violation(line: str) -> PermissionViolation | None:
     """A :class:`PermissionViolation` if ``line`` is nats-server's log of one, else None."""
-    m = _VIOLATION_RE.search(line)
+    m = _LINE_RE.fullmatch(line)
+    if m is None or m["lvl"] != "ERR":
+        return None
+    m = _VIOLATION_RE.search(m["msg"])
     if m is None:
         return None
     action: Literal["publish", "subscribe"] = (
@@ -168,6 +175,32 @@ def telemetry_stream_config(
         duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=replicas,
     )
+
+
+def write_server_identity(
+    directory: Path,
+    ca: CertificateAuthority,
+    *,
+    dns_names: Iterable[str] = ("localhost",),
+    ip_addresses: Iterable[str] = ("127.0.0.1",),
+    ttl_s: int = 3600,
+) -> x509.Certificate:
+    """Issue the broker's certificate and write the TLS files the config names into ``directory``.
+
+    ``spiffe://<domain>/control-plane/nats`` with DNS names ``nats.<domain>`` plus
+    ``dns_names`` and ``ip_addresses``; files ``server.key.pem`` (0600),
+    ``server.cert.pem`` (leaf + issuing CA) and ``bundle.pem`` (the trust bundle).
+    """
+    server_id = SpiffeId(ca.trust_domain, Role.CONTROL_PLANE, SERVER_WORKLOAD_NAME)
+    dns = (f"nats.{ca.trust_domain}", *dns_names)
+    key_pem, issued = ca.issue_with_new_key(
+        server_id, ttl_s=ttl_s, dns_names=dns, ip_addresses=tuple(ip_addresses)
+    )
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_bytes_atomic(directory / "server.key.pem", key_pem, 0o600)
+    write_bytes_atomic(directory / "server.cert.pem", issued.chain_pem, 0o644)
+    write_bytes_atomic(directory / "bundle.pem", ca.trust_bundle_pem(), 0o644)
+    return issued.certificate
 
 
 def client_tls_from_files(
@@ -264,7 +297,7 @@ class EmbeddedNats:
             )
         self._ca = ca
         self.trust_domain = trust_domain
-        self.dir = nats_dir(state_dir)
+        self.dir = nats_dir(Path(state_dir).resolve())  # the server must not depend on our cwd
         self.host = host
         self._requested_port = port
         self._requested_monitor_port = monitor_port
@@ -272,7 +305,7 @@ class EmbeddedNats:
         self._control_planes = tuple(sorted(set(control_planes)))
         if not self._control_planes:
             raise GridfortError("EmbeddedNats needs at least one control-plane identity")
-        self._dns = (f"nats.{trust_domain}", *server_dns_names)
+        self._dns = tuple(server_dns_names)
         self._ips = tuple(server_ip_addresses)
         self.max_payload_bytes = max_payload_bytes
         self.sync_interval = sync_interval
@@ -321,15 +354,14 @@ class EmbeddedNats:
         """The typed config of this server (what :meth:`config_text` renders)."""
         return NatsServerSettings(
             host=self.host,
-            port=self.port or self._requested_port,
+            # The requested values, not the discovered ones: ports cannot change on reload.
+            port=self._requested_port,
             server_cert_file=self.dir / "server.cert.pem",
             server_key_file=self.dir / "server.key.pem",
             ca_file=self.dir / "bundle.pem",
             store_dir=self.dir / "jetstream",
             users=users_for(self.trust_domain, self._sites, self._control_planes),
-            monitor_port=(
-                self.monitor_port if self.monitor_port is not None else self._requested_monitor_port
-            ),
+            monitor_port=self._requested_monitor_port,
             max_payload_bytes=self.max_payload_bytes,
             sync_interval=self.sync_interval,
         )
@@ -341,13 +373,13 @@ class EmbeddedNats:
         write_bytes_atomic(self.config_file, self.config_text().encode(), 0o600)
 
     def _write_server_identity(self) -> None:
-        key_pem, issued = self._ca.issue_with_new_key(
-            self.server_id, ttl_s=self._cert_ttl_s, dns_names=self._dns, ip_addresses=self._ips
+        self._server_cert = write_server_identity(
+            self.dir,
+            self._ca,
+            dns_names=self._dns,
+            ip_addresses=self._ips,
+            ttl_s=self._cert_ttl_s,
         )
-        write_bytes_atomic(self.dir / "server.key.pem", key_pem, 0o600)
-        write_bytes_atomic(self.dir / "server.cert.pem", issued.chain_pem, 0o644)
-        write_bytes_atomic(self.dir / "bundle.pem", self._ca.trust_bundle_pem(), 0o644)
-        self._server_cert = issued.certificate
 
     # -- client identities -----------------------------------------------------------------------
 
@@ -372,7 +404,11 @@ class EmbeddedNats:
         return self.client_tls(chain_pem, key_pem)
 
     async def connect_control_plane(self, name: str = "cp-1", **options: object) -> NatsClient:
-        """A nats-py client connected as control plane ``name`` with its own inbox prefix."""
+        """A nats-py client connected as control plane ``name`` with its own inbox prefix.
+
+        The defaults fail fast (one attempt, no reconnect); a long-lived consumer passes
+        ``allow_reconnect=True, max_reconnect_attempts=-1`` and its own ``error_cb``.
+        """
         spiffe_id = SpiffeId(self.trust_domain, Role.CONTROL_PLANE, name)
         kwargs: dict[str, object] = {
             "tls": self.control_plane_tls(name),
@@ -380,9 +416,12 @@ class EmbeddedNats:
             "name": str(spiffe_id),
             "connect_timeout": 2,
             "allow_reconnect": False,
+            # nats-py retries a refused TCP connect forever with 0; 1 means two quick tries.
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0.1,
             **options,
         }
-        return await nats.connect(self.url, **kwargs)  # type: ignore[arg-type]
+        return await nats.connect(self.url, **kwargs)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -440,9 +479,13 @@ class EmbeddedNats:
         """Connect as the control plane over mutual TLS (proves the listener works) and
         create or reconcile the telemetry stream."""
         deadline = asyncio.get_running_loop().time() + self._start_timeout_s
+
+        async def quiet(_e: Exception) -> None:
+            """The probe's errors end in the exception below, not in nats-py's error log."""
+
         while True:
             try:
-                nc = await self.connect_control_plane(self._control_planes[0])
+                nc = await self.connect_control_plane(self._control_planes[0], error_cb=quiet)
                 break
             except (OSError, nats.errors.Error, TimeoutError) as e:
                 if asyncio.get_running_loop().time() > deadline:
@@ -470,6 +513,9 @@ class EmbeddedNats:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._rotator
             self._rotator = None
+        for fut in (self._ready, self._reload):
+            if fut is not None and not fut.done():
+                fut.cancel()
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -545,9 +591,14 @@ class EmbeddedNats:
         while True:
             await asyncio.sleep(check_s)
             cert = self._server_cert
-            if cert is not None and should_rotate(cert, self._clock.now_ms()):
+            if cert is None or not should_rotate(cert, self._clock.now_ms()):
+                continue
+            try:
                 self._write_server_identity()
                 await self.reload()
+            except (GridfortError, OSError) as e:  # retried at the next check
+                log.error("rotating the NATS server certificate failed: %s", e)
+            else:
                 log.info("rotated the NATS server certificate")
 
     # -- the server's log ------------------------------------------------------------------------
@@ -566,18 +617,18 @@ class EmbeddedNats:
 
     def _on_log_line(self, line: str) -> None:
         self._tail.append(line)
-        level = _LEVEL_RE.search(line)
-        lvl = level.group(1) if level else "INF"
+        parsed = _LINE_RE.fullmatch(line)
+        lvl, msg = (parsed["lvl"], parsed["msg"]) if parsed else ("INF", "")
         log.log(logging.WARNING if lvl in ("WRN", "ERR", "FTL") else logging.DEBUG, "%s", line)
-        if (m := _CLIENT_PORT_RE.search(line)) is not None:
+        if (m := _CLIENT_PORT_RE.fullmatch(msg)) is not None:
             self.port = int(m.group(1))
-        elif (m := _MONITOR_PORT_RE.search(line)) is not None:
+        elif (m := _MONITOR_PORT_RE.fullmatch(msg)) is not None:
             self.monitor_port = int(m.group(1))
-        elif _READY_RE.search(line) and self._ready is not None and not self._ready.done():
+        elif _READY_RE.fullmatch(msg) and self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
-        elif _RELOADED_RE.search(line) and self._reload is not None and not self._reload.done():
+        elif _RELOADED_RE.fullmatch(msg) and self._reload is not None and not self._reload.done():
             self._reload.set_result(None)
-        elif (m := _RELOAD_FAILED_RE.search(line)) and self._reload and not self._reload.done():
+        elif (m := _RELOAD_FAILED_RE.fullmatch(msg)) and self._reload and not self._reload.done():
             self._reload.set_exception(GridfortError(f"nats-server refused the reload: {m[1]}"))
         elif (violation := parse_violation(line)) is not None:
             self.violations.append(violation)

@@ -1,0 +1,1 @@
+"""Transport adapters against real servers on loopback."""
