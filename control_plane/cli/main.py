@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from control_plane.cli import admin, run
 from control_plane.cli import bench as bench
 from control_plane.cli import demo_cmd as demo_cmd
+from control_plane.cli import detect as detect_cli
 from control_plane.cli import nats as nats_cli
 from control_plane.cli import policy as policy_cli
 from security.refusals import GridfortError, RefusedError
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     policy_cli.register(sub)
     nats_cli.register(sub)
+    detect_cli.register(sub)
     return parser
 
 

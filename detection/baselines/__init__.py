@@ -1,0 +1,1 @@
+"""Baseline detectors: classic methods the deep detector is measured against."""
