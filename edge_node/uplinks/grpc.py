@@ -15,17 +15,16 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
 from edge_node.credentials import EdgeCredentials, EnrollmentError, renew
-from edge_node.outbox import Outbox, OutboxEntry
+from edge_node.outbox import Outbox
+from edge_node.uplinks.delivery import Delivery, DeliveryPolicy, UplinkStats
 from gridfort.v1 import edge_link_pb2 as lpb
 from gridfort.v1 import envelope_pb2 as epb
 from security.clock import Clock
-from security.envelope import check_envelope_shape, verify_signature
-from security.refusals import Reason, Refusal
 from security.rotation import should_rotate
 from security.tasks import reap
 
@@ -53,21 +52,6 @@ class UplinkSettings:
             raise ValueError("uplink needs at least one control-plane endpoint")
         if self.window < 1:
             raise ValueError("uplink window must be >= 1")
-
-
-@dataclass
-class UplinkStats:
-    connects: int = 0
-    failovers: int = 0
-    batches_sent: int = 0
-    receipts_committed: int = 0
-    receipts_duplicate: int = 0
-    receipts_refused: int = 0
-    receipts_rejected: int = 0  # receipts that failed verification
-    rotations: int = 0
-    endpoint: str = ""
-    connected: bool = False
-    refusal_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class _Session:
@@ -101,10 +85,18 @@ class GrpcUplink:
         self._clock = clock
         self._on_command = on_command
         self.stats = UplinkStats()
+        self._delivery = Delivery(
+            credentials,
+            outbox,
+            clock,
+            self.stats,
+            DeliveryPolicy(
+                window=settings.window,
+                resign_after_ms=settings.resign_after_ms,
+                retry_delay_ms=settings.retry_delay_ms,
+            ),
+        )
         self._wake = asyncio.Event()
-        self._in_flight: dict[bytes, int] = {}  # digest -> seq
-        self._retry: dict[int, float] = {}  # seq -> earliest resend, monotonic loop time [s]
-        self._cursor = 0  # highest seq sent on the current stream
         self._session: _Session | None = None
         self._next_renewal = 0.0  # monotonic time of the next renewal attempt [s]
 
@@ -167,7 +159,7 @@ class GrpcUplink:
         self.stats.connects += 1
         self.stats.connected = True
         self.stats.endpoint = endpoint
-        self._restart_cursor()
+        self._delivery.restart()
         log.info("uplink %s connected to %s", self._creds.site_id, endpoint)
         last_write = self._clock.now_ms()
         while True:
@@ -197,33 +189,10 @@ class GrpcUplink:
 
     async def _send_some(self) -> int:
         assert self._session is not None
-        room = self._settings.window - len(self._in_flight)
-        if room <= 0:
-            return 0
-        now_ms = self._clock.now_ms()
-        retries: list[OutboxEntry] = []
-        mono = asyncio.get_running_loop().time()  # pacing must not follow wall-clock jumps
-        for seq in sorted(s for s, due in self._retry.items() if due <= mono)[:room]:
-            del self._retry[seq]
-            entry = self._outbox.get(seq)
-            if entry is not None:  # a retry is always re-signed with the current time
-                retries.append(self._outbox.resign(entry, self._creds.signer, now_ms))
-        fresh = self._outbox.pending(after_seq=self._cursor, limit=room - len(retries))
-        entries = retries + fresh
+        entries = self._delivery.next_batch()
         for entry in entries:
-            if now_ms - entry.signed_ms > self._settings.resign_after_ms:
-                entry = self._outbox.resign(entry, self._creds.signer, now_ms)
-            self._in_flight[entry.digest] = entry.seq
-            self._cursor = max(self._cursor, entry.seq)
             await self._session.call.write(lpb.EdgeMessage(telemetry=entry.envelope))
-            self.stats.batches_sent += 1
         return len(entries)
-
-    def _restart_cursor(self) -> None:
-        """After a (re)connect, resend everything still unacknowledged, in order."""
-        self._in_flight.clear()
-        self._retry.clear()
-        self._cursor = 0
 
     async def _read_loop(self, session: _Session) -> None:
         while True:
@@ -232,51 +201,11 @@ class GrpcUplink:
                 return
             kind = message.WhichOneof("kind")
             if kind == "receipt":
-                self._on_receipt(message.receipt)
+                self._delivery.on_receipt(message.receipt)
             elif kind == "command":
                 result = await self._on_command(message.command)
                 await session.call.write(lpb.EdgeMessage(command_result=result))
             self._wake.set()
-
-    def _on_receipt(self, envelope: epb.SignedEnvelope) -> None:
-        ctl = self._creds.controller
-        if (
-            isinstance(check_envelope_shape(envelope), Refusal)
-            or envelope.payload_type != epb.PAYLOAD_TYPE_BATCH_RECEIPT
-            or envelope.signer != ctl.spiffe_id
-            or envelope.key_id != ctl.key_id
-            or not verify_signature(envelope, ctl.public_key)
-        ):
-            self.stats.receipts_rejected += 1
-            log.warning("uplink %s: %s", self._creds.site_id, Reason.RECEIPT_BAD_SIGNATURE.value)
-            return
-        receipt = lpb.BatchReceipt.FromString(envelope.payload)
-        seq = self._in_flight.pop(receipt.batch_sha256, None)
-        if receipt.status in (lpb.RECEIPT_STATUS_COMMITTED, lpb.RECEIPT_STATUS_DUPLICATE):
-            if receipt.status == lpb.RECEIPT_STATUS_COMMITTED:
-                self.stats.receipts_committed += 1
-            else:
-                self.stats.receipts_duplicate += 1
-            self._outbox.acknowledge(receipt.batch_sha256, receipt.committed, receipt.quarantined)
-            return
-        self.stats.receipts_refused += 1
-        reasons = self.stats.refusal_reasons
-        reasons[receipt.reason] = reasons.get(receipt.reason, 0) + 1
-        log.warning(
-            "uplink %s: batch %s refused: %s (%s)",
-            self._creds.site_id,
-            receipt.seq,
-            receipt.reason,
-            receipt.message,
-        )
-        if receipt.retryable and seq is not None:
-            # not at once: a skewed clock or a busy store must not become a hot loop
-            due = asyncio.get_running_loop().time() + self._settings.retry_delay_ms / 1000
-            self._retry[seq] = due
-        elif receipt.batch_sha256:
-            self._outbox.dead_letter(
-                receipt.batch_sha256, receipt.reason, receipt.message, self._clock.now_ms()
-            )
 
     async def _rotate(self) -> None:
         """Renew the certificate, then move to a new stream before closing the old one."""
@@ -294,11 +223,11 @@ class GrpcUplink:
         log.info("uplink %s rotated its certificate", self._creds.site_id)
         # Let receipts for what the old stream carried arrive, then close it.
         for _ in range(50):
-            if not self._in_flight:
+            if not self._delivery.in_flight:
                 break
             await asyncio.sleep(0.1)
         await old.close()
-        self._restart_cursor()
+        self._delivery.restart()
 
     async def _drop_session(self) -> None:
         session, self._session = self._session, None
