@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from control_plane.assets.registry import AssetRegistry
 from control_plane.commands.command_log import CommandLog
@@ -43,10 +44,14 @@ from security.envelope import (
     save_signing_key,
 )
 from security.identity import Role, SpiffeId
-from security.refusals import ConfigError
+from security.refusals import ConfigError, Reason, Refusal
 from security.replay_guard import ReplayPolicy
 from security.revocation import RevocationList
 from security.signing_keys import SigningKeyRegistry
+
+if TYPE_CHECKING:
+    from control_plane.transports.nats_ingest import NatsIngest
+    from control_plane.transports.nats_server import EmbeddedNats, PermissionViolation
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +199,10 @@ class ControlPlane:
             clock=clock_,
         )
 
+        self.nats: EmbeddedNats | None = None
+        self.nats_ingest: NatsIngest | None = None
+        self._nats_sites: frozenset[str] = frozenset()
+
     @property
     def link_ports(self) -> list[int]:
         return self.transport.link_ports
@@ -204,6 +213,8 @@ class ControlPlane:
 
     async def start(self) -> None:
         await self.transport.start()
+        if self.config.nats_port is not None:
+            await self._start_nats(self.config.nats_port)
         self.audit.append(
             "control_plane_started",
             decision="info",
@@ -220,7 +231,61 @@ class ControlPlane:
             self.bootstrap_port,
         )
 
+    async def _start_nats(self, port: int) -> None:
+        """The NATS transport (issue #3): embedded broker + JetStream consumer."""
+        from control_plane.transports.nats_ingest import NatsIngest
+        from control_plane.transports.nats_server import EmbeddedNats
+
+        self.nats = EmbeddedNats(
+            self.config.state_dir,
+            self.ca,
+            self.config.trust_domain,
+            self.pipeline.registry_snapshot.sites,
+            port=port,
+            control_planes=(self.config.name,),
+            clock=self.clock,
+            on_violation=self._on_nats_violation,
+        )
+        await self.nats.start()
+        self.nats_ingest = NatsIngest(
+            broker=self.nats,
+            pipeline=self.pipeline,
+            dispatcher=self.dispatcher,
+            signer=self.signer,
+            clock=self.clock,
+            name=self.config.name,
+        )
+        await self.nats_ingest.start()
+        self._nats_sites = self.pipeline.registry_snapshot.sites
+
+    def _on_nats_violation(self, violation: PermissionViolation) -> None:
+        """The broker refused a publish/subscribe: the same refusal path as every other."""
+        self.pipeline.refuse(
+            Refusal(
+                Reason.ROLE_NOT_ALLOWED,
+                f"NATS permissions violation: {violation.action} on {violation.subject[:128]}",
+                violation.identity,
+            ),
+            event="nats_permission",
+        )
+
+    async def sync_transports(self) -> None:
+        """Apply registry changes to the transports (the NATS users list)."""
+        self.pipeline.refresh()
+        sites = self.pipeline.registry_snapshot.sites
+        if self.nats is not None and sites != self._nats_sites:
+            await self.nats.set_sites(sites)
+            self._nats_sites = sites
+
+    @property
+    def nats_url(self) -> str | None:
+        return None if self.nats is None else self.nats.url
+
     async def stop(self) -> None:
+        if self.nats_ingest is not None:
+            await self.nats_ingest.stop()
+        if self.nats is not None:
+            await self.nats.stop()
         await self.transport.stop()
         self.store.close()
         self.command_log.close()

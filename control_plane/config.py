@@ -26,6 +26,7 @@ class ControlPlaneConfig:
     max_batch_bytes: int = 512 << 10
     handshake_timeout_ms: int = 5_000
     watch_interval_s: float = 1.0  # revocation/expiry/idle checks of open streams
+    nats_port: int | None = None  # embedded NATS broker on 127.0.0.1 (0: random); None: off
     extra_dns_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -45,6 +46,8 @@ class ControlPlaneConfig:
             raise ConfigError("handshake_timeout_ms: must be between 100 and 60000")
         if not 0.05 <= self.watch_interval_s <= 5:
             raise ConfigError("watch_interval_s: must be between 0.05 and 5 s (revocation latency)")
+        if self.nats_port is not None and not 0 <= self.nats_port <= 65535:
+            raise ConfigError("nats_port: must be a TCP port (0 = pick one) or absent")
         if not 10 <= self.workload_ttl_s <= 30 * 86400:
             raise ConfigError("workload_ttl_s: must be between 10 s and 30 days")
 

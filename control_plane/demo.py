@@ -389,7 +389,8 @@ async def _run(options: DemoOptions) -> dict[str, Any]:
                     next_command = now + options.command_interval_s
                 live.update(demo.table())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
+                    async with asyncio.timeout(0.5):
+                        await stop.wait()
         console.print("stopping sampling and draining outboxes ...")
         drained = await demo.drain()
         await asyncio.sleep(1.0)  # last command results

@@ -18,6 +18,7 @@ from edge_node.devices.base import DeviceAdapter, DeviceError, DeviceLimits
 from edge_node.outbox import Outbox
 from edge_node.sampler import Sampler
 from edge_node.uplinks.grpc import GrpcUplink, UplinkSettings
+from edge_node.uplinks.nats import NatsUplink, NatsUplinkSettings
 from security.audit_log import AuditLog
 from security.clock import Clock, SystemClock
 from security.tasks import reap
@@ -78,6 +79,24 @@ class EdgeNode:
             clock=self.clock,
             on_command=self.executor.handle,
         )
+        self.nats_uplink: NatsUplink | None = None
+        if config.transport in ("nats", "both"):
+            grpc_link = self.uplink
+            self.nats_uplink = NatsUplink(
+                credentials=self.credentials,
+                outbox=self.outbox,
+                settings=NatsUplinkSettings(
+                    servers=config.nats_servers,
+                    server_name=config.nats_server_name,
+                    window=config.uplink_window,
+                    renewal_endpoint=config.endpoints[0],
+                ),
+                clock=self.clock,
+                on_command=self.executor.handle,
+                standby=(lambda: grpc_link.stats.connected)
+                if config.transport == "both"
+                else (lambda: False),
+            )
         self.sampler = Sampler(
             site_id=config.site_id,
             devices=self.devices,
@@ -85,10 +104,16 @@ class EdgeNode:
             signer=self.credentials.signer,
             clock=self.clock,
             interval_s=config.sample_interval_s,
-            on_sealed=self.uplink.notify,
+            on_sealed=self._notify_uplinks,
         )
         self._uplink_task: asyncio.Task[None] | None = None
         self._sampler_task: asyncio.Task[None] | None = None
+        self._nats_task: asyncio.Task[None] | None = None
+
+    def _notify_uplinks(self) -> None:
+        self.uplink.notify()
+        if self.nats_uplink is not None:
+            self.nats_uplink.notify()
 
     async def connect_devices(self) -> None:
         """Connect every device; a device that is down now is retried by the sampler."""
@@ -100,7 +125,10 @@ class EdgeNode:
 
     async def start(self, *, sample: bool = True) -> None:
         await self.connect_devices()
-        self._uplink_task = asyncio.ensure_future(self.uplink.run())
+        if self.config.transport in ("grpc", "both"):
+            self._uplink_task = asyncio.ensure_future(self.uplink.run())
+        if self.nats_uplink is not None:
+            self._nats_task = asyncio.ensure_future(self.nats_uplink.run())
         if sample:
             self._sampler_task = asyncio.ensure_future(self.sampler.run())
 
@@ -112,6 +140,8 @@ class EdgeNode:
     async def stop(self) -> None:
         await self.stop_sampling()
         task, self._uplink_task = self._uplink_task, None
+        await reap(task)
+        task, self._nats_task = self._nats_task, None
         await reap(task)
         for state in self.devices.values():
             with contextlib.suppress(DeviceError, TimeoutError):

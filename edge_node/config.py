@@ -58,6 +58,9 @@ class EdgeConfig:
     sample_interval_s: float = 1.0
     uplink_window: int = 256
     site_limits: SiteLimits = field(default_factory=SiteLimits)
+    transport: str = "grpc"  # "grpc", "nats", or "both" (gRPC primary, NATS on failure)
+    nats_servers: tuple[str, ...] = ()  # e.g. ("tls://127.0.0.1:4222",)
+    nats_server_name: str = ""  # TLS name on the broker's certificate (default: dialled host)
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -69,6 +72,10 @@ class EdgeConfig:
             raise ConfigError("devices: asset ids must be unique")
         if not self.devices:
             raise ConfigError("devices: at least one device is required")
+        if self.transport not in ("grpc", "nats", "both"):
+            raise ConfigError("transport: must be 'grpc', 'nats' or 'both'")
+        if self.transport != "grpc" and not self.nats_servers:
+            raise ConfigError(f"nats_servers: required for transport {self.transport!r}")
 
     @classmethod
     def from_toml(cls, path: Path) -> EdgeConfig:
@@ -102,6 +109,9 @@ class EdgeConfig:
                 devices=devices,
                 sample_interval_s=float(raw.get("sample_interval_s", 1.0)),
                 uplink_window=int(raw.get("uplink_window", 256)),
+                transport=str(raw.get("transport", "grpc")),
+                nats_servers=tuple(str(u) for u in raw.get("nats_servers", ())),
+                nats_server_name=str(raw.get("nats_server_name", "")),
                 site_limits=SiteLimits(
                     max_export_kw=float(limits.get("max_export_kw", math.inf)),
                     max_import_kw=float(limits.get("max_import_kw", math.inf)),

@@ -134,6 +134,14 @@ class Outbox:
         rows = self.pending(after_seq=seq - 1, limit=1)
         return rows[0] if rows and rows[0].seq == seq else None
 
+    def seq_of(self, digest: bytes) -> int | None:
+        """Sequence number of the pending batch with this payload digest, if any."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT seq FROM outbox WHERE digest = ?", (digest,)
+            ).fetchone()
+        return None if row is None else int(row[0])
+
     def resign(self, entry: OutboxEntry, signer: EnvelopeSigner, now_ms: int) -> OutboxEntry:
         """Re-sign a buffered batch with a fresh time (same payload, same digest)."""
         envelope = signer.sign(entry.envelope.payload_type, entry.envelope.payload, now_ms)

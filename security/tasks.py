@@ -10,13 +10,20 @@ import asyncio
 from typing import Any
 
 
-async def reap(task: asyncio.Future[Any] | None) -> None:
-    """Cancel ``task`` and wait until it has finished; re-raise our own cancellation."""
+async def reap(task: asyncio.Future[Any] | None, *, patience_s: float = 1.0) -> None:
+    """Cancel ``task`` and wait until it has finished; re-raise our own cancellation.
+
+    A task that swallows a cancellation (``asyncio.wait_for`` can, on Python 3.11,
+    when the cancel races with its inner future) is cancelled again every
+    ``patience_s`` seconds instead of being waited for forever.
+    """
     if task is None:
         return
-    task.cancel()
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=patience_s)
     try:
-        await task
+        task.result()
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from google.protobuf.message import DecodeError
 
@@ -27,6 +27,8 @@ from security.envelope import EnvelopeSigner, check_envelope_shape, verify_signa
 from security.identity import Role, SpiffeId
 from security.refusals import Reason, Refusal
 from security.signing_keys import EnrolledKey
+
+CommandSink = Callable[[str, lpb.ControlMessage], bool]
 
 _STATUS_NAMES = {
     cpb.COMMAND_STATUS_APPLIED: "applied",
@@ -52,6 +54,7 @@ class CommandDispatcher:
         self._streams = streams
         self._audit = audit
         self._clock = clock
+        self._fallback_sinks: list[CommandSink] = []
 
     def send_active_power(
         self, site_id: str, asset_id: str, p_kw: float, *, ttl_s: float = 30.0
@@ -62,6 +65,7 @@ class CommandDispatcher:
         now_ms = self._clock.now_ms()
         edge = str(SpiffeId(self._domain, Role.EDGE, site_id))
         stream = self._streams.newest_for(edge)
+        sinks = [] if stream is not None else self._fallback_sinks
         command = cpb.Command(
             command_id=uuid.uuid4().hex,
             site_id=site_id,
@@ -71,7 +75,7 @@ class CommandDispatcher:
             expires_ms=now_ms + int(ttl_s * 1000),
             set_active_power=cpb.SetActivePower(p_kw=p_kw),
         )
-        status = "sent" if stream is not None else "undeliverable"
+        status = "sent" if stream is not None or sinks else "undeliverable"
         self._log.record_issued(
             site_id=site_id,
             seq=command.seq,
@@ -84,9 +88,9 @@ class CommandDispatcher:
         )
         self._audit.append(
             "command",
-            decision="allow" if stream else "deny",
+            decision="allow" if status == "sent" else "deny",
             identity=self._signer.signer,
-            reason="" if stream else Reason.UNAVAILABLE.value,
+            reason="" if status == "sent" else Reason.UNAVAILABLE.value,
             details={
                 "site": site_id,
                 "asset": asset_id,
@@ -96,11 +100,21 @@ class CommandDispatcher:
                 "status": status,
             },
         )
-        if stream is None:
+        if status == "undeliverable":
             return Refusal(Reason.UNAVAILABLE, f"site {site_id} is not connected", edge)
         envelope = self._signer.sign(epb.PAYLOAD_TYPE_COMMAND, command.SerializeToString(), now_ms)
-        stream.send(lpb.ControlMessage(command=envelope))
+        message = lpb.ControlMessage(command=envelope)
+        if stream is not None:
+            stream.send(message)
+        else:
+            for sink in sinks:  # e.g. the site's NATS command subject
+                if sink(site_id, message):
+                    break
         return command
+
+    def add_fallback_sink(self, sink: CommandSink) -> None:
+        """Where commands go for a site without an open gRPC stream (e.g. NATS)."""
+        self._fallback_sinks.append(sink)
 
     def on_result(
         self, peer: Peer, envelope: epb.SignedEnvelope, keys: Mapping[str, EnrolledKey]

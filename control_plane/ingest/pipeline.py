@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from control_plane.assets.registry import AssetRegistry, RegistrySnapshot
 from control_plane.ingest.gate import Gate
 from control_plane.ingest.receipts import IngestResult
-from control_plane.ingest.stages.authenticate import authenticate
+from control_plane.ingest.stages.authenticate import authenticate, authenticate_broker_subject
 from control_plane.ingest.stages.authorize import authorize
 from control_plane.ingest.stages.validate import ValidationPolicy, validate
 from control_plane.ingest.stages.verify import verify
@@ -86,6 +86,8 @@ class IngestPipeline:
         self.state = FleetState()
         self.registry_snapshot: RegistrySnapshot = registry.snapshot()
         self.revocation_snapshot: RevocationSnapshot = revocations.snapshot()
+        self._enrolled_index: dict[str, int] = {}
+        self._enrolled_index_of: object = None
         self._keys_version = keys.current_version()
         self._keys: dict[str, EnrolledKey] = {k.key_id: k for k in keys.all_keys()}
 
@@ -107,6 +109,17 @@ class IngestPipeline:
             return True
         return False
 
+    def _enrolled_ms_by_edge(self) -> dict[str, int]:
+        """Latest key enrollment time per edge site, cached per key set [ms]."""
+        if self._enrolled_index_of is not self._keys:
+            index: dict[str, int] = {}
+            for key in self._keys.values():
+                if key.spiffe_id.role is Role.EDGE:
+                    name = key.spiffe_id.name
+                    index[name] = max(index.get(name, 0), key.enrolled_ms)
+            self._enrolled_index, self._enrolled_index_of = index, self._keys
+        return self._enrolled_index
+
     @property
     def keys(self) -> dict[str, EnrolledKey]:
         """Enrolled envelope-signing keys by key id (reloaded by ``refresh``)."""
@@ -114,6 +127,7 @@ class IngestPipeline:
 
     def add_key(self, key: EnrolledKey) -> None:
         self._keys[key.key_id] = key
+        self._enrolled_index_of = None
 
     def refuse(self, refusal: Refusal, *, event: str = "ingest") -> Refusal:
         """Count and audit a refusal (the one path every refusal takes)."""
@@ -133,6 +147,19 @@ class IngestPipeline:
             allowed_roles=allowed,
             revocations=self.revocation_snapshot,
             now_ms=self._clock.now_ms(),
+        )
+        if isinstance(result, Refusal):
+            return self.refuse(result, event="authenticate")
+        return result
+
+    def authenticate_subject(self, site_token: str) -> Peer | Refusal:
+        """Stage 1 for the NATS transport (see ``authenticate_broker_subject``)."""
+        enrolled_ms = self._enrolled_ms_by_edge().get(site_token.replace("~", "."))
+        result = authenticate_broker_subject(
+            site_token,
+            trust_domain=self.trust_domain,
+            revocations=self.revocation_snapshot,
+            enrolled_ms=enrolled_ms,
         )
         if isinstance(result, Refusal):
             return self.refuse(result, event="authenticate")

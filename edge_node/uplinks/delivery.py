@@ -2,10 +2,14 @@
 retry, what to send next, and what a signed receipt means for the outbox.
 
 Rule: a batch leaves the outbox only on a verified receipt (COMMITTED or DUPLICATE)
-for its exact payload digest. A retryable refusal re-sends the same payload,
-re-signed with the current time, after ``retry_delay_ms`` (paced on the monotonic
-clock); any other refusal moves the batch to the dead-letter table. A batch with no
-receipt after ``receipt_timeout_s`` is sent again (the control plane de-duplicates).
+for its exact payload digest; any non-retryable refusal moves it to the dead-letter
+table. Sequence numbers must reach the control plane in order (anything at or below
+its high-water mark that is not an exact re-send is a replay), so a retryable refusal
+of batch ``s`` rewinds delivery to ``s``: after ``retry_delay_ms`` (paced on the
+monotonic clock, so a wrong wall clock cannot become a hot loop) ``s`` and everything
+after it are sent again, in order, re-signed when older than ``resign_after_ms``;
+exact re-sends of what was already committed are acknowledged as duplicates. A batch
+with no receipt after ``receipt_timeout_s`` rewinds delivery the same way.
 """
 
 from __future__ import annotations
@@ -68,8 +72,8 @@ class Delivery:
         self.stats = stats
         self.policy = policy
         self._in_flight: dict[bytes, tuple[int, float]] = {}  # digest -> (seq, sent at [mono s])
-        self._retry: dict[int, float] = {}  # seq -> earliest resend [mono s]
-        self._cursor = 0  # highest seq sent since the last restart
+        self._cursor = 0  # highest seq sent since the last restart or rewind
+        self._hold_until = 0.0  # no sending before this monotonic time [s]
 
     @property
     def in_flight(self) -> int:
@@ -78,27 +82,31 @@ class Delivery:
     def restart(self) -> None:
         """After a (re)connect, resend everything still unacknowledged, in order."""
         self._in_flight.clear()
-        self._retry.clear()
         self._cursor = 0
+        self._hold_until = 0.0
+
+    def rewind(self, seq: int, delay_s: float) -> None:
+        """Send ``seq`` and everything after it again, in order, not before ``delay_s``."""
+        self._cursor = min(self._cursor, seq - 1)
+        for digest, (s, _sent) in list(self._in_flight.items()):
+            if s >= seq:
+                del self._in_flight[digest]
+        self._hold_until = max(self._hold_until, asyncio.get_running_loop().time() + delay_s)
 
     def next_batch(self) -> list[OutboxEntry]:
         """Entries to send now, in order, re-signed where needed, marked in flight."""
-        mono = asyncio.get_running_loop().time()  # pacing must not follow wall-clock jumps
+        mono = asyncio.get_running_loop().time()
         self._expire(mono)
+        if mono < self._hold_until:
+            return []
         room = self.policy.window - len(self._in_flight)
         if room <= 0:
             return []
         now_ms = self._clock.now_ms()
-        retries: list[OutboxEntry] = []
-        for seq in sorted(s for s, due in self._retry.items() if due <= mono)[:room]:
-            del self._retry[seq]
-            entry = self._outbox.get(seq)
-            if entry is not None:  # a retry is always re-signed with the current time
-                retries.append(self._outbox.resign(entry, self._creds.signer, now_ms))
-        fresh = self._outbox.pending(after_seq=self._cursor, limit=room - len(retries))
         entries = []
-        for entry in retries + fresh:
-            if now_ms - entry.signed_ms > self.policy.resign_after_ms:
+        for entry in self._outbox.pending(after_seq=self._cursor, limit=room):
+            # re-sign what is old, or "from the future" after the clock was corrected
+            if not 0 <= now_ms - entry.signed_ms <= self.policy.resign_after_ms:
                 entry = self._outbox.resign(entry, self._creds.signer, now_ms)
             self._in_flight[entry.digest] = (entry.seq, mono)
             self._cursor = max(self._cursor, entry.seq)
@@ -110,11 +118,10 @@ class Delivery:
         timeout = self.policy.receipt_timeout_s
         if timeout is None:
             return
-        for digest, (seq, sent) in list(self._in_flight.items()):
-            if mono - sent > timeout:
-                del self._in_flight[digest]
-                self._retry[seq] = mono
-                self.stats.resent_after_timeout += 1
+        expired = [seq for seq, sent in self._in_flight.values() if mono - sent > timeout]
+        if expired:
+            self.stats.resent_after_timeout += len(expired)
+            self.rewind(min(expired), 0.0)
 
     def on_receipt(self, envelope: epb.SignedEnvelope) -> None:
         """Verify a receipt with the control plane's key and act on it."""
@@ -148,10 +155,12 @@ class Delivery:
             receipt.reason,
             receipt.message,
         )
-        if receipt.retryable and flight is not None:
-            # not at once: a skewed clock or a busy store must not become a hot loop
-            due = asyncio.get_running_loop().time() + self.policy.retry_delay_ms / 1000
-            self._retry[flight[0]] = due
+        if receipt.retryable:
+            # Never dead-letters, even for a copy no longer in flight (sent twice, or
+            # before a reconnect): rewind so that nothing newer overtakes it.
+            seq = flight[0] if flight is not None else self._outbox.seq_of(receipt.batch_sha256)
+            if seq is not None:
+                self.rewind(seq, self.policy.retry_delay_ms / 1000)
         elif receipt.batch_sha256:
             self._outbox.dead_letter(
                 receipt.batch_sha256, receipt.reason, receipt.message, self._clock.now_ms()

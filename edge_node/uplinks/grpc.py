@@ -184,8 +184,10 @@ class GrpcUplink:
                 last_write = now
             if not sent:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: wait_for can swallow a cancellation (3.11)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.heartbeat_s / 2)
+                    async with asyncio.timeout(self._settings.heartbeat_s / 2):
+                        await self._wake.wait()
 
     async def _send_some(self) -> int:
         assert self._session is not None

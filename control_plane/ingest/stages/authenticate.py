@@ -58,3 +58,35 @@ def authenticate(
         not_before_ms=not_before_ms,
         not_after_ms=not_after_ms,
     )
+
+
+FOREVER_MS = 2**62
+
+
+def authenticate_broker_subject(
+    site_token: str,
+    *,
+    trust_domain: str,
+    revocations: RevocationSnapshot,
+    enrolled_ms: int | None,
+) -> Peer | Refusal:
+    """Stage 1 for a broker (NATS): the publisher's identity from the subject it used.
+
+    The broker verified the client certificate (``verify_and_map``) and allows each
+    edge to publish only on its own subject, so the subject names the identity. This
+    stage checks what the broker does not know: the site exists (has enrolled keys,
+    ``enrolled_ms``) and the identity was not revoked after its last enrollment.
+    """
+    site_id = site_token.replace("~", ".")
+    try:
+        spiffe_id = SpiffeId(trust_domain, Role.EDGE, site_id)
+    except ValueError:
+        return Refusal(Reason.BAD_SPIFFE_ID, f"subject token {site_token[:64]!r} is not a site")
+    uri = str(spiffe_id)
+    if enrolled_ms is None:
+        return Refusal(Reason.UNKNOWN_SIGNING_KEY, "this site has no enrolled key", uri)
+    if revocations.is_revoked(spiffe_id, enrolled_ms):
+        return Refusal(Reason.IDENTITY_REVOKED, "this identity has been revoked", uri)
+    return Peer(
+        spiffe_id=spiffe_id, cert_serial=0, not_before_ms=enrolled_ms, not_after_ms=FOREVER_MS
+    )
