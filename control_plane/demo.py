@@ -59,10 +59,8 @@ class DemoOptions:
             raise GridfortError("--sites: must be between 1 and 200")
         if self.duration_s is not None and self.duration_s <= 0:
             raise GridfortError("--duration: must be positive")
-        if self.transport != "grpc":
-            raise GridfortError(
-                "--transport nats: the NATS transport is not built yet (issue #3); use grpc"
-            )
+        if self.transport not in ("grpc", "nats", "both"):
+            raise GridfortError("--transport: must be grpc, nats or both")
         if not 0.1 <= self.sample_interval_s <= 60:
             raise GridfortError("--sample-interval: must be between 0.1 and 60 s")
         if not 0.5 <= self.command_interval_s <= 3600:
@@ -99,6 +97,15 @@ class Site:
         }
 
 
+def _active_link(edge: EdgeNode) -> str:
+    """``grpc:PORT`` or ``nats:PORT`` of the uplink carrying data now ("" if none)."""
+    if edge.uplink.stats.connected:
+        return f"grpc:{edge.uplink.stats.endpoint.rsplit(':', 1)[-1]}"
+    if edge.nats_uplink is not None and edge.nats_uplink.stats.connected:
+        return f"nats:{edge.nats_uplink.stats.endpoint.rsplit(':', 1)[-1]}"
+    return ""
+
+
 def _prepare_state_dir(path: Path) -> None:
     if path.exists() and any(path.iterdir()):
         marker = path / ".gridfort-demo"
@@ -116,12 +123,29 @@ class Demo:
         self.options = options
         self.clock = clock or SystemClock()
         self.sim_clock = ScaledClock(self.clock, options.time_scale)
-        self.system = EmbeddedSystem(options.state_dir / "control-plane", clock=self.clock)
+        self.system = EmbeddedSystem(
+            options.state_dir / "control-plane",
+            clock=self.clock,
+            nats_port=0 if options.transport != "grpc" else None,
+        )
         self.sites: list[Site] = []
         self.command_round = 0
 
     async def start(self) -> None:
         await self.system.start()
+        for i in range(1, self.options.sites + 1):
+            site_id = f"site-{i}"
+            self.system.register_site(
+                site_id,
+                [
+                    Asset(f"{site_id}-pv", site_id, AssetKind.PV_INVERTER, rated_p_kw=10.0),
+                    Asset(f"{site_id}-bat", site_id, AssetKind.BATTERY, rated_p_kw=5.0, e_kwh=10.0),
+                    Asset(
+                        f"{site_id}-ev", site_id, AssetKind.EV_CHARGER, rated_p_kw=11.0, e_kwh=60.0
+                    ),
+                ],
+            )
+        await self.system.control_plane.sync_transports()  # e.g. the NATS users list
         await asyncio.gather(
             *(self._start_site(f"site-{i}", i) for i in range(1, self.options.sites + 1))
         )
@@ -171,21 +195,16 @@ class Demo:
         site = Site(site_id, modbus, opcua)
         self.sites.append(site)
         a = site.assets
-        self.system.register_site(
-            site_id,
-            [
-                Asset(a["pv"], site_id, AssetKind.PV_INVERTER, rated_p_kw=10.0),
-                Asset(a["bat"], site_id, AssetKind.BATTERY, rated_p_kw=5.0, e_kwh=10.0),
-                Asset(a["ev"], site_id, AssetKind.EV_CHARGER, rated_p_kw=11.0, e_kwh=60.0),
-            ],
-        )
         edge_dir = self.options.state_dir / "edges" / site_id
         await self.system.enroll_edge(site_id, edge_dir)
+        nats_url = self.system.control_plane.nats_url
         config = EdgeConfig(
             site_id=site_id,
             edge_dir=edge_dir,
             endpoints=self.system.link_endpoints,
             sample_interval_s=self.options.sample_interval_s,
+            transport=self.options.transport,
+            nats_servers=(nats_url,) if nats_url else (),
             devices=(
                 DeviceConfig(
                     a["pv"], EdgeKind.PV_INVERTER, "sunspec", f"127.0.0.1:{modbus_port}", 1
@@ -261,8 +280,8 @@ class Demo:
                 "measurements_committed": site_counts.measurements,
                 "measurements_quarantined": site_counts.quarantined,
                 "pending": st.pending_measurements,
-                "link": s.edge.uplink.stats.endpoint,
-                "connected": s.edge.uplink.stats.connected,
+                "link": _active_link(s.edge),
+                "connected": bool(_active_link(s.edge)),
                 "commands_applied": s.edge.executor.applied,
                 "commands_refused": s.edge.executor.refused,
             }
@@ -297,7 +316,7 @@ class Demo:
     def table(self) -> Table:
         s = self.summary()
         t = Table(
-            title=f"Gridfort demo: {s['sites']} sites, gRPC + mutual TLS, signed batches",
+            title=f"Gridfort demo: {s['sites']} sites over {s['transport']}, mutual TLS, signed",
             caption=(
                 f"batches committed {s['batches_committed']}, duplicates "
                 f"{s['batches_duplicate']}, rejected {s['batches_rejected']}; commands sent "
@@ -324,7 +343,7 @@ class Demo:
         for site in self.sites:
             p = s["per_site"][site.site_id]
             a = site.assets
-            link = p["link"].rsplit(":", 1)[-1] if p["connected"] else "[red]down[/red]"
+            link = p["link"] if p["connected"] else "[red]down[/red]"
             t.add_row(
                 site.site_id,
                 link,
@@ -405,6 +424,7 @@ async def _run(options: DemoOptions) -> dict[str, Any]:
 def run_demo(options: DemoOptions) -> int:
     _prepare_state_dir(options.state_dir)
     logging.getLogger("asyncua").setLevel(logging.ERROR)  # its startup chatter, not ours
+    logging.getLogger("asyncio").setLevel(logging.ERROR)  # nats-py's TLS close notices
     summary = asyncio.run(_run(options))
     text = json.dumps(summary, indent=2, sort_keys=True)
     if options.json_summary is not None:

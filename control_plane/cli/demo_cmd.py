@@ -19,7 +19,12 @@ def register(sub: Any) -> None:
         default=None,
         help="run this many seconds, then drain, summarize and exit",
     )
-    p.add_argument("--transport", choices=["grpc", "nats"], default="grpc")
+    p.add_argument(
+        "--transport",
+        choices=["grpc", "nats", "both"],
+        default="grpc",
+        help="edge uplink: gRPC, NATS JetStream, or both (gRPC primary, NATS on failure)",
+    )
     p.add_argument(
         "--state-dir",
         type=Path,
