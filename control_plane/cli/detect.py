@@ -39,6 +39,9 @@ def register(sub: Any) -> None:
         "--workers", type=int, default=None, help="power-flow processes (default: cores)"
     )
     p.set_defaults(handler=detect_generate)
+    from control_plane.cli.detect_eval import register_eval
+
+    register_eval(detect_sub)
 
 
 def _progress(started: float) -> Any:

@@ -1,0 +1,199 @@
+"""``gridfort detect eval``: every detector side by side on one labelled dataset.
+
+Prints a scorecard table and writes JSON (default ``benchmarks/results/detect_<grid>.json``).
+Data: ``--data FILE.parquet`` (with ``FILE.labels.parquet``; split 50/20/30 % in time
+order) or ``--steps N`` generated rows (40/20/40 %, attacks only in the test segment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from detection.grid import GRID_NAMES
+
+DEFAULT_STEPS = 2000
+DEFAULT_ATTACK_RATE = 0.35
+GENERATED_SHARES = (0.4, 0.2)  # train, validation; the rest is the attacked test segment
+
+
+def register_eval(detect_sub: Any) -> None:
+    """Add ``eval`` to the ``detect`` subparsers (``detect_sub`` from ``add_subparsers``)."""
+    p = detect_sub.add_parser(
+        "eval", help="scorecard of every detector (AUC, recall at calibrated FPR, localization)"
+    )
+    p.add_argument("--grid", choices=GRID_NAMES, default="case118")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", type=Path, default=None, help="labelled FILE.parquet to evaluate on")
+    src.add_argument(
+        "--steps", type=int, default=None, help=f"generate N rows (default {DEFAULT_STEPS})"
+    )
+    p.add_argument("--seed", type=int, default=0, help="generation seed (with --steps)")
+    p.add_argument(
+        "--attack-rate",
+        type=float,
+        default=DEFAULT_ATTACK_RATE,
+        help=f"share of attacked test rows with --steps (default {DEFAULT_ATTACK_RATE})",
+    )
+    p.add_argument("--json", type=Path, default=None, help="output JSON path")
+    p.add_argument("--target-fpr", type=float, default=0.01, help="calibrated FPR (default 0.01)")
+    p.add_argument("--detectors", nargs="+", default=None, help="names to run (default: all)")
+    p.add_argument(
+        "--wls-rows", type=int, default=200, help="rows WLS scores per segment (it is slow)"
+    )
+    p.add_argument("--workers", type=int, default=None, help="power-flow processes")
+    p.set_defaults(handler=detect_eval)
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
+    from detection.dataset import read_dataset
+    from detection.evaluate import evaluation_data, generated_evaluation_data, time_split
+    from detection.generate import PRICE_COLUMN, NoiseModel, nominal_snapshot
+    from detection.grid import load_grid
+    from detection.layout import build_layout
+
+    if args.data is not None:
+        layout = build_layout(load_grid(args.grid))
+        ds = read_dataset(args.data, expected_columns=[*layout.columns, PRICE_COLUMN])
+        data = evaluation_data(ds, args.grid, layout)
+        noise = ds.metadata.get("noise")
+        std = NoiseModel(**noise).std(layout, nominal_snapshot(args.grid)) if noise else None
+        source: dict[str, Any] = {"data": str(args.data), "split": "50/20/30 % in time order"}
+        return data, time_split(len(data.kinds)), std, source
+    steps = args.steps if args.steps is not None else DEFAULT_STEPS
+    if steps < 100:
+        raise ValueError(f"--steps must be at least 100, got {steps}")
+    if not 0.0 < args.attack_rate < 1.0:
+        raise ValueError(f"--attack-rate must be in (0, 1), got {args.attack_rate}")
+    data, split, std = generated_evaluation_data(
+        args.grid,
+        steps,
+        seed=args.seed,
+        attack_rate=args.attack_rate,
+        train_share=GENERATED_SHARES[0],
+        validation_share=GENERATED_SHARES[1],
+        workers=args.workers,
+    )
+    source = {
+        "steps": steps,
+        "seed": args.seed,
+        "attack_rate": args.attack_rate,
+        "split": "40/20/40 % in time order, attacks only in the test segment",
+    }
+    return data, split, std, source
+
+
+def _select(all_detectors: list[Any], names: list[str] | None) -> list[Any]:
+    if not names:
+        return all_detectors
+    by_name = {d.name: d for d in all_detectors}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(
+            f"unknown detector(s) {', '.join(unknown)}; available: {', '.join(by_name)}"
+        )
+    return [by_name[n] for n in names]
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _tables(cards: list[Any], target_fpr: float) -> list[Any]:
+    """The scorecard (one row per detector) and the recall per attack kind."""
+    from rich.table import Table
+
+    main = Table(title=f"detect eval: {cards[0].grid}, thresholds at {target_fpr:.2%} FPR")
+    for col in ["detector", "AUC", "recall", "FPR", "loc F1", "ramp delay", "rows/s"]:
+        main.add_column(col, justify="left" if col == "detector" else "right")
+    kinds = sorted({k for c in cards for k in c.recall_per_kind})
+    per_kind = Table(title="recall per attack kind")
+    per_kind.add_column("detector")
+    for k in kinds:
+        per_kind.add_column(k, justify="right")
+    for c in cards:
+        delay = (
+            "n/a"
+            if c.subsampled
+            else f"{_fmt(c.ramp_delay_mean_steps, 1)} ({c.ramps_detected}/{c.ramp_episodes})"
+        )
+        name = f"{c.detector}*" if c.subsampled else c.detector
+        main.add_row(
+            name,
+            _fmt(c.auc),
+            _fmt(c.recall),
+            _fmt(c.false_positive_rate),
+            _fmt(c.localization_f1),
+            delay,
+            f"{c.rows_per_s:,.0f}",
+        )
+        per_kind.add_row(name, *[_fmt(c.recall_per_kind.get(k), 2) for k in kinds])
+    return [main, per_kind]
+
+
+def detect_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from detection.evaluate import (
+        BASELINE_NAMES,
+        baseline_detectors,
+        evaluate,
+        optional_detectors,
+        stderr_progress,
+    )
+
+    if not 0.0 < args.target_fpr < 1.0:
+        raise ValueError(f"--target-fpr must be in (0, 1), got {args.target_fpr}")
+    if args.wls_rows < 10:
+        raise ValueError(f"--wls-rows must be at least 10, got {args.wls_rows}")
+    optional = optional_detectors()
+    known = [*(d.name for d in optional), *BASELINE_NAMES]
+    unknown = [n for n in args.detectors or [] if n not in known]
+    if unknown:
+        raise ValueError(f"unknown detector(s) {', '.join(unknown)}; available: {', '.join(known)}")
+    stderr_progress("preparing data")
+    data, split, std, source = _load(args)
+    detectors = _select(
+        [*optional, *baseline_detectors(args.grid, std, wls_max_rows=args.wls_rows)],
+        args.detectors,
+    )
+    result = evaluate(
+        data, detectors, target_fpr=args.target_fpr, split=split, progress=stderr_progress
+    )
+    cards = result.scorecards
+    if not cards:
+        raise ValueError(f"no detector could run: {result.skipped}")
+    console = Console()
+    for table in _tables(cards, args.target_fpr):
+        console.print(table)
+    if all(c.attacked_rows == 0 for c in cards):
+        print("note: the test segment holds no measurement attack: use more rows or attacks")
+    for name, reason in result.skipped.items():
+        print(f"skipped {name}: {reason}")
+    if any(c.subsampled for c in cards):
+        print("* scored on a subsample of rows (slow detector); see notes in the JSON")
+    out: Path = args.json or Path(f"benchmarks/results/detect_{args.grid}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "grid": args.grid,
+        "target_fpr": args.target_fpr,
+        "source": source,
+        "rows": len(data.kinds),
+        "measurements": len(data.layout),
+        "split": {
+            name: [s.start, s.stop]
+            for name, s in (
+                ("train", split.train),
+                ("validation", split.validation),
+                ("test", split.test),
+            )
+        },
+        "scorecards": [c.to_dict() for c in cards],
+        "skipped": result.skipped,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,146 @@
+"""Evaluation end to end on a small generated case14 set, and the ``detect eval`` CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from control_plane.cli import detect_eval
+from detection.baselines.pca import PcaResidualDetector
+from detection.baselines.pyod_detectors import ecod, knn
+from detection.baselines.wls_detector import WlsDetector
+from detection.evaluate import (
+    EvaluationData,
+    Scorecard,
+    Split,
+    evaluate,
+    generated_evaluation_data,
+    optional_detectors,
+    time_split,
+)
+
+
+@pytest.fixture(scope="module")
+def generated() -> tuple[EvaluationData, Split, np.ndarray]:
+    return generated_evaluation_data(
+        "case14", 350, seed=2, attack_rate=0.35, train_share=0.4, validation_share=0.2, workers=1
+    )
+
+
+def test_time_split_keeps_order_and_refuses_too_few_rows() -> None:
+    s = time_split(100)
+    assert (s.train, s.validation, s.test) == (slice(0, 50), slice(50, 70), slice(70, 100))
+    with pytest.raises(ValueError, match="too few"):
+        time_split(2)
+
+
+def test_generated_data_has_attacks_only_in_the_test_segment(
+    generated: tuple[EvaluationData, Split, np.ndarray],
+) -> None:
+    data, split, std = generated
+    assert set(data.kinds[: split.test.start]) == {"none"}
+    assert not data.cell_labels[: split.test.start].any()
+    assert (data.kinds[split.test] != "none").mean() > 0.2
+    assert std.shape == (len(data.layout),)
+
+
+def _no_nan(card: Scorecard) -> None:
+    for key, value in card.to_dict().items():
+        if isinstance(value, float):
+            assert math.isfinite(value), key
+        if isinstance(value, dict):
+            assert all(math.isfinite(v) for v in value.values()), key
+
+
+def test_scorecards_side_by_side_have_every_field_and_no_nan(
+    generated: tuple[EvaluationData, Split, np.ndarray],
+) -> None:
+    data, split, std = generated
+    ticks = iter(np.arange(0.0, 1000.0, 0.5))  # injected clock: every call 0.5 s later
+    result = evaluate(
+        data,
+        [PcaResidualDetector(), knn(), ecod(), WlsDetector("case14", std, max_rows=12)],
+        split=split,
+        clock=lambda: float(next(ticks)),
+    )
+    cards = result.scorecards
+    assert result.skipped == {}
+    assert [c.detector for c in cards] == ["pca_q", "knn", "ecod", "wls_chi2"]
+    for c in cards:
+        _no_nan(c)
+        assert c.auc is not None and c.recall is not None and c.false_positive_rate is not None
+        assert c.recall_per_kind and c.fit_s == 0.5
+        assert c.rows_per_s == pytest.approx(c.test_rows / 0.5)
+    pca, _, ecod_card, wls = cards
+    assert pca.localizes and pca.localization_f1 is not None and pca.localization_f1 > 0.1
+    assert ecod_card.localizes and not cards[1].localizes
+    assert pca.auc is not None and pca.auc > 0.7
+    assert pca.test_rows == split.test.stop - split.test.start and not pca.subsampled
+    assert wls.subsampled and wls.test_rows <= 12 and wls.notes
+
+
+class _RefusesToFit:
+    name = "refuses"
+
+    def fit(self, x_clean: np.ndarray, layout: object) -> None:
+        raise ValueError("no model for this grid")
+
+    def score_rows(self, x: np.ndarray) -> np.ndarray:
+        raise AssertionError("not reached")
+
+    def score_cells(self, x: np.ndarray) -> np.ndarray | None:
+        raise AssertionError("not reached")
+
+
+def test_a_detector_that_refuses_the_data_is_skipped_with_its_reason(
+    generated: tuple[EvaluationData, Split, np.ndarray],
+) -> None:
+    data, split, _ = generated
+    result = evaluate(data, [_RefusesToFit(), PcaResidualDetector()], split=split)  # type: ignore[list-item]
+    assert [c.detector for c in result.scorecards] == ["pca_q"]
+    assert result.skipped == {"refuses": "no model for this grid"}
+
+
+def test_optional_detectors_come_from_the_models_registry_when_present() -> None:
+    try:
+        import detection.models.registry  # noqa: F401
+    except ImportError:
+        assert optional_detectors() == []
+    else:
+        assert isinstance(optional_detectors(), list)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gridfort")
+    sub = parser.add_subparsers(dest="command", required=True)
+    detect = sub.add_parser("detect")
+    detect_sub = detect.add_subparsers(dest="detect_command", required=True)
+    detect_eval.register_eval(detect_sub)
+    return parser
+
+
+def test_cli_prints_a_scorecard_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "detect_case14.json"
+    argv = ["detect", "eval", "--grid", "case14", "--steps", "120", "--workers", "1"]
+    args = _parser().parse_args([*argv, "--detectors", "pca_q", "knn", "--json", str(out)])
+    assert args.handler(args) == 0
+    printed = capsys.readouterr().out
+    assert "pca_q" in printed and "knn" in printed and "AUC" in printed
+    report = json.loads(out.read_text())
+    assert report["grid"] == "case14" and len(report["scorecards"]) == 2
+    assert set(report["split"]) == {"train", "validation", "test"}
+
+
+def test_cli_refuses_unknown_detector_names() -> None:
+    args = _parser().parse_args(
+        ["detect", "eval", "--grid", "case14", "--steps", "150", "--detectors", "nope"]
+    )
+    with pytest.raises(ValueError, match="unknown detector"):
+        args.handler(args)
