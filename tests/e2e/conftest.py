@@ -5,8 +5,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+
+from control_plane.embedded import EmbeddedSystem
+from edge_node.simulators.sunspec_server import SunSpecSiteSimulator
+from security.clock import SystemClock
+from tests.conftest import TRUST_DOMAIN
 
 HANG_REPORT_AFTER_S = 45.0
 
@@ -33,3 +39,33 @@ async def hang_reporter() -> AsyncIterator[None]:
         yield
     finally:
         watchdog.cancel()
+
+
+@pytest.fixture
+async def modbus() -> AsyncIterator[int]:
+    """A real SunSpec Modbus TCP site (PV unit 1, battery unit 2) on a random port."""
+    sim = SunSpecSiteSimulator(
+        pv_rated_kw=10.0,
+        battery_rated_kw=5.0,
+        battery_e_kwh=10.0,
+        battery_soc_pct=50.0,
+        clock=SystemClock(),
+    )
+    port = await sim.start()
+    try:
+        yield port
+    finally:
+        await sim.stop()
+
+
+@pytest.fixture
+async def nats_system(tmp_path: Path) -> AsyncIterator[EmbeddedSystem]:
+    """A started control plane with the embedded NATS broker and JetStream consumer."""
+    system = EmbeddedSystem(
+        tmp_path / "cp", trust_domain=TRUST_DOMAIN, durable_sync=False, nats_port=0
+    )
+    await system.start()
+    try:
+        yield system
+    finally:
+        await system.stop()

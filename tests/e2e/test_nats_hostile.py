@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
-import pytest
 from nats.aio.msg import Msg
 
 from control_plane.embedded import EmbeddedSystem
@@ -18,20 +16,8 @@ from control_plane.transports.nats_config import command_subject, inbox_prefix, 
 from edge_node.credentials import EdgeCredentials
 from gridfort.v1 import edge_link_pb2 as lpb
 from security.envelope import EnvelopeSigner, generate_signing_key
-from tests.conftest import TRUST_DOMAIN, default_assets
+from tests.conftest import default_assets
 from tests.e2e.raw_link import make_batch, sign_batch
-
-
-@pytest.fixture
-async def nats_system(tmp_path: Path) -> AsyncIterator[EmbeddedSystem]:
-    system = EmbeddedSystem(
-        tmp_path / "cp", trust_domain=TRUST_DOMAIN, durable_sync=False, nats_port=0
-    )
-    await system.start()
-    try:
-        yield system
-    finally:
-        await system.stop()
 
 
 async def enroll(system: EmbeddedSystem, tmp_path: Path, site: str) -> EdgeCredentials:
