@@ -12,6 +12,7 @@ State directory layout::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from security.refusals import ConfigError, Reason, Refusal
 from security.replay_guard import ReplayPolicy
 from security.revocation import RevocationList
 from security.signing_keys import SigningKeyRegistry
+from security.tasks import reap
 
 if TYPE_CHECKING:
     from control_plane.transports.nats_ingest import NatsIngest
@@ -202,6 +204,7 @@ class ControlPlane:
         self.nats: EmbeddedNats | None = None
         self.nats_ingest: NatsIngest | None = None
         self._nats_sites: frozenset[str] = frozenset()
+        self._nats_sync: asyncio.Task[None] | None = None
 
     @property
     def link_ports(self) -> list[int]:
@@ -257,6 +260,7 @@ class ControlPlane:
         )
         await self.nats_ingest.start()
         self._nats_sites = self.pipeline.registry_snapshot.sites
+        self._nats_sync = asyncio.ensure_future(self._sync_loop())
 
     def _on_nats_violation(self, violation: PermissionViolation) -> None:
         """The broker refused a publish/subscribe: the same refusal path as every other."""
@@ -270,18 +274,32 @@ class ControlPlane:
         )
 
     async def sync_transports(self) -> None:
-        """Apply registry changes to the transports (the NATS users list)."""
+        """Apply registry and revocation changes to the transports: the NATS users list
+        holds every registered site except revoked edges (their connections are cut)."""
         self.pipeline.refresh()
-        sites = self.pipeline.registry_snapshot.sites
+        sites = frozenset(
+            site
+            for site in self.pipeline.registry_snapshot.sites
+            if self.pipeline.edge_allowed(site)
+        )
         if self.nats is not None and sites != self._nats_sites:
             await self.nats.set_sites(sites)
             self._nats_sites = sites
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.watch_interval_s)
+            try:
+                await self.sync_transports()
+            except Exception:  # never let the watcher die
+                log.exception("transport sync failed")
 
     @property
     def nats_url(self) -> str | None:
         return None if self.nats is None else self.nats.url
 
     async def stop(self) -> None:
+        await reap(self._nats_sync)
         if self.nats_ingest is not None:
             await self.nats_ingest.stop()
         if self.nats is not None:

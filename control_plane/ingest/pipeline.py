@@ -30,7 +30,7 @@ from security.audit_log import AuditLog
 from security.audit_throttle import ThrottledAudit
 from security.clock import Clock
 from security.envelope import payload_digest
-from security.identity import Role
+from security.identity import Role, SpiffeId
 from security.refusals import Reason, Refusal
 from security.replay_guard import ReplayGuard, ReplayPolicy
 from security.revocation import RevocationList, RevocationSnapshot
@@ -164,6 +164,14 @@ class IngestPipeline:
         if isinstance(result, Refusal):
             return self.refuse(result, event="authenticate")
         return result
+
+    def edge_allowed(self, site_id: str) -> bool:
+        """False once the site's edge identity was revoked after its last enrollment."""
+        enrolled_ms = self._enrolled_ms_by_edge().get(site_id)
+        if enrolled_ms is None:
+            return True  # not enrolled yet: it may still enroll and connect
+        spiffe_id = SpiffeId(self.trust_domain, Role.EDGE, site_id)
+        return not self.revocation_snapshot.is_revoked(spiffe_id, enrolled_ms)
 
     def still_valid(self, peer: Peer) -> Refusal | None:
         """Re-check an open stream's peer: revoked or expired since it connected?"""

@@ -9,6 +9,7 @@ import ssl
 from pathlib import Path
 
 import nats
+import pytest
 from nats.aio.msg import Msg
 
 from control_plane.embedded import EmbeddedSystem
@@ -133,3 +134,22 @@ async def test_message_without_msg_id_is_dropped_not_blamed(
         r.get("identity") == str(creds.spiffe_id) and r["decision"] == "deny"
         for r in audit(nats_system)
     )
+
+
+async def test_revoked_edge_is_cut_off_the_broker_within_seconds(
+    nats_system: EmbeddedSystem, tmp_path: Path
+) -> None:
+    creds = await enroll(nats_system, tmp_path, "s1")
+    nc = await connect(nats_system, creds)
+    try:
+        assert nc.is_connected
+        nats_system.control_plane.revocations.revoke(creds.spiffe_id, "gateway stolen")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while nc.is_connected and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        assert not nc.is_connected  # the broker cut the connection (users list reloaded)
+        with pytest.raises((nats.errors.Error, OSError)):  # a new connection is refused
+            await connect(nats_system, creds)
+    finally:
+        await nc.close()
