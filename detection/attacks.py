@@ -193,10 +193,14 @@ def stealthy_delta(
     zeroed, so a labelled cell always carries a real change.
     """
     rows = model.ppc_bus(bus_positions)
-    aux = [x for r in rows for x in model.aux_of.get(int(r), [])]
-    rows = np.concatenate([rows, np.array(aux, dtype=np.int64)])
+    factor = np.broadcast_to(np.asarray(vm_factor, dtype=float), rows.shape)
+    # hidden auxiliary buses (behind open switches) move with their bus, same factor
+    aux = [(x, f) for r, f in zip(rows, factor, strict=True) for x in model.aux_of.get(int(r), [])]
+    if aux:
+        rows = np.concatenate([rows, np.array([x for x, _ in aux], dtype=np.int64)])
+        factor = np.concatenate([factor, np.array([f for _, f in aux], dtype=float)])
     v2 = v.copy()
-    v2[rows] = v[rows] * vm_factor * np.exp(1j * np.deg2rad(dtheta_deg))
+    v2[rows] = v[rows] * factor * np.exp(1j * np.deg2rad(dtheta_deg))
     delta = np.asarray(model.measure(v2) - model.measure(v))
     delta[np.abs(delta) < NUMERICAL_ZERO] = 0.0
     return delta

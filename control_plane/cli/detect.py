@@ -42,6 +42,9 @@ def register(sub: Any) -> None:
     from control_plane.cli.detect_eval import register_eval
 
     register_eval(detect_sub)
+    from control_plane.cli.detect_train import register_train
+
+    register_train(detect_sub)
 
 
 def _progress(started: float) -> Any:

@@ -154,3 +154,12 @@ def test_attack_rate_and_arguments_are_checked(series: GeneratedSeries) -> None:
         inject_attacks(series, rate=1.5, seed=1)
     with pytest.raises(ValueError, match="unknown attack kinds"):
         inject_attacks(series, rate=0.1, seed=1, kinds=("teleport",))
+
+
+def test_stealthy_attack_on_a_grid_with_open_switches_never_crashes() -> None:
+    """Regression: hidden auxiliary buses behind open switches (CIGRE MV) move with their
+    bus, each with that bus's own magnitude factor."""
+    series = generate_series("cigre_mv", 200, seed=5)
+    for seed in range(4):
+        attacked = inject_attacks(series, rate=0.4, seed=seed, kinds=("stealthy",))
+        assert (attacked.labels["attack"] == "stealthy").any()

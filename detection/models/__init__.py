@@ -1,0 +1,1 @@
+"""The deep false-data-injection detector: network, training, signed artifacts."""
