@@ -41,6 +41,14 @@ def register(sub: Any) -> None:
 
     add_arguments(p)
     p.set_defaults(handler=bench_policy)
+    p = bench_sub.add_parser(
+        "optimizer",
+        help="day-ahead schedule for a 100,000-asset fleet by aggregation; revenue gap at 1,000",
+    )
+    from benchmarks.optimizer import add_arguments as optimizer_arguments
+
+    optimizer_arguments(p)
+    p.set_defaults(handler=bench_optimizer)
 
 
 def bench_ingest(args: argparse.Namespace) -> int:
@@ -51,5 +59,11 @@ def bench_ingest(args: argparse.Namespace) -> int:
 
 def bench_policy(args: argparse.Namespace) -> int:
     from benchmarks.policy import run_cli
+
+    return run_cli(args)
+
+
+def bench_optimizer(args: argparse.Namespace) -> int:
+    from benchmarks.optimizer import run_cli
 
     return run_cli(args)

@@ -17,6 +17,7 @@ from control_plane.cli import demo_cmd as demo_cmd
 from control_plane.cli import detect as detect_cli
 from control_plane.cli import market as market_cli
 from control_plane.cli import nats as nats_cli
+from control_plane.cli import optimize as optimize_cli
 from control_plane.cli import policy as policy_cli
 from security.refusals import GridfortError, RefusedError
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     nats_cli.register(sub)
     detect_cli.register(sub)
     market_cli.register(sub)
+    optimize_cli.register(sub)
     return parser
 
 

@@ -1,0 +1,97 @@
+"""Market inputs of the day-ahead schedule: prices and the integral rules of the products.
+
+Prices: ``energy_eur_per_mwh`` per quarter-hour [EUR/MWh] and ``fcr_eur_per_mw_h`` per
+4-hour FCR block [EUR per MW of symmetric capacity per hour]. :func:`synthetic_prices`
+generates a plausible day deterministically from a seed (no downloads).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from control_plane.optimizer.assets import DT_H, STEPS, OptimizerInputError
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class MarketRules:
+    """Product rules and valuation constants.
+
+    ``energy_increment_kw``: the portfolio's net position per step is a whole multiple of it
+    (0.1 MW day-ahead bids = 100 kW; 0 = continuous). ``reserve_increment_kw``: FCR is offered
+    per block in whole multiples of it (1 MW), so the minimum bid is one increment (0 =
+    continuous). ``fcr_block_steps``: steps per FCR block (16 = 4 h). ``fcr_energy_h``: hours
+    of full activation a battery must hold in reserve in each direction while it offers FCR
+    [h]. ``self_consumption_eur_per_mwh``: value of PV energy consumed at its own site (avoided
+    network charges) [EUR/MWh].
+    """
+
+    energy_increment_kw: float = 100.0
+    reserve_increment_kw: float = 1000.0
+    fcr_block_steps: int = 16
+    fcr_energy_h: float = 0.5
+    self_consumption_eur_per_mwh: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.energy_increment_kw) and self.energy_increment_kw >= 0):
+            raise OptimizerInputError("market: energy_increment_kw must be >= 0")
+        if not (math.isfinite(self.reserve_increment_kw) and self.reserve_increment_kw >= 0):
+            raise OptimizerInputError("market: reserve_increment_kw must be >= 0")
+        if self.fcr_block_steps <= 0 or STEPS % self.fcr_block_steps:
+            raise OptimizerInputError(f"market: fcr_block_steps must divide {STEPS}")
+        if not (0 <= self.fcr_energy_h <= STEPS * DT_H):
+            raise OptimizerInputError("market: fcr_energy_h must be within [0, 24] h")
+        if not (0 <= self.self_consumption_eur_per_mwh <= 1e4):
+            raise OptimizerInputError("market: self_consumption_eur_per_mwh must be >= 0")
+
+    @property
+    def blocks(self) -> int:
+        """Number of FCR blocks in the horizon."""
+        return STEPS // self.fcr_block_steps
+
+
+@dataclass(frozen=True, slots=True)
+class MarketPrices:
+    """Day-ahead energy prices [EUR/MWh] per step and FCR capacity prices [EUR/MW/h] per block."""
+
+    energy_eur_per_mwh: tuple[float, ...]
+    fcr_eur_per_mw_h: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.energy_eur_per_mwh) != STEPS:
+            raise OptimizerInputError(f"prices: energy_eur_per_mwh needs {STEPS} values")
+        if not all(math.isfinite(p) and -1e4 <= p <= 1e4 for p in self.energy_eur_per_mwh):
+            raise OptimizerInputError("prices: energy_eur_per_mwh must be finite, |p| <= 10000")
+        if not all(math.isfinite(p) and 0 <= p <= 1e4 for p in self.fcr_eur_per_mw_h):
+            raise OptimizerInputError("prices: fcr_eur_per_mw_h must be finite and >= 0")
+
+    def energy(self) -> FloatArray:
+        """Energy prices as an array [EUR/MWh]."""
+        return np.asarray(self.energy_eur_per_mwh, dtype=np.float64)
+
+    def fcr(self, rules: MarketRules) -> FloatArray:
+        """FCR prices per block [EUR/MW/h]; must have one value per block of ``rules``."""
+        if len(self.fcr_eur_per_mw_h) != rules.blocks:
+            raise OptimizerInputError(f"prices: fcr_eur_per_mw_h needs {rules.blocks} values")
+        return np.asarray(self.fcr_eur_per_mw_h, dtype=np.float64)
+
+
+def synthetic_prices(seed: int = 0, blocks: int = 6) -> MarketPrices:
+    """A plausible day: night trough, morning and evening peaks, a midday solar dip that goes
+    negative for about two hours, plus seeded noise; FCR prices 5-25 EUR/MW/h per block."""
+    rng = np.random.default_rng(seed)
+    h = np.arange(STEPS) * DT_H
+    base = 75.0 + 10.0 * rng.standard_normal()
+    morning = 55.0 * np.exp(-0.5 * ((h - 8.0) / 1.3) ** 2)
+    evening = 90.0 * np.exp(-0.5 * ((h - 19.0) / 1.6) ** 2)
+    solar = -120.0 * np.exp(-0.5 * ((h - 13.0) / 1.6) ** 2)
+    night = -20.0 * np.exp(-0.5 * ((h - 3.5) / 1.5) ** 2)
+    noise = np.cumsum(rng.normal(0.0, 2.0, STEPS))
+    energy = np.round(base + morning + evening + solar + night + noise, 2)
+    fcr = np.round(rng.uniform(5.0, 25.0, blocks), 2)
+    return MarketPrices(tuple(float(x) for x in energy), tuple(float(x) for x in fcr))

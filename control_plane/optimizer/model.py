@@ -1,0 +1,215 @@
+"""The day-ahead model over constraint tables: a cvxpy MILP (LP when no rule is integral).
+
+Maximize, in EUR over the horizon (``dt`` = step length [h], prices per MWh hence /1000)::
+
+    sum_t price_t/1000 * P_t * dt                      energy arbitrage, P = portfolio net [kW]
+  + sum_b fcr_b/1000 * R_b * block_h                  symmetric FCR capacity R_b [kW]
+  + sc_value/1000 * sum_{site,t} sc * dt              PV consumed at its own site
+  - sum deg * (charge + discharge) * dt               battery degradation
+  - sum curt_cost * (available - generated) * dt      PV curtailment
+
+subject to every table row: power bounds, stored energy (with efficiencies) within bounds
+after every step and at the end, demand energy by its deadline and under its cap, site and
+feeder net-power limits, FCR headroom in both directions and ``fcr_energy_h`` of energy in
+both directions while a block is offered, and the integral market rules
+``P_t = energy_increment * n_t`` and ``sum R_b = reserve_increment * k_b`` (n, k integer).
+
+``fixed_lots`` = (portfolio kW per step, FCR kW per block), either may be None: fixes that
+total by an equality instead of integer lots. ``energy_offset_kw`` [kW] per step is added to
+the portfolio before the energy-lot constraint (the fixed rest of the fleet in the lot
+repair of :mod:`.lots`). ``exclusive`` adds a binary per storage row and step so that charge
+and discharge never overlap (used in the small lot repair, where a time-limited incumbent
+could otherwise burn energy through simultaneous flows).
+
+With ``elastic=True`` the economic objective is replaced by the sum of nonnegative slacks on
+each relaxable constraint group (and integrality is dropped): the groups whose slack is
+positive are the ones that make the problem infeasible (see :mod:`.diagnosis`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cvxpy as _cvxpy
+import numpy as np
+import scipy.sparse as sp
+
+from control_plane.optimizer.assets import DT_H, STEPS
+from control_plane.optimizer.constraints import FloatArray, GroupLimit, Tables
+from control_plane.optimizer.market import MarketPrices, MarketRules
+
+cp: Any = _cvxpy  # cvxpy ships partial type information; treat it as untyped
+
+
+@dataclass(slots=True)
+class Built:
+    """A built problem and handles on its variables (``None`` where a table is empty)."""
+
+    problem: Any
+    charge: Any = None
+    discharge: Any = None
+    reserve: Any = None
+    imports: Any = None
+    generation: Any = None
+    slacks: dict[str, tuple[Any, list[str]]] = field(default_factory=dict)
+
+
+def _incidence(rows_list: list[Any], n: int) -> sp.csr_matrix:
+    r = [np.full(len(rows), g, dtype=np.int64) for g, rows in enumerate(rows_list)]
+    rr = np.concatenate(r) if r else np.zeros(0, dtype=np.int64)
+    cc = np.concatenate(rows_list) if rows_list else np.zeros(0, dtype=np.int64)
+    return sp.csr_matrix((np.ones(len(rr)), (rr, cc)), shape=(len(rows_list), n))
+
+
+def _expand(rules: MarketRules) -> FloatArray:
+    return np.asarray(
+        np.kron(np.eye(rules.blocks), np.ones((1, rules.fcr_block_steps))), dtype=np.float64
+    )
+
+
+def build(
+    tables: Tables,
+    prices: MarketPrices,
+    rules: MarketRules,
+    *,
+    elastic: bool = False,
+    integral: bool = True,
+    fcr: bool = True,
+    fixed_lots: tuple[FloatArray | None, FloatArray | None] | None = None,
+    energy_offset_kw: FloatArray | None = None,
+    exclusive: bool = False,
+) -> Built:
+    """Build the cvxpy problem of ``tables`` (see the module docstring for the formulation)."""
+    st, dm, pv = tables.storage, tables.demand, tables.pv
+    price = prices.energy() / 1000.0  # EUR/kWh
+    cons: list[Any] = []
+    slacks: dict[str, tuple[Any, list[str]]] = {}
+
+    def relax(name: str, expr: Any, ids: list[str]) -> Any:
+        """``expr >= 0`` or, elastic, ``expr + s >= 0`` with a reported slack ``s``."""
+        if not elastic:
+            return expr >= 0
+        s = cp.Variable(expr.shape, nonneg=True, name=f"slack_{name}")
+        slacks[name] = (s, ids)
+        return expr + s >= 0
+
+    b = Built(problem=cp.Problem(cp.Minimize(0)))
+    zero_t: Any = np.zeros(STEPS)
+    net_s: Any = None
+    value: Any = 0
+    if len(st):
+        n = len(st)
+        ch = cp.Variable((n, STEPS), nonneg=True, name="charge_kw")
+        dis = cp.Variable((n, STEPS), nonneg=True, name="discharge_kw")
+        b.charge, b.discharge = ch, dis
+        cons += [ch <= st.p_charge_max_kw, dis <= st.p_discharge_max_kw]
+        if exclusive:  # a binary per row and step: never charge and discharge at once
+            z = cp.Variable((n, STEPS), boolean=True, name="charging")
+            cons += [ch <= cp.multiply(st.p_charge_max_kw, z)]
+            cons += [dis <= cp.multiply(st.p_discharge_max_kw, 1 - z)]
+        flow = cp.multiply(st.eta_charge[:, None], ch) - cp.multiply(
+            1.0 / st.eta_discharge[:, None], dis
+        )
+        e = st.e_init_kwh[:, None] + cp.cumsum(flow, axis=1) * DT_H
+        cons += [e >= st.e_min_kwh[:, None], e <= st.e_max_kwh[:, None]]
+        cons.append(relax("battery.soc_final_min", e[:, -1] - st.e_final_min_kwh, st.ids))
+        net_s = dis - ch
+        value -= cp.sum(cp.multiply(st.degradation_eur_per_kwh[:, None], ch + dis)) * DT_H
+        if fcr:
+            r = cp.Variable((n, rules.blocks), nonneg=True, name="fcr_kw")
+            b.reserve = r
+            rt = r @ _expand(rules)
+            h = rules.fcr_energy_h
+            cons += [net_s + rt <= st.p_discharge_max_kw, rt - net_s <= st.p_charge_max_kw]
+            # Energy for full activation in both directions after every step, and at the
+            # start of every block (the stock the previous block left behind).
+            starts = np.arange(rules.blocks) * rules.fcr_block_steps
+            e_all = cp.hstack([st.e_init_kwh[:, None], e])
+            e_start = e_all[:, starts]
+            for stock, res in ((e, rt), (e_start, r)):
+                cons.append(
+                    stock - cp.multiply(h / st.eta_discharge[:, None], res) >= st.e_min_kwh[:, None]
+                )
+                cons.append(
+                    stock + cp.multiply(h * st.eta_charge[:, None], res) <= st.e_max_kwh[:, None]
+                )
+            fcr_price = prices.fcr(rules) / 1000.0 * rules.fcr_block_steps * DT_H
+            value += cp.sum(r @ fcr_price)
+            r_total = cp.sum(r, axis=0)
+            if fixed_lots is not None and fixed_lots[1] is not None:
+                cons.append(r_total == fixed_lots[1])
+            elif rules.reserve_increment_kw > 0 and integral and not elastic:
+                k = cp.Variable(rules.blocks, integer=True, name="fcr_mw")
+                cons += [k >= 0, r_total == rules.reserve_increment_kw * k]
+    imp: Any = None
+    if len(dm):
+        imp = cp.Variable((len(dm), STEPS), nonneg=True, name="import_kw")
+        b.imports = imp
+        cons.append(imp <= dm.p_import_max_kw)
+        mask = (np.arange(STEPS)[None, :] < dm.deadline_step[:, None]).astype(np.float64)
+        got = cp.sum(cp.multiply(mask, imp), axis=1) * DT_H
+        cons.append(relax("demand.energy_by_deadline", got - dm.e_required_kwh, dm.ids))
+        cons.append(cp.sum(imp, axis=1) * DT_H <= dm.e_max_kwh)
+    gen: Any = None
+    if len(pv):
+        gen = cp.Variable((len(pv), STEPS), nonneg=True, name="pv_kw")
+        b.generation = gen
+        cons.append(gen <= pv.p_avail_kw)
+        lost = pv.forecast_kw - gen
+        value -= cp.sum(cp.multiply(pv.curtailment_eur_per_kwh, lost)) * DT_H
+
+    def group_net(groups: list[GroupLimit]) -> Any:
+        total: Any = 0
+        if net_s is not None:
+            total = total + _incidence([g.storage_rows for g in groups], len(st)) @ net_s
+        if imp is not None:
+            total = total - _incidence([g.demand_rows for g in groups], len(dm)) @ imp
+        if gen is not None:
+            total = total + _incidence([g.pv_rows for g in groups], len(pv)) @ gen
+        return total
+
+    if tables.limits:
+        names = [g.name for g in tables.limits]
+        gnet = group_net(tables.limits)
+        exp_max = np.stack([g.export_max_kw for g in tables.limits])
+        imp_max = np.stack([g.import_max_kw for g in tables.limits])
+        if isinstance(gnet, int):
+            gnet = np.zeros_like(exp_max)
+        cons.append(relax("grid.export_max", exp_max - gnet, names))
+        cons.append(relax("grid.import_max", gnet + imp_max, names))
+    if tables.sites and rules.self_consumption_eur_per_mwh > 0 and gen is not None:
+        sites = tables.sites
+        sc = cp.Variable((len(sites), STEPS), nonneg=True, name="self_consumption_kw")
+        cons.append(sc <= _incidence([g.pv_rows for g in sites], len(pv)) @ gen)
+        use: Any = 0
+        if imp is not None:
+            use = use + _incidence([g.demand_rows for g in sites], len(dm)) @ imp
+        if b.charge is not None:
+            use = use + _incidence([g.storage_rows for g in sites], len(st)) @ b.charge
+        cons.append(sc <= use)
+        value += cp.sum(sc) * DT_H * rules.self_consumption_eur_per_mwh / 1000.0
+
+    portfolio: Any = zero_t
+    for part in (net_s, None if imp is None else -imp, gen):
+        if part is not None:
+            portfolio = portfolio + cp.sum(part, axis=0)
+    value += cp.sum(cp.multiply(price, portfolio)) * DT_H
+    if fixed_lots is not None and fixed_lots[0] is not None:
+        cons.append(portfolio == fixed_lots[0])
+    elif (
+        rules.energy_increment_kw > 0
+        and integral
+        and not elastic
+        and not isinstance(portfolio, np.ndarray)
+    ):
+        n_t = cp.Variable(STEPS, integer=True, name="energy_lots")
+        offset = 0.0 if energy_offset_kw is None else energy_offset_kw
+        cons.append(portfolio + offset == rules.energy_increment_kw * n_t)
+    if elastic:
+        objective = cp.Minimize(sum((cp.sum(s) for s, _ in slacks.values()), cp.Constant(0)))
+    else:
+        objective = cp.Maximize(value)
+    b.problem = cp.Problem(objective, cons)
+    b.slacks = slacks
+    return b
