@@ -185,6 +185,11 @@ class ControlPlane:
         self.server_identity = ServerIdentity(
             self.ca, self.spiffe_id, clock_, dns_names=dns, ttl_s=config.workload_ttl_s
         )
+        renewal = RenewalService(self.pipeline, self.authority, self.ca)
+        enrollment = EnrollmentService(
+            self.authority, self.keys, self.pipeline, self.signer, self.command_log.next_seq
+        )
+        renewal.deadline_s = enrollment.deadline_s = settings.unary_deadline_s
         self.transport = GrpcTransport(
             settings=settings,
             pipeline=self.pipeline,
@@ -192,10 +197,8 @@ class ControlPlane:
             link=EdgeLinkService(
                 self.pipeline, self.streams, self.dispatcher, self.signer, clock_, settings
             ),
-            renewal=RenewalService(self.pipeline, self.authority, self.ca),
-            enrollment=EnrollmentService(
-                self.authority, self.keys, self.pipeline, self.signer, self.command_log.next_seq
-            ),
+            renewal=renewal,
+            enrollment=enrollment,
             link_credentials=self.server_identity.credentials(require_client_cert=True),
             bootstrap_credentials=self.server_identity.credentials(require_client_cert=False),
             clock=clock_,

@@ -18,6 +18,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -102,6 +103,21 @@ def _peer_cert(context: grpc.aio.ServicerContext) -> bytes | None:
 async def _abort(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
     context.set_trailing_metadata(((REASON_KEY, refusal.reason.value),))
     await context.abort(status_for(refusal.reason), details_for(refusal))
+
+
+T = TypeVar("T")
+
+
+async def within_deadline(deadline_s: float, work: Callable[[], T]) -> T:
+    """Run blocking ``work`` (CA signing, token and key stores) off the event loop, bounded
+    by the server's own deadline for unary calls; past it the caller gets UNAVAILABLE."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await asyncio.to_thread(work)
+    except TimeoutError:
+        raise RefusedError(
+            Refusal(Reason.UNAVAILABLE, f"the call exceeded the server deadline of {deadline_s} s")
+        ) from None
 
 
 class EdgeLinkService:
@@ -244,6 +260,7 @@ class RenewalService(engrpc.RenewalServicer):
         self._pipeline = pipeline
         self._authority = authority
         self._ca = ca
+        self.deadline_s = 10.0  # server-side budget of one Renew call [s]
 
     async def Renew(
         self, request: enpb.RenewRequest, context: grpc.aio.ServicerContext
@@ -253,8 +270,11 @@ class RenewalService(engrpc.RenewalServicer):
             await _abort(context, peer)
             raise AssertionError("unreachable")
         try:
-            issued = self._authority.renew(
-                peer.spiffe_id, request.csr_der, presented_not_before_ms=peer.not_before_ms
+            issued = await within_deadline(
+                self.deadline_s,
+                lambda: self._authority.renew(
+                    peer.spiffe_id, request.csr_der, presented_not_before_ms=peer.not_before_ms
+                ),
             )
         except RefusedError as e:
             await _abort(context, e.refusal)
@@ -276,6 +296,7 @@ class EnrollmentService(engrpc.EnrollmentServicer):
     ) -> None:
         self._authority = authority
         self._keys = keys
+        self.deadline_s = 10.0  # server-side budget of one Enroll call [s]
         self._pipeline = pipeline
         self._signer = signer
         self._next_command_seq = next_command_seq
@@ -284,8 +305,11 @@ class EnrollmentService(engrpc.EnrollmentServicer):
         self, request: enpb.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> enpb.EnrollResponse:
         try:
-            result = self._authority.enroll(
-                request.site_id, request.token, request.csr_der, request.signing_public_key
+            result = await within_deadline(
+                self.deadline_s,
+                lambda: self._authority.enroll(
+                    request.site_id, request.token, request.csr_der, request.signing_public_key
+                ),
             )
         except RefusedError as e:
             await _abort(context, e.refusal)
