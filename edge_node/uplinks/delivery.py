@@ -63,13 +63,12 @@ class Delivery:
         credentials: EdgeCredentials,
         outbox: Outbox,
         clock: Clock,
-        stats: UplinkStats,
         policy: DeliveryPolicy,
     ) -> None:
         self._creds = credentials
         self._outbox = outbox
         self._clock = clock
-        self.stats = stats
+        self.stats = UplinkStats()
         self.policy = policy
         self._in_flight: dict[bytes, tuple[int, float]] = {}  # digest -> (seq, sent at [mono s])
         self._cursor = 0  # highest seq sent since the last restart or rewind

@@ -21,7 +21,7 @@ import grpc
 
 from edge_node.credentials import EdgeCredentials, EnrollmentError, renew
 from edge_node.outbox import Outbox
-from edge_node.uplinks.delivery import Delivery, DeliveryPolicy, UplinkStats
+from edge_node.uplinks.delivery import Delivery, DeliveryPolicy
 from gridfort.v1 import edge_link_pb2 as lpb
 from gridfort.v1 import envelope_pb2 as epb
 from security.clock import Clock
@@ -84,18 +84,17 @@ class GrpcUplink:
         self._settings = settings
         self._clock = clock
         self._on_command = on_command
-        self.stats = UplinkStats()
         self._delivery = Delivery(
             credentials,
             outbox,
             clock,
-            self.stats,
             DeliveryPolicy(
                 window=settings.window,
                 resign_after_ms=settings.resign_after_ms,
                 retry_delay_ms=settings.retry_delay_ms,
             ),
         )
+        self.stats = self._delivery.stats
         self._wake = asyncio.Event()
         self._session: _Session | None = None
         self._next_renewal = 0.0  # monotonic time of the next renewal attempt [s]

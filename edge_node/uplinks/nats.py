@@ -32,7 +32,7 @@ from nats.aio.msg import Msg
 from control_plane.transports.nats_config import command_subject, inbox_prefix, telemetry_subject
 from edge_node.credentials import EdgeCredentials, EnrollmentError, renew
 from edge_node.outbox import Outbox
-from edge_node.uplinks.delivery import Delivery, DeliveryPolicy, UplinkStats
+from edge_node.uplinks.delivery import Delivery, DeliveryPolicy
 from gridfort.v1 import edge_link_pb2 as lpb
 from gridfort.v1 import envelope_pb2 as epb
 from security.clock import Clock
@@ -83,14 +83,13 @@ class NatsUplink:
         self._settings = settings
         self._on_command = on_command
         self._standby = standby
-        self.stats = UplinkStats()
         self._delivery = Delivery(
             credentials,
             outbox,
             clock,
-            self.stats,
             DeliveryPolicy(window=settings.window, receipt_timeout_s=settings.receipt_timeout_s),
         )
+        self.stats = self._delivery.stats
         self._wake = asyncio.Event()
         self._subject = telemetry_subject(credentials.site_id)
         self._js: Any = None  # the JetStream context of the current connection
