@@ -39,7 +39,6 @@ import shutil
 import signal
 import socket
 import ssl
-import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -248,15 +247,6 @@ def _port_taken(host: str, port: int) -> bool:
     return False
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: SIGTERM the server if Gridfort dies without stopping it (no orphan on the port)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class EmbeddedNats:
     """``nats-server`` as a child process, configured for the sites of one trust domain.
 
@@ -438,6 +428,9 @@ class EmbeddedNats:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._tail.clear()
+        # No preexec_fn: it forces fork() instead of vfork(), and the forked child of a
+        # process running gRPC threads can abort in gRPC's fork handlers before exec.
+        # The server is stopped by stop(); a killed Gridfort may leave it running.
         self._proc = await asyncio.create_subprocess_exec(
             str(binary),
             "-c",
@@ -445,7 +438,6 @@ class EmbeddedNats:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,
         )
         self._reader = asyncio.create_task(self._read_log(self._proc), name="nats-server-log")
         try:
