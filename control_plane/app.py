@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from control_plane.alerts import AlertBook
 from control_plane.assets.registry import AssetRegistry
 from control_plane.commands.command_log import CommandLog
 from control_plane.commands.dispatcher import CommandDispatcher
+from control_plane.commands.group_dispatcher import GroupDispatcher
 from control_plane.config import ControlPlaneConfig
+from control_plane.gate.gate import FdiGate
 from control_plane.ingest.pipeline import IngestPipeline
 from control_plane.store.telemetry_store import TelemetryStore
 from control_plane.tls_identity import ServerIdentity, control_plane_dns_name
@@ -45,7 +48,7 @@ from security.envelope import (
     save_signing_key,
 )
 from security.identity import Role, SpiffeId
-from security.refusals import ConfigError, Reason, Refusal
+from security.refusals import ConfigError, GridfortError, Reason, Refusal
 from security.replay_guard import ReplayPolicy
 from security.revocation import RevocationList
 from security.signing_keys import SigningKeyRegistry
@@ -79,12 +82,29 @@ class StatePaths:
         return self.root / "commands.db"
 
     @property
+    def alerts_db(self) -> Path:
+        return self.root / "alerts.db"
+
+    @property
     def audit_log(self) -> Path:
         return self.root / "audit.jsonl"
 
     @property
     def signing_key(self) -> Path:
         return self.root / "control-plane" / "signing.key"
+
+
+def _build_gate(grids: tuple[str, ...]) -> FdiGate:
+    """The FDI gate with the shipped, signature-checked model of each configured grid."""
+    try:
+        return FdiGate.with_grids(grids)
+    except GridfortError as e:  # e.g. a tampered or missing model (ModelArtifactError)
+        raise ConfigError(f"gate_grids: the detection model cannot be loaded: {e}") from e
+    except ImportError as e:
+        raise ConfigError(
+            f"gate_grids: {', '.join(grids)} needs the detection extra "
+            f"(pip install 'gridfort[detection]'): {e}"
+        ) from e
 
 
 def init_state(state_dir: Path, trust_domain: str, clock: Clock) -> CertificateAuthority:
@@ -139,6 +159,8 @@ class ControlPlane:
             self.paths.telemetry_db, clock_, synchronous="FULL" if config.durable_sync else "NORMAL"
         )
         self.signer = load_or_create_signer(self.paths.signing_key, str(self.spiffe_id))
+        self.gate = _build_gate(config.gate_grids)
+        self.alerts = AlertBook(self.paths.alerts_db, clock_, self.audit)
         self.pipeline = pipeline_cls(
             trust_domain=config.trust_domain,
             registry=self.registry,
@@ -151,6 +173,8 @@ class ControlPlane:
                 window_ms=int(config.replay_window_s * 1000),
                 skew_ms=int(config.clock_skew_s * 1000),
             ),
+            gate=self.gate,
+            on_gate_quarantine=self.alerts.raise_from,
         )
         self.authority = EnrollmentAuthority(
             self.ca,
@@ -178,6 +202,13 @@ class ControlPlane:
             trust_domain=config.trust_domain,
             log=self.command_log,
             streams=self.streams,
+            audit=self.audit,
+            clock=clock_,
+        )
+        self.groups = GroupDispatcher(
+            commands=self.dispatcher,
+            signer=self.signer,
+            log=self.command_log,
             audit=self.audit,
             clock=clock_,
         )
@@ -309,6 +340,7 @@ class ControlPlane:
             await self.nats.stop()
         await self.transport.stop()
         self.store.close()
+        self.groups.flush()
         self.command_log.close()
         self.audit.close()
         self.registry.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from detection.grid import GRID_NAMES
 from security.refusals import ConfigError
 
 
@@ -28,6 +29,9 @@ class ControlPlaneConfig:
     watch_interval_s: float = 1.0  # revocation/expiry/idle checks of open streams
     nats_port: int | None = None  # embedded NATS broker on 127.0.0.1 (0: random); None: off
     extra_dns_names: tuple[str, ...] = field(default=())
+    # Grids whose substation telemetry the FDI gate judges with the shipped deep model
+    # (detection.grid.GRID_NAMES). Grid points of any other grid are quarantined.
+    gate_grids: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not self.link_addresses:
@@ -48,6 +52,12 @@ class ControlPlaneConfig:
             raise ConfigError("watch_interval_s: must be between 0.05 and 5 s (revocation latency)")
         if self.nats_port is not None and not 0 <= self.nats_port <= 65535:
             raise ConfigError("nats_port: must be a TCP port (0 = pick one) or absent")
+        unknown_grids = sorted(set(self.gate_grids) - set(GRID_NAMES))
+        if unknown_grids:
+            raise ConfigError(
+                f"gate_grids: unknown grid(s) {', '.join(unknown_grids)}; "
+                f"known: {', '.join(GRID_NAMES)}"
+            )
         if not 10 <= self.workload_ttl_s <= 30 * 86400:
             raise ConfigError("workload_ttl_s: must be between 10 s and 30 days")
 
@@ -69,7 +79,7 @@ class ControlPlaneConfig:
             raise ConfigError("state_dir: required")
         values = dict(raw)
         values["state_dir"] = (base / str(raw["state_dir"])).resolve()
-        for name in ("link_addresses", "extra_dns_names"):
+        for name in ("link_addresses", "extra_dns_names", "gate_grids"):
             if name in values:
                 values[name] = tuple(values[name])
         try:

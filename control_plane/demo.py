@@ -52,7 +52,7 @@ class DemoOptions:
     json_summary: Path | None = None
     sample_interval_s: float = 1.0
     command_interval_s: float = 5.0
-    time_scale: float = 60.0
+    time_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.sites <= 200:
@@ -68,14 +68,20 @@ class DemoOptions:
 
 
 class ScaledClock:
-    """Simulated time for device physics: starts at 06:00 UTC today, runs ``scale``x."""
+    """Simulated time for device physics: starts at 10:00 UTC today, runs ``scale``x.
+
+    Telemetry carries real sample times, so with ``scale`` != 1 the devices' physics runs
+    faster than the clock the control plane judges them by, and the gate's temporal
+    energy-balance checks rightly flag the batteries' state of charge: keep 1 unless
+    that is what you want to see.
+    """
 
     def __init__(self, real: Clock, scale: float) -> None:
         self._real = real
         self._scale = scale
         now = real.now_ms()
         self._origin_real = now
-        self._origin_sim = now - now % 86_400_000 + 6 * 3_600_000
+        self._origin_sim = now - now % 86_400_000 + 10 * 3_600_000
 
     def now_ms(self) -> int:
         return self._origin_sim + int((self._real.now_ms() - self._origin_real) * self._scale)
@@ -305,7 +311,8 @@ class Demo:
             "commands_failed": status.get("failed", 0),
             "commands_undeliverable": status.get("undeliverable", 0),
             "refusal_reasons": dict(stats.refusals),
-            "gate": "not installed (issue #4)",
+            "gate": cp.gate.version,
+            "gate_quarantined": dict(cp.gate.stats.by_detector),
             "per_site": per_site,
         }
 

@@ -46,6 +46,10 @@ class Reason(StrEnum):
     VALUE_NOT_FINITE = "VALUE_NOT_FINITE"
     OUT_OF_PHYSICAL_BOUNDS = "OUT_OF_PHYSICAL_BOUNDS"
     SAMPLE_TIME_INVALID = "SAMPLE_TIME_INVALID"
+    # stage 5, the false-data-injection gate (measurement quarantined with evidence)
+    FDI_GRID_INCONSISTENT = "FDI_GRID_INCONSISTENT"
+    FDI_TEMPORAL_INCONSISTENT = "FDI_TEMPORAL_INCONSISTENT"
+    GATE_NO_CONTEXT = "GATE_NO_CONTEXT"
     # enrollment
     TOKEN_UNKNOWN = "TOKEN_UNKNOWN"
     TOKEN_EXPIRED = "TOKEN_EXPIRED"
@@ -62,6 +66,7 @@ class Reason(StrEnum):
     COMMAND_UNKNOWN_ASSET = "COMMAND_UNKNOWN_ASSET"
     COMMAND_UNSAFE = "COMMAND_UNSAFE"
     DEVICE_WRITE_FAILED = "DEVICE_WRITE_FAILED"
+    COMMAND_UNSUPPORTED = "COMMAND_UNSUPPORTED"  # this edge cannot do the action at all
     # receipts (decided at the edge)
     RECEIPT_BAD_SIGNATURE = "RECEIPT_BAD_SIGNATURE"
     # catch-all: never carries detail to the peer

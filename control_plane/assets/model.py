@@ -25,6 +25,16 @@ class AssetKind(StrEnum):
     PV_INVERTER = "pv_inverter"
     BATTERY = "battery"
     EV_CHARGER = "ev_charger"
+    # Grid metering points of a substation RTU (see detection/points.py); no commands.
+    GRID_BUS = "grid_bus"
+    GRID_LINE = "grid_line"
+    GRID_TRAFO = "grid_trafo"
+
+
+#: Kinds that are grid metering points, not controllable DER.
+GRID_POINT_KINDS: frozenset[AssetKind] = frozenset(
+    {AssetKind.GRID_BUS, AssetKind.GRID_LINE, AssetKind.GRID_TRAFO}
+)
 
 
 #: The one canonical unit of each quantity.
@@ -39,6 +49,7 @@ CANONICAL_UNIT: dict[int, int] = {
     Q.QUANTITY_TEMPERATURE: U.UNIT_DEG_C,
     Q.QUANTITY_EV_CONNECTED: U.UNIT_BOOL,
     Q.QUANTITY_EV_TARGET_SOC: U.UNIT_PCT,
+    Q.QUANTITY_VOLTAGE_PU: U.UNIT_PU,
 }
 
 
@@ -75,9 +86,10 @@ _PERCENT: Bounds = (0.0, 100.0)
 _ENERGY: Bounds = (0.0, 1e9)  # kWh, lifetime counters
 _TEMPERATURE: Bounds = (-40.0, 120.0)  # degC
 _BOOL: Bounds = (0.0, 1.0)
+_VOLTAGE_PU: Bounds = (0.0, 2.0)  # p.u.; a grid point outside this is a broken meter
 
 
-def _reactive(a: Asset) -> Bounds:
+def _symmetric(a: Asset) -> Bounds:
     return (-_MARGIN * a.rated_p_kw, _MARGIN * a.rated_p_kw)
 
 
@@ -89,7 +101,7 @@ def _const(b: Bounds) -> BoundsFn:
 CHANNELS: dict[AssetKind, dict[int, BoundsFn]] = {
     AssetKind.PV_INVERTER: {
         Q.QUANTITY_ACTIVE_POWER: lambda a: (-0.05 * a.rated_p_kw, _MARGIN * a.rated_p_kw),
-        Q.QUANTITY_REACTIVE_POWER: _reactive,
+        Q.QUANTITY_REACTIVE_POWER: _symmetric,
         Q.QUANTITY_VOLTAGE: _const(_VOLTAGE),
         Q.QUANTITY_FREQUENCY: _const(_FREQUENCY),
         Q.QUANTITY_ENERGY_EXPORTED: _const(_ENERGY),
@@ -97,7 +109,7 @@ CHANNELS: dict[AssetKind, dict[int, BoundsFn]] = {
     },
     AssetKind.BATTERY: {
         Q.QUANTITY_ACTIVE_POWER: lambda a: (-_MARGIN * a.rated_p_kw, _MARGIN * a.rated_p_kw),
-        Q.QUANTITY_REACTIVE_POWER: _reactive,
+        Q.QUANTITY_REACTIVE_POWER: _symmetric,
         Q.QUANTITY_VOLTAGE: _const(_VOLTAGE),
         Q.QUANTITY_FREQUENCY: _const(_FREQUENCY),
         Q.QUANTITY_STATE_OF_CHARGE: _const(_PERCENT),
@@ -113,6 +125,21 @@ CHANNELS: dict[AssetKind, dict[int, BoundsFn]] = {
         Q.QUANTITY_ENERGY_IMPORTED: _const(_ENERGY),
         Q.QUANTITY_EV_CONNECTED: _const(_BOOL),
         Q.QUANTITY_EV_TARGET_SOC: _const(_PERCENT),
+    },
+    # Grid points: rated_p_kw is the element's rating (a bus: its feeder's); flows of
+    # either sign up to the rating (with margin) are physical.
+    AssetKind.GRID_BUS: {
+        Q.QUANTITY_VOLTAGE_PU: _const(_VOLTAGE_PU),
+        Q.QUANTITY_ACTIVE_POWER: _symmetric,
+        Q.QUANTITY_REACTIVE_POWER: _symmetric,
+    },
+    AssetKind.GRID_LINE: {
+        Q.QUANTITY_ACTIVE_POWER: _symmetric,
+        Q.QUANTITY_REACTIVE_POWER: _symmetric,
+    },
+    AssetKind.GRID_TRAFO: {
+        Q.QUANTITY_ACTIVE_POWER: _symmetric,
+        Q.QUANTITY_REACTIVE_POWER: _symmetric,
     },
 }
 

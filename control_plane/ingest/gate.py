@@ -1,19 +1,21 @@
-"""Stage 5 seam: the false-data-injection gate (issue #4) sits between validate and commit.
+"""Stage 5 seam: the false-data-injection gate sits between validate and commit.
 
-No detector is installed yet, and nothing here pretends to be one: with
-``gate=None`` the pipeline commits validated measurements with no verdict, and
-the summary says "gate: not installed". A real gate implements :class:`Gate`,
-returning the batch with suspicious measurements moved to ``quarantined``.
+The implementation is :class:`control_plane.gate.gate.FdiGate`; the pipeline only
+needs this protocol. A gate may only move measurements from accepted to
+quarantine (with evidence), never add or change one.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from control_plane.ingest.types import ValidatedBatch
+from control_plane.ingest.types import GatedBatch, ValidatedBatch
 
 
 class Gate(Protocol):
-    def judge(self, batch: ValidatedBatch) -> ValidatedBatch:
-        """Return the batch with every measurement judged; may only move rows to quarantine."""
+    #: the judges and model versions that decide (recorded with every verdict)
+    version: str
+
+    def judge(self, batch: ValidatedBatch) -> GatedBatch:
+        """Every measurement of ``batch`` judged; falsified ones moved to quarantine."""
         ...

@@ -1,4 +1,4 @@
-"""The ingest pipeline: authenticate -> verify -> authorize -> validate -> [gate] -> commit.
+"""The ingest pipeline: authenticate -> verify -> authorize -> validate -> gate -> commit.
 
 One pipeline for every transport (gRPC now, NATS next). Each stage is a pure
 function in ``stages/``; this module wires them to the live state (registry,
@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from control_plane.assets.registry import AssetRegistry, RegistrySnapshot
+from control_plane.gate.gate import FdiGate
 from control_plane.ingest.gate import Gate
 from control_plane.ingest.receipts import IngestResult
 from control_plane.ingest.stages.authenticate import authenticate, authenticate_broker_subject
 from control_plane.ingest.stages.authorize import authorize
 from control_plane.ingest.stages.validate import ValidationPolicy, validate
 from control_plane.ingest.stages.verify import verify
-from control_plane.ingest.types import Duplicate, Peer, ValidatedBatch
+from control_plane.ingest.types import Duplicate, GatedBatch, Peer
 from control_plane.state import FleetState
 from control_plane.store.telemetry_store import CommitOutcome, CommitRequest, TelemetryStore
 from gridfort.v1 import edge_link_pb2 as lpb
@@ -67,6 +69,7 @@ class IngestPipeline:
         replay_policy: ReplayPolicy | None = None,
         validation_policy: ValidationPolicy | None = None,
         gate: Gate | None = None,
+        on_gate_quarantine: Callable[[GatedBatch], object] | None = None,
     ) -> None:
         self.trust_domain = trust_domain
         self._registry = registry
@@ -76,7 +79,10 @@ class IngestPipeline:
         self._audit = audit
         self._clock = clock
         self._validation = validation_policy or ValidationPolicy()
-        self.gate = gate
+        self.gate: Gate = gate if gate is not None else FdiGate()
+        self._gate_listeners: list[Callable[[GatedBatch], object]] = (
+            [on_gate_quarantine] if on_gate_quarantine else []
+        )
         self.guard = ReplayGuard(
             replay_policy or ReplayPolicy(), store.high_water_marks(), store.batch_digest
         )
@@ -195,11 +201,10 @@ class IngestPipeline:
         validated = validate(authorized, self._validation)
         if isinstance(validated, Refusal):
             return self._refused(validated, envelope, verified.batch.site_id, verified.batch.seq)
-        if self.gate is not None:
-            validated = self.gate.judge(validated)
-        return await self._commit(validated)
+        gated = self.gate.judge(validated)
+        return await self._commit(gated)
 
-    async def _commit(self, v: ValidatedBatch) -> IngestResult:
+    async def _commit(self, v: GatedBatch) -> IngestResult:
         b, env = v.verified.batch, v.verified.envelope
         site, seq, digest = b.site_id, b.seq, v.verified.digest
         request = CommitRequest(
@@ -229,7 +234,7 @@ class IngestPipeline:
             self._in_flight.pop((site, seq), None)
         self.guard.commit(site, seq)
         if outcome is CommitOutcome.COMMITTED:
-            self.state.apply(v.accepted)
+            self.state.apply(v)
         if outcome is CommitOutcome.DUPLICATE:
             self.stats.batches_duplicate += 1
             return IngestResult(site, seq, DUPLICATE, digest)
@@ -246,6 +251,8 @@ class IngestPipeline:
                 reason=v.quarantined[0].reason.value,
                 details={"site": site, "seq": seq, "count": len(v.quarantined)},
             )
+        if outcome is CommitOutcome.COMMITTED and v.gate_quarantined:
+            self._on_gate_quarantine(v)
         return IngestResult(
             site,
             seq,
@@ -255,6 +262,37 @@ class IngestPipeline:
             quarantined=len(v.quarantined),
             quarantined_detail=[(q.index, q.reason) for q in v.quarantined],
         )
+
+    def add_gate_listener(self, listener: Callable[[GatedBatch], object]) -> None:
+        """Call ``listener`` with every committed batch in which the gate quarantined something."""
+        self._gate_listeners.append(listener)
+
+    def _on_gate_quarantine(self, v: GatedBatch) -> None:
+        b = v.verified.batch
+        first = v.gate_quarantined[0]
+        assert first.evidence is not None
+        self._audit.append(
+            "gate_verdict",
+            decision="deny",
+            identity=v.verified.peer.uri,
+            reason=first.reason.value,
+            details={
+                "site": b.site_id,
+                "seq": b.seq,
+                "count": len(v.gate_quarantined),
+                "gate_version": v.gate_version,
+                "evidence": [
+                    {"asset_id": q.asset_id, "quantity": q.quantity, "value": q.value}
+                    | (q.evidence.to_json() if q.evidence else {})
+                    for q in v.gate_quarantined[:16]
+                ],
+            },
+        )
+        for listener in self._gate_listeners:
+            try:
+                listener(v)
+            except Exception:  # an alert sink must never fail ingest
+                log.exception("gate listener failed for %s/%s", b.site_id, b.seq)
 
     async def _duplicate(self, d: Duplicate) -> IngestResult:
         if d.pending:

@@ -60,13 +60,46 @@ MeasurementRow = tuple[str, int, int, float]
 
 
 @dataclass(frozen=True, slots=True)
+class GateEvidence:
+    """Why the gate judged a measurement falsified: what a SOC analyst needs to review it.
+
+    ``detector``: which judge decided (e.g. ``"grid:cigre_mv"``, ``"temporal:soc_balance"``);
+    ``model_version``: the signed model's version or the rule set's version; ``score`` and
+    ``threshold`` in that detector's units (higher = more suspicious; flagged when
+    ``score > threshold``); ``flagged``: every measurement of the same snapshot the judge
+    flagged together with this one (names like ``bus12.p_mw`` or ``asset/quantity``);
+    ``detail``: one human sentence with the numbers.
+    """
+
+    detector: str
+    model_version: str
+    score: float
+    threshold: float
+    flagged: tuple[str, ...] = ()
+    detail: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "detector": self.detector,
+            "model_version": self.model_version,
+            "score": self.score,
+            "threshold": self.threshold,
+            "flagged": list(self.flagged),
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class QuarantinedMeasurement:
+    """A measurement kept out of state, with its reason (and the gate's evidence, if it judged)."""
+
     index: int
     asset_id: str
     quantity: int
     ts_ms: int
     value: float
     reason: Reason
+    evidence: GateEvidence | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +117,28 @@ class ValidatedBatch:
     @property
     def verified(self) -> VerifiedBatch:
         return self.authorized.verified
+
+
+@dataclass(frozen=True, slots=True)
+class GatedBatch:
+    """Every validated measurement has the gate's verdict (stage 5; only the gate makes these).
+
+    ``accepted``: rows the gate let through; the only rows that may reach state, the
+    optimizer or a market action. ``quarantined``: validation's quarantine plus the
+    gate's, each gate verdict with its :class:`GateEvidence`. ``gate_version`` names
+    the judges and model versions that decided.
+    """
+
+    validated: ValidatedBatch
+    accepted: list[MeasurementRow]
+    quarantined: list[QuarantinedMeasurement]
+    gate_version: str
+
+    @property
+    def verified(self) -> VerifiedBatch:
+        return self.validated.authorized.verified
+
+    @property
+    def gate_quarantined(self) -> list[QuarantinedMeasurement]:
+        """Only the measurements the gate (not validation) rejected."""
+        return [q for q in self.quarantined if q.evidence is not None]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgridfort/v1/telemetry.proto\x12\x0bgridfort.v1\"\x87\x01\n\x0bMeasurement\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\'\n\x08quantity\x18\x02 \x01(\x0e\x32\x15.gridfort.v1.Quantity\x12\x1f\n\x04unit\x18\x03 \x01(\x0e\x32\x11.gridfort.v1.Unit\x12\r\n\x05value\x18\x04 \x01(\x01\x12\r\n\x05ts_ms\x18\x05 \x01(\x03\"q\n\x0eTelemetryBatch\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\tsealed_ms\x18\x03 \x01(\x03\x12.\n\x0cmeasurements\x18\x04 \x03(\x0b\x32\x18.gridfort.v1.Measurement*\xb5\x02\n\x08Quantity\x12\x18\n\x14QUANTITY_UNSPECIFIED\x10\x00\x12\x19\n\x15QUANTITY_ACTIVE_POWER\x10\x01\x12\x1b\n\x17QUANTITY_REACTIVE_POWER\x10\x02\x12\x14\n\x10QUANTITY_VOLTAGE\x10\x03\x12\x16\n\x12QUANTITY_FREQUENCY\x10\x04\x12\x1c\n\x18QUANTITY_STATE_OF_CHARGE\x10\x05\x12\x1c\n\x18QUANTITY_ENERGY_EXPORTED\x10\x06\x12\x1c\n\x18QUANTITY_ENERGY_IMPORTED\x10\x07\x12\x18\n\x14QUANTITY_TEMPERATURE\x10\x08\x12\x19\n\x15QUANTITY_EV_CONNECTED\x10\t\x12\x1a\n\x16QUANTITY_EV_TARGET_SOC\x10\n*\x8c\x01\n\x04Unit\x12\x14\n\x10UNIT_UNSPECIFIED\x10\x00\x12\x0b\n\x07UNIT_KW\x10\x01\x12\r\n\tUNIT_KVAR\x10\x02\x12\n\n\x06UNIT_V\x10\x03\x12\x0b\n\x07UNIT_HZ\x10\x04\x12\x0c\n\x08UNIT_PCT\x10\x05\x12\x0c\n\x08UNIT_KWH\x10\x06\x12\x0e\n\nUNIT_DEG_C\x10\x07\x12\r\n\tUNIT_BOOL\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgridfort/v1/telemetry.proto\x12\x0bgridfort.v1\"\x87\x01\n\x0bMeasurement\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\'\n\x08quantity\x18\x02 \x01(\x0e\x32\x15.gridfort.v1.Quantity\x12\x1f\n\x04unit\x18\x03 \x01(\x0e\x32\x11.gridfort.v1.Unit\x12\r\n\x05value\x18\x04 \x01(\x01\x12\r\n\x05ts_ms\x18\x05 \x01(\x03\"q\n\x0eTelemetryBatch\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\tsealed_ms\x18\x03 \x01(\x03\x12.\n\x0cmeasurements\x18\x04 \x03(\x0b\x32\x18.gridfort.v1.Measurement*\xce\x02\n\x08Quantity\x12\x18\n\x14QUANTITY_UNSPECIFIED\x10\x00\x12\x19\n\x15QUANTITY_ACTIVE_POWER\x10\x01\x12\x1b\n\x17QUANTITY_REACTIVE_POWER\x10\x02\x12\x14\n\x10QUANTITY_VOLTAGE\x10\x03\x12\x16\n\x12QUANTITY_FREQUENCY\x10\x04\x12\x1c\n\x18QUANTITY_STATE_OF_CHARGE\x10\x05\x12\x1c\n\x18QUANTITY_ENERGY_EXPORTED\x10\x06\x12\x1c\n\x18QUANTITY_ENERGY_IMPORTED\x10\x07\x12\x18\n\x14QUANTITY_TEMPERATURE\x10\x08\x12\x19\n\x15QUANTITY_EV_CONNECTED\x10\t\x12\x1a\n\x16QUANTITY_EV_TARGET_SOC\x10\n\x12\x17\n\x13QUANTITY_VOLTAGE_PU\x10\x0b*\x99\x01\n\x04Unit\x12\x14\n\x10UNIT_UNSPECIFIED\x10\x00\x12\x0b\n\x07UNIT_KW\x10\x01\x12\r\n\tUNIT_KVAR\x10\x02\x12\n\n\x06UNIT_V\x10\x03\x12\x0b\n\x07UNIT_HZ\x10\x04\x12\x0c\n\x08UNIT_PCT\x10\x05\x12\x0c\n\x08UNIT_KWH\x10\x06\x12\x0e\n\nUNIT_DEG_C\x10\x07\x12\r\n\tUNIT_BOOL\x10\x08\x12\x0b\n\x07UNIT_PU\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gridfort.v1.telemetry_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_QUANTITY']._serialized_start=298
-  _globals['_QUANTITY']._serialized_end=607
-  _globals['_UNIT']._serialized_start=610
-  _globals['_UNIT']._serialized_end=750
+  _globals['_QUANTITY']._serialized_end=632
+  _globals['_UNIT']._serialized_start=635
+  _globals['_UNIT']._serialized_end=788
   _globals['_MEASUREMENT']._serialized_start=45
   _globals['_MEASUREMENT']._serialized_end=180
   _globals['_TELEMETRYBATCH']._serialized_start=182

@@ -6,6 +6,10 @@ Telemetry: what an edge node measures and reports.
 Sign convention (one, for the whole project): active power is positive when
 the asset exports to the grid (PV generating, battery discharging) and
 negative when it imports (battery charging, EV charging, loads).
+Grid metering points (substation RTU: buses, lines, transformers; see
+detection/points.py) report as the grid model does: a bus's power is positive
+when consumed at the bus, a branch's when it flows from the metered end into
+the branch.
 """
 
 from collections import abc as _abc
@@ -51,6 +55,8 @@ class _QuantityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Quantity.Val
     """1 when a vehicle is plugged in, else 0"""
     QUANTITY_EV_TARGET_SOC: _Quantity.ValueType  # 10
     """%, the owner's target state of charge"""
+    QUANTITY_VOLTAGE_PU: _Quantity.ValueType  # 11
+    """per unit of the bus's nominal voltage (grid points)"""
 
 class Quantity(_Quantity, metaclass=_QuantityEnumTypeWrapper):
     """What a measurement measures. The unit is fixed per quantity (see Unit);
@@ -78,6 +84,8 @@ QUANTITY_EV_CONNECTED: Quantity.ValueType  # 9
 """1 when a vehicle is plugged in, else 0"""
 QUANTITY_EV_TARGET_SOC: Quantity.ValueType  # 10
 """%, the owner's target state of charge"""
+QUANTITY_VOLTAGE_PU: Quantity.ValueType  # 11
+"""per unit of the bus's nominal voltage (grid points)"""
 Global___Quantity: _TypeAlias = Quantity  # noqa: Y015
 
 class _Unit:
@@ -95,6 +103,7 @@ class _UnitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Unit.ValueType],
     UNIT_KWH: _Unit.ValueType  # 6
     UNIT_DEG_C: _Unit.ValueType  # 7
     UNIT_BOOL: _Unit.ValueType  # 8
+    UNIT_PU: _Unit.ValueType  # 9
 
 class Unit(_Unit, metaclass=_UnitEnumTypeWrapper): ...
 
@@ -107,6 +116,7 @@ UNIT_PCT: Unit.ValueType  # 5
 UNIT_KWH: Unit.ValueType  # 6
 UNIT_DEG_C: Unit.ValueType  # 7
 UNIT_BOOL: Unit.ValueType  # 8
+UNIT_PU: Unit.ValueType  # 9
 Global___Unit: _TypeAlias = Unit  # noqa: Y015
 
 @_typing.final

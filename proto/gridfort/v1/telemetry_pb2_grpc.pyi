@@ -6,6 +6,10 @@ Telemetry: what an edge node measures and reports.
 Sign convention (one, for the whole project): active power is positive when
 the asset exports to the grid (PV generating, battery discharging) and
 negative when it imports (battery charging, EV charging, loads).
+Grid metering points (substation RTU: buses, lines, transformers; see
+detection/points.py) report as the grid model does: a bus's power is positive
+when consumed at the bus, a branch's when it flows from the metered end into
+the branch.
 """
 
 from collections import abc as _abc

@@ -1,0 +1,222 @@
+"""Alerts for SOC analysts: every gate quarantine raises (or extends) one.
+
+One alert is one *episode*: a site whose measurements one detector keeps flagging
+raises one alert, updated with a count and the latest evidence, not one alert per
+batch; the episode ends when that detector has been quiet at that site for
+``episode_gap_ms``, and the next flag opens a new alert. An analyst acknowledges
+an alert with their identity (audited). Stored in SQLite (``alerts.db`` in the
+control plane's state directory), safe to read from other processes (CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from control_plane.ingest.types import GatedBatch
+from security import sqlite_db
+from security.audit_log import AuditLog
+from security.clock import Clock
+from security.refusals import GridfortError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id TEXT PRIMARY KEY,
+    site_id TEXT NOT NULL,
+    detector TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    measurements INTEGER NOT NULL,
+    batches INTEGER NOT NULL,
+    max_score REAL NOT NULL,
+    threshold REAL NOT NULL,
+    assets TEXT NOT NULL,        -- JSON list of asset ids
+    last_evidence TEXT NOT NULL, -- JSON object
+    status TEXT NOT NULL,        -- open | acknowledged
+    acknowledged_by TEXT,
+    acknowledged_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS alerts_episode ON alerts (site_id, detector, last_ms);
+"""
+
+#: A detector quiet at a site this long ends the episode [ms].
+DEFAULT_EPISODE_GAP_MS = 10 * 60_000
+
+
+class AlertNotFoundError(GridfortError):
+    """No alert with that id."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    alert_id: str
+    site_id: str
+    detector: str
+    model_version: str
+    reason: str
+    first_ms: int
+    last_ms: int
+    measurements: int
+    batches: int
+    max_score: float
+    threshold: float
+    assets: tuple[str, ...]
+    last_evidence: dict[str, Any]
+    status: str
+    acknowledged_by: str | None
+    acknowledged_ms: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f: getattr(self, f) for f in self.__slots__}
+        d["assets"] = list(self.assets)
+        return d
+
+
+class AlertBook:
+    """The alert store (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: Path,
+        clock: Clock,
+        audit: AuditLog | None = None,
+        episode_gap_ms: int = DEFAULT_EPISODE_GAP_MS,
+    ) -> None:
+        self._path = path
+        self._clock = clock
+        self._audit = audit
+        self._gap = episode_gap_ms
+        sqlite_db.initialize(path, _SCHEMA)
+
+    def raise_from(self, gated: GatedBatch) -> list[str]:
+        """Open or extend one alert per detector that flagged something in ``gated``."""
+        site = gated.verified.batch.site_id
+        by_detector: dict[str, list[Any]] = {}
+        for q in gated.gate_quarantined:
+            assert q.evidence is not None
+            by_detector.setdefault(q.evidence.detector, []).append(q)
+        now = self._clock.now_ms()
+        ids = []
+        with sqlite_db.connect(self._path) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            for detector, qs in by_detector.items():
+                ev = qs[-1].evidence
+                score = max(q.evidence.score for q in qs)
+                assets = sorted({q.asset_id for q in qs})
+                evidence = ev.to_json() | {"asset_id": qs[-1].asset_id, "value": qs[-1].value}
+                row = conn.execute(
+                    "SELECT alert_id, assets, max_score FROM alerts WHERE site_id = ? AND "
+                    "detector = ? AND last_ms >= ? ORDER BY last_ms DESC LIMIT 1",
+                    (site, detector, now - self._gap),
+                ).fetchone()
+                if row is None:
+                    alert_id = uuid.uuid4().hex
+                    conn.execute(
+                        "INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL,NULL)",
+                        (
+                            alert_id,
+                            site,
+                            detector,
+                            ev.model_version,
+                            qs[0].reason.value,
+                            now,
+                            now,
+                            len(qs),
+                            1,
+                            score,
+                            ev.threshold,
+                            json.dumps(assets),
+                            json.dumps(evidence),
+                            "open",
+                        ),
+                    )
+                    self._audited("alert_raised", alert_id, site, detector, ev.detail)
+                else:
+                    alert_id = row[0]
+                    merged = sorted(set(json.loads(row[1])) | set(assets))
+                    conn.execute(
+                        "UPDATE alerts SET last_ms = ?, measurements = measurements + ?, "
+                        "batches = batches + 1, max_score = MAX(max_score, ?), assets = ?, "
+                        "last_evidence = ? WHERE alert_id = ?",
+                        (now, len(qs), score, json.dumps(merged), json.dumps(evidence), alert_id),
+                    )
+                ids.append(alert_id)
+            conn.execute("COMMIT")
+        return ids
+
+    def _audited(self, event: str, alert_id: str, site: str, detector: str, detail: str) -> None:
+        if self._audit is not None:
+            self._audit.append(
+                event,
+                decision="deny",
+                identity=site,
+                reason="FDI_SUSPECTED",
+                details={"alert_id": alert_id, "detector": detector, "detail": detail},
+            )
+
+    def list(self, *, status: str | None = None, site_id: str | None = None) -> list[Alert]:
+        """Alerts, newest activity first; filtered by ``status`` and/or ``site_id``."""
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if site_id is not None:
+            where.append("site_id = ?")
+            args.append(site_id)
+        sql = "SELECT * FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
+        with sqlite_db.connect(self._path) as conn:
+            rows = conn.execute(sql + " ORDER BY last_ms DESC", args).fetchall()
+        return [_alert(r) for r in rows]
+
+    def get(self, alert_id: str) -> Alert:
+        with sqlite_db.connect(self._path) as conn:
+            row = conn.execute("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
+        if row is None:
+            raise AlertNotFoundError(f"no alert {alert_id!r}")
+        return _alert(row)
+
+    def acknowledge(self, alert_id: str, analyst: str) -> Alert:
+        """Mark an alert acknowledged by ``analyst`` (a SPIFFE ID or name); audited."""
+        now = self._clock.now_ms()
+        with sqlite_db.connect(self._path) as conn:
+            cur = conn.execute(
+                "UPDATE alerts SET status = 'acknowledged', acknowledged_by = ?, "
+                "acknowledged_ms = ? WHERE alert_id = ?",
+                (analyst, now, alert_id),
+            )
+        if cur.rowcount == 0:
+            raise AlertNotFoundError(f"no alert {alert_id!r}")
+        if self._audit is not None:
+            self._audit.append(
+                "alert_acknowledged",
+                decision="allow",
+                identity=analyst,
+                details={"alert_id": alert_id},
+            )
+        return self.get(alert_id)
+
+
+def _alert(r: tuple[Any, ...]) -> Alert:
+    return Alert(
+        alert_id=r[0],
+        site_id=r[1],
+        detector=r[2],
+        model_version=r[3],
+        reason=r[4],
+        first_ms=r[5],
+        last_ms=r[6],
+        measurements=r[7],
+        batches=r[8],
+        max_score=r[9],
+        threshold=r[10],
+        assets=tuple(json.loads(r[11])),
+        last_evidence=json.loads(r[12]),
+        status=r[13],
+        acknowledged_by=r[14],
+        acknowledged_ms=r[15],
+    )

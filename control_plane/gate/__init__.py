@@ -1,0 +1,1 @@
+"""The false-data-injection gate (ingest stage 5) and its judges."""
