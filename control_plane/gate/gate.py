@@ -24,6 +24,7 @@ from control_plane.gate.temporal import TemporalJudge
 from control_plane.ingest.types import (
     GatedBatch,
     GateEvidence,
+    MeasurementRow,
     QuarantinedMeasurement,
     ValidatedBatch,
 )
@@ -70,8 +71,12 @@ class FdiGate:
         for judge in self._judges:
             for f in judge.judge(batch):
                 flags.setdefault(f.position, f)
-        for f in self._unjudged_grid_points(batch):
-            flags.setdefault(f.position, f)
+        has_grid_points = any(a.kind in GRID_POINT_KINDS for a in batch.authorized.assets.values())
+        if has_grid_points:
+            for f in self._unjudged_grid_points(batch):
+                flags.setdefault(f.position, f)
+        if not flags:  # the common case: nothing to move
+            return self._done(batch, batch.accepted, list(batch.quarantined), 0, t0)
         accepted = []
         quarantined = list(batch.quarantined)
         for pos, row in enumerate(batch.accepted):
@@ -92,14 +97,24 @@ class FdiGate:
                 )
             )
             self.stats.by_detector[flag.evidence.detector] += 1
+        quarantined.sort(key=lambda q: q.index)
+        return self._done(batch, accepted, quarantined, len(flags), t0)
+
+    def _done(
+        self,
+        batch: ValidatedBatch,
+        accepted: list[MeasurementRow],
+        quarantined: list[QuarantinedMeasurement],
+        n_flagged: int,
+        t0: float,
+    ) -> GatedBatch:
         site = batch.verified.batch.site_id
         for judge in self._judges:
             judge.learn(site, accepted)
-        quarantined.sort(key=lambda q: q.index)
         st = self.stats
         st.batches += 1
         st.measurements_judged += len(batch.accepted)
-        st.measurements_quarantined += len(flags)
+        st.measurements_quarantined += n_flagged
         st.record_latency((time.perf_counter() - t0) * 1000.0)
         return GatedBatch(batch, accepted, quarantined, self.version)
 

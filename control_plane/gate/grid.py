@@ -83,6 +83,8 @@ class GridJudge:
 
         self._pending = None
         assets = batch.authorized.assets
+        if not any(a.kind in GRID_POINT_KINDS for a in assets.values()):
+            return []
         rows = []
         for pos, r in enumerate(batch.accepted):
             asset = assets.get(r[0]) if self.owns(r[0]) else None

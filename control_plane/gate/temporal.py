@@ -24,7 +24,6 @@ metered. State is in memory: after a restart the first sample re-anchors.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 from control_plane.assets.model import Asset, AssetKind
@@ -44,6 +43,7 @@ _IMP = Q.QUANTITY_ENERGY_IMPORTED
 _EV_CONNECTED = Q.QUANTITY_EV_CONNECTED
 
 MS_PER_H = 3_600_000.0
+_RELEVANT = frozenset({_P, _SOC, _EXP, _IMP, _EV_CONNECTED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,18 +115,25 @@ class TemporalJudge:
     # -- judging -------------------------------------------------------------
     def judge(self, batch: ValidatedBatch) -> list[Flag]:
         assets = batch.authorized.assets
-        # Group the batch's rows by asset and sample time: P and levels sampled together.
-        samples: dict[str, dict[int, _Sample]] = defaultdict(lambda: defaultdict(dict))
+        # Group the rows that matter by (asset, sample time): P and levels sampled together.
+        samples: dict[tuple[str, int], _Sample] = {}
+        relevant = _RELEVANT
         for pos, (asset_id, quantity, ts_ms, value) in enumerate(batch.accepted):
-            samples[asset_id][ts_ms][quantity] = (pos, value)
+            if quantity in relevant:
+                key = (asset_id, ts_ms)
+                sample = samples.get(key)
+                if sample is None:
+                    sample = samples[key] = {}
+                sample[quantity] = (pos, value)
         flags: list[Flag] = []
         self._pending = []
-        for asset_id, by_ts in samples.items():
-            asset = assets.get(asset_id)
-            if asset is None:
-                continue
-            for ts_ms in sorted(by_ts):
-                flags.extend(self._judge_sample(asset, ts_ms, by_ts[ts_ms]))
+        for key in sorted(samples):  # per asset, in time order
+            sample = samples[key]
+            if _P not in sample or len(sample) == 1:
+                continue  # nothing to check without power and a level sampled together
+            asset = assets.get(key[0])
+            if asset is not None:
+                flags.extend(self._judge_sample(asset, key[1], sample))
         return flags
 
     def _judge_sample(self, asset: Asset, ts_ms: int, sample: _Sample) -> list[Flag]:
@@ -206,7 +213,10 @@ class TemporalJudge:
         power keeps being integrated (if the gate accepted it) so that the track
         never goes stale while its level is being refused.
         """
-        ok = {(a, q, ts) for a, q, ts, _ in accepted}
+        if not self._pending:
+            return
+        relevant = _RELEVANT
+        ok = {(a, q, ts) for a, q, ts, _ in accepted if q in relevant}
         for asset_id, level_q, ts_ms, level, p_kw, level_ok in self._pending:
             if (asset_id, _P, ts_ms) not in ok:
                 continue
