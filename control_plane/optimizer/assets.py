@@ -236,9 +236,10 @@ class FleetState:
     """Everything the optimizer knows about the fleet at planning time.
 
     This is the optimizer's only input seam for asset state: parameters come from the asset
-    registry, current states of charge (``soc_init_pct``) from measurements. Once the
-    detection gate exists, a ``FleetState`` is to be built only from gated (accepted)
-    state, never from raw telemetry; keep constructing it in one place (the composition root).
+    registry, current states of charge (``soc_init_pct``) from measurements the FDI gate
+    accepted. In the running system it is built in one place,
+    :func:`control_plane.optimizer.from_state.fleet_from_gated_state`, which leaves out
+    suspect, stale and unknown assets; tests and benchmarks build synthetic fleets.
     ``as_of_ts_ms`` is the time [ms since epoch] of the state it was built from.
     """
 
