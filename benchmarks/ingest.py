@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,16 @@ class LoadPool:
     async def run(self, specs: list[LoadSpec]) -> tuple[list[LoadReport], tuple[float, float]]:
         """Run one phase on all generators: their reports, and the CPU time [s] of this
         process and of the whole machine (-1 if unknown) during the measured window."""
+        conns = await self.prepare(specs)
+        start_wall = time.time() + 0.2
+        t_begin = time.perf_counter() + 0.2 + specs[0].warmup_s
+        cpu = asyncio.ensure_future(_window_cpu(t_begin, t_begin + specs[0].seconds))
+        self.start(conns, start_wall)
+        reports = await self.results(conns)
+        return reports, await cpu
+
+    async def prepare(self, specs: list[LoadSpec]) -> list[Connection]:
+        """Hand each generator its spec and wait until all are connected."""
         loop = asyncio.get_running_loop()
         conns = self._conns[: len(specs)]
         for conn, spec in zip(conns, specs, strict=True):
@@ -188,17 +199,22 @@ class LoadPool:
             ready = await loop.run_in_executor(None, conn.recv)
             if isinstance(ready, LoadReport):
                 raise RuntimeError(f"load generator failed:\n{ready.error}")
-        start_wall = time.time() + 0.2
-        t_begin = time.perf_counter() + 0.2 + specs[0].warmup_s
-        cpu = asyncio.ensure_future(_window_cpu(t_begin, t_begin + specs[0].seconds))
+        return conns
+
+    @staticmethod
+    def start(conns: list[Connection], start_wall: float) -> None:
+        """Start the prepared generators at ``start_wall`` (time.time())."""
         for conn in conns:
             conn.send(start_wall)
+
+    @staticmethod
+    async def results(conns: list[Connection]) -> list[LoadReport]:
+        loop = asyncio.get_running_loop()
         reports: list[LoadReport] = [await loop.run_in_executor(None, c.recv) for c in conns]
-        window_cpu = await cpu
         for r in reports:
             if r.error:
                 raise RuntimeError(f"load generator failed:\n{r.error}")
-        return reports, window_cpu
+        return reports
 
     def close(self) -> None:
         for conn in self._conns:

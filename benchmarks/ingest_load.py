@@ -60,7 +60,12 @@ class SiteSpec:
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """One phase for one generator process. Times in s; the window is in batches per site."""
+    """One phase for one generator process. Times in s; the window is in batches per site.
+
+    ``transport`` "grpc" dials ``endpoint``; "nats" publishes to ``nats_servers`` (see
+    ``ingest_nats_load``). ``raw`` (NATS only): no pipeline, no receipts; a batch is
+    done when JetStream acknowledges the publish (the raw NATS rate).
+    """
 
     endpoint: str
     sites: tuple[SiteSpec, ...]
@@ -71,6 +76,9 @@ class LoadSpec:
     rate_batches_per_s: float | None  # None: saturation (closed loop)
     verify_every: int  # verify the signature of every n-th receipt (0: never)
     drain_timeout_s: float = 30.0
+    transport: str = "grpc"
+    nats_servers: tuple[str, ...] = ()
+    raw: bool = False
 
 
 @dataclass
@@ -146,8 +154,9 @@ def _bodies(site: SiteSpec, batch_size: int, base_ms: int, rng: random.Random) -
     return bodies
 
 
-class _SiteLoad:
-    """One edge identity: its channel, its stream, its batches in flight."""
+class SiteLoadBase:
+    """One edge identity's bookkeeping, whatever the transport: the pre-built bodies, the
+    batches in flight, the window, and what a receipt means for the report."""
 
     def __init__(self, site: SiteSpec, spec: LoadSpec, report: LoadReport) -> None:
         self.site = site
@@ -161,73 +170,45 @@ class _SiteLoad:
         self.sending_done = False
         self.drained = asyncio.Event()
         self.received = 0
-        self.channel = grpc.aio.secure_channel(
-            spec.endpoint,
-            self.creds.channel_credentials(),
-            options=[
-                ("grpc.ssl_target_name_override", self.creds.target_name()),
-                ("grpc.max_receive_message_length", 1 << 20),
-            ],
-        )
-        self.call = self.channel.stream_stream(
-            METHOD, request_serializer=None, response_deserializer=lpb.ControlMessage.FromString
-        )()
 
-    async def send(self, t_begin: float, t_end: float, rate: float, offset_s: float) -> None:
-        """Send until ``t_end`` (perf_counter time): closed loop, or ``rate`` batches/s if > 0."""
-        seq = self.site.first_seq
-        signer = self.creds.signer
-        interval_s = 1.0 / rate if rate else 0.0
-        due = time.perf_counter() + offset_s
-        n = 0
-        while True:
-            if rate:
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            await self.window.acquire()
-            now = time.perf_counter()
-            if now >= t_end:
-                self.window.release()
-                break
-            if rate:
-                lag_ms = (now - due) * 1000.0
-                self.load.max_schedule_lag_ms = max(self.load.max_schedule_lag_ms, lag_ms)
-                due += interval_s
-            sealed_ms = int(time.time() * 1000)
-            t_seal = time.perf_counter()
-            header = tpb.TelemetryBatch(site_id=self.site.site_id, seq=seq, sealed_ms=sealed_ms)
-            payload = header.SerializeToString() + self.bodies[n % BODY_VARIANTS]
-            envelope = signer.sign(epb.PAYLOAD_TYPE_TELEMETRY_BATCH, payload, sealed_ms)
-            in_window = t_begin <= t_seal < t_end
-            self.in_flight[seq] = (t_seal, hashlib.sha256(payload).digest(), in_window)
-            self.load.window_sent_batches += in_window
-            self.report.sent += 1
-            await self.call.write(lpb.EdgeMessage(telemetry=envelope).SerializeToString())
-            seq += 1
-            n += 1
-        self.sending_done = True
-        if not self.in_flight:
-            self.drained.set()
+    async def ready(self) -> None:
+        """Connected and able to send."""
 
     async def receive(self, t_begin: float, t_end: float) -> None:
+        """Read receipts until cancelled (transports with callbacks just wait)."""
+        await asyncio.Event().wait()
+
+    async def send(self, t_begin: float, t_end: float, rate: float, offset_s: float) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release the connection."""
+
+    def seal(self, seq: int, n: int, t_begin: float, t_end: float) -> epb.SignedEnvelope:
+        """Stamp, sign and record batch ``seq`` (the ``n``-th of this phase) as in flight."""
+        sealed_ms = int(time.time() * 1000)
+        t_seal = time.perf_counter()
+        header = tpb.TelemetryBatch(site_id=self.site.site_id, seq=seq, sealed_ms=sealed_ms)
+        payload = header.SerializeToString() + self.bodies[n % BODY_VARIANTS]
+        envelope = self.creds.signer.sign(epb.PAYLOAD_TYPE_TELEMETRY_BATCH, payload, sealed_ms)
+        in_window = t_begin <= t_seal < t_end
+        self.in_flight[seq] = (t_seal, hashlib.sha256(payload).digest(), in_window)
+        self.load.window_sent_batches += in_window
+        self.report.sent += 1
+        return envelope
+
+    def on_receipt_envelope(
+        self, envelope: epb.SignedEnvelope, arrived: float, t_begin: float, t_end: float
+    ) -> None:
+        self.received += 1
         verify_every = self.spec.verify_every
-        controller_key = self.creds.controller.public_key
-        while True:
-            message = await self.call.read()
-            if message is grpc.aio.EOF:
-                return
-            if message.WhichOneof("kind") != "receipt":
-                continue
-            arrived = time.perf_counter()
-            self.received += 1
-            if verify_every and self.received % verify_every == 0:
-                if not verify_signature(message.receipt, controller_key):
-                    self.report.problems.append("a receipt signature does not verify")
-                self.load.receipts_verified += 1
-            self._account(
-                lpb.BatchReceipt.FromString(message.receipt.payload), arrived, t_begin, t_end
-            )
-            if self.sending_done and not self.in_flight:
-                self.drained.set()
+        if verify_every and self.received % verify_every == 0:
+            if not verify_signature(envelope, self.creds.controller.public_key):
+                self.report.problems.append("a receipt signature does not verify")
+            self.load.receipts_verified += 1
+        self._account(lpb.BatchReceipt.FromString(envelope.payload), arrived, t_begin, t_end)
+        if self.sending_done and not self.in_flight:
+            self.drained.set()
 
     def _account(
         self, receipt: lpb.BatchReceipt, arrived: float, t_begin: float, t_end: float
@@ -262,6 +243,62 @@ class _SiteLoad:
         if in_window:
             self.load.latencies_ms.append((arrived - t_seal) * 1000.0)
 
+
+class _SiteLoad(SiteLoadBase):
+    """One edge identity over gRPC: its channel, its stream, its batches in flight."""
+
+    def __init__(self, site: SiteSpec, spec: LoadSpec, report: LoadReport) -> None:
+        super().__init__(site, spec, report)
+        self.channel = grpc.aio.secure_channel(
+            spec.endpoint,
+            self.creds.channel_credentials(),
+            options=[
+                ("grpc.ssl_target_name_override", self.creds.target_name()),
+                ("grpc.max_receive_message_length", 1 << 20),
+            ],
+        )
+        self.call = self.channel.stream_stream(
+            METHOD, request_serializer=None, response_deserializer=lpb.ControlMessage.FromString
+        )()
+
+    async def ready(self) -> None:
+        await self.channel.channel_ready()
+
+    async def send(self, t_begin: float, t_end: float, rate: float, offset_s: float) -> None:
+        """Send until ``t_end`` (perf_counter time): closed loop, or ``rate`` batches/s if > 0."""
+        seq = self.site.first_seq
+        interval_s = 1.0 / rate if rate else 0.0
+        due = time.perf_counter() + offset_s
+        n = 0
+        while True:
+            if rate:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            await self.window.acquire()
+            now = time.perf_counter()
+            if now >= t_end:
+                self.window.release()
+                break
+            if rate:
+                lag_ms = (now - due) * 1000.0
+                self.load.max_schedule_lag_ms = max(self.load.max_schedule_lag_ms, lag_ms)
+                due += interval_s
+            envelope = self.seal(seq, n, t_begin, t_end)
+            await self.call.write(lpb.EdgeMessage(telemetry=envelope).SerializeToString())
+            seq += 1
+            n += 1
+        self.sending_done = True
+        if not self.in_flight:
+            self.drained.set()
+
+    async def receive(self, t_begin: float, t_end: float) -> None:
+        while True:
+            message = await self.call.read()
+            if message is grpc.aio.EOF:
+                return
+            if message.WhichOneof("kind") != "receipt":
+                continue
+            self.on_receipt_envelope(message.receipt, time.perf_counter(), t_begin, t_end)
+
     async def close(self) -> None:
         self.call.cancel()
         await self.channel.close(grace=None)
@@ -270,9 +307,15 @@ class _SiteLoad:
 async def _run_phase(spec: LoadSpec, conn: Connection) -> LoadReport:
     loop = asyncio.get_running_loop()
     report = LoadReport(sites=[])
-    loads = [_SiteLoad(site, spec, report) for site in spec.sites]
+    loads: list[SiteLoadBase]
+    if spec.transport == "nats":
+        from benchmarks.ingest_nats_load import NatsSiteLoad
+
+        loads = [NatsSiteLoad(site, spec, report) for site in spec.sites]
+    else:
+        loads = [_SiteLoad(site, spec, report) for site in spec.sites]
     try:
-        await asyncio.gather(*(s.channel.channel_ready() for s in loads))
+        await asyncio.gather(*(s.ready() for s in loads))
         conn.send("ready")
         start_wall: float = await loop.run_in_executor(None, conn.recv)
         t_start = time.perf_counter() + max(0.0, start_wall - time.time())

@@ -104,3 +104,87 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
         for ph in result["phases"]:
             for problem in ph["integrity"].get("problems", [])[:10]:
                 console.print(f"[red]  {escape(ph['name'])}: {escape(problem)}[/]")
+
+
+def print_nats_report(result: dict[str, Any], console: Console | None = None) -> None:
+    """The table of ``gridfort bench ingest --transport nats``."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=WIDTH)
+    m, p = result["machine"], result["parameters"]
+    console.print(
+        f"[bold]gridfort bench ingest --transport nats[/]  {m['cpu_count']} CPU, Python "
+        f"{m['python']}, {m['platform']}, load average {m['load_average_at_start']}, "
+        f"fsync {m['fsync_4k_median_ms']} ms\n"
+        f"{p['sites']} enrolled edges x window {p['window']} batches, {p['batch_size']} "
+        f"measurements/batch, {p['partitions']} partitions, {p['seconds']} s per phase "
+        f"(+{p['warmup_s']} s warm-up), durability {p['durability']}"
+    )
+    table = Table(title="ingest over NATS JetStream + mutual TLS on loopback")
+    columns = (
+        "phase",
+        "measurements/s",
+        "batches/s",
+        "p50 ms",
+        "p99 ms",
+        "µs/meas workers",
+        "CPU workers",
+        "nats-server",
+        "load",
+        "other",
+        "sent",
+        "done",
+        "checks",
+    )
+    for col in columns:
+        phase = col == "phase"
+        table.add_column(col, justify="left" if phase else "right", no_wrap=phase)
+    for ph in result["phases"]:
+        lat, cores = ph["latency_ms"], ph["cpu_cores"]
+        table.add_row(
+            escape(ph["name"]),
+            _fmt(ph["throughput_mps"]),
+            _fmt(ph["batches_per_s"], 1),
+            _fmt(lat.get("p50"), 1),
+            _fmt(lat.get("p99"), 1),
+            _fmt(ph["worker_cpu_us_per_measurement"], 2),
+            _fmt(cores.get("workers", cores.get("raw_consumers")), 2),
+            _fmt(cores.get("nats_server"), 2),
+            _fmt(cores.get("generator"), 2),
+            _fmt(cores.get("other"), 2),
+            f"{ph['batches_sent']:,}",
+            f"{ph['batches_done']:,}",
+            "[green]ok[/]" if ph["integrity"]["ok"] else "[bold red]FAILED[/]",
+        )
+    console.print(table)
+    for w, row in result["by_workers"].items():
+        ratio = row["ratio_full_over_raw"]
+        console.print(
+            f"{w} worker(s): full pipeline {_fmt(row['full_mps'])}/s, raw NATS "
+            f"{_fmt(row['raw_nats_mps'])}/s, ratio full/raw [bold]{_fmt(ratio, 2)}[/]"
+        )
+    if result["scaling_2_over_1_workers"] is not None:
+        console.print(f"2 workers / 1 worker: [bold]{result['scaling_2_over_1_workers']:.2f}[/]")
+    lat = result["latency"]
+    if lat:
+        console.print(
+            f"end-to-end (seal -> signed receipt) at {_fmt(lat['at_load_mps'])} measurements/s "
+            f"with {lat['workers']} worker(s): p50 {_fmt(lat.get('p50'), 1)} ms, "
+            f"p99 {_fmt(lat.get('p99'), 1)} ms"
+        )
+    thr = result["targets"]["throughput_mps"]
+    console.print(
+        f"target >= {thr['target']:,} measurements/s, every stage on ({thr['durability']}): "
+        f"{_fmt(thr['measured'])} with {thr['workers']} worker(s) -> {_verdict(thr['met'])}"
+    )
+    if result["integrity_ok"]:
+        console.print(
+            "[green]integrity: every batch got one COMMITTED receipt, store counts and "
+            "sequences match exactly, the stream is empty after each phase[/]"
+        )
+    else:
+        console.print(f"[bold red]INTEGRITY FAILURE: {escape(result['error'])}[/]")
+        for ph in result["phases"]:
+            for problem in ph["integrity"].get("problems", [])[:10]:
+                console.print(f"[red]  {escape(ph['name'])}: {escape(problem)}[/]")

@@ -159,8 +159,12 @@ class AlertBook:
                 details={"alert_id": alert_id, "detector": detector, "detail": detail},
             )
 
-    def list(self, *, status: str | None = None, site_id: str | None = None) -> list[Alert]:
+    def list(
+        self, *, status: str | None = None, site_id: str | None = None, limit: int = 1000
+    ) -> list[Alert]:
         """Alerts, newest activity first; filtered by ``status`` and/or ``site_id``."""
+        if not 1 <= limit <= 100_000:
+            raise ValueError("limit must be between 1 and 100000")
         where, args = [], []
         if status is not None:
             where.append("status = ?")
@@ -170,7 +174,7 @@ class AlertBook:
             args.append(site_id)
         sql = "SELECT * FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
         with sqlite_db.connect(self._path) as conn:
-            rows = conn.execute(sql + " ORDER BY last_ms DESC", args).fetchall()
+            rows = conn.execute(sql + " ORDER BY last_ms DESC LIMIT ?", [*args, limit]).fetchall()
         return [_alert(r) for r in rows]
 
     def get(self, alert_id: str) -> Alert:
@@ -181,16 +185,20 @@ class AlertBook:
         return _alert(row)
 
     def acknowledge(self, alert_id: str, analyst: str) -> Alert:
-        """Mark an alert acknowledged by ``analyst`` (a SPIFFE ID or name); audited."""
+        """Mark an open alert acknowledged by ``analyst`` (a SPIFFE ID or name); audited.
+
+        Atomic: of two analysts acknowledging at once, the first one is kept; acknowledging
+        an already acknowledged alert changes nothing and returns it as it is.
+        """
         now = self._clock.now_ms()
         with sqlite_db.connect(self._path) as conn:
             cur = conn.execute(
                 "UPDATE alerts SET status = 'acknowledged', acknowledged_by = ?, "
-                "acknowledged_ms = ? WHERE alert_id = ?",
+                "acknowledged_ms = ? WHERE alert_id = ? AND status = 'open'",
                 (analyst, now, alert_id),
             )
         if cur.rowcount == 0:
-            raise AlertNotFoundError(f"no alert {alert_id!r}")
+            return self.get(alert_id)  # AlertNotFoundError if there is no such alert
         if self._audit is not None:
             self._audit.append(
                 "alert_acknowledged",

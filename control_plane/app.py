@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from control_plane.alerts import AlertBook
+from control_plane.api.operations import ApiOperations, ApiSources
+from control_plane.api.rest import RestApi, RestSettings
 from control_plane.assets.registry import AssetRegistry
 from control_plane.commands.command_log import CommandLog
 from control_plane.commands.dispatcher import CommandDispatcher
@@ -55,6 +57,8 @@ from security.signing_keys import SigningKeyRegistry
 from security.tasks import reap
 
 if TYPE_CHECKING:
+    from control_plane.markets.service import MarketService
+    from control_plane.transports.nats_cluster import EmbeddedNatsCluster
     from control_plane.transports.nats_ingest import NatsIngest
     from control_plane.transports.nats_server import EmbeddedNats, PermissionViolation
 
@@ -176,6 +180,21 @@ class ControlPlane:
             gate=self.gate,
             on_gate_quarantine=self.alerts.raise_from,
         )
+        self.markets: MarketService | None = None
+        if config.markets is not None:
+            from control_plane.markets.service import MarketService, RegistryAssets
+
+            self.markets = MarketService(
+                config.markets,
+                trust_domain=config.trust_domain,
+                state=self.pipeline.state,  # gated state only: verified flexibility
+                assets=RegistryAssets(self.registry),
+                audit=self.audit,
+                clock=clock_,
+            )
+            loaded = self.markets.load_policy()  # audited; until loaded every action is denied
+            if not loaded.loaded:
+                log.warning("market policy not loaded: %s", loaded.reason)
         self.authority = EnrollmentAuthority(
             self.ca,
             self.tokens,
@@ -235,10 +254,39 @@ class ControlPlane:
             clock=clock_,
         )
 
-        self.nats: EmbeddedNats | None = None
+        self.nats: EmbeddedNats | EmbeddedNatsCluster | None = None
         self.nats_ingest: NatsIngest | None = None
         self._nats_sites: frozenset[str] = frozenset()
         self._nats_sync: asyncio.Task[None] | None = None
+        self.api: RestApi | None = None  # the REST API for SOC analysts and operators
+        if config.api_address:
+            self.api = RestApi(
+                RestSettings(config.api_address),
+                identity=self.server_identity,
+                trust_bundle_pem=self.ca.trust_bundle_pem(),
+                trust_domain=config.trust_domain,
+                revocations=self.revocations,
+                audit=self.audit,
+                clock=clock_,
+                operations=ApiOperations(
+                    ApiSources(
+                        control_plane_id=str(self.spiffe_id),
+                        alerts=self.alerts,
+                        pipeline=self.pipeline,
+                        gate=self.gate,
+                        streams=self.streams,
+                        transports=self,
+                        telemetry_db=self.paths.telemetry_db,
+                        audit_log=self.paths.audit_log,
+                        clock=clock_,
+                    )
+                ),
+            )
+
+    @property
+    def api_port(self) -> int | None:
+        """The REST API's bound port (useful with port 0), or None when the API is off."""
+        return None if self.api is None else self.api.port
 
     @property
     def link_ports(self) -> list[int]:
@@ -250,6 +298,8 @@ class ControlPlane:
 
     async def start(self) -> None:
         await self.transport.start()
+        if self.api is not None:
+            await self.api.start()
         if self.config.nats_port is not None:
             await self._start_nats(self.config.nats_port)
         self.audit.append(
@@ -269,28 +319,50 @@ class ControlPlane:
         )
 
     async def _start_nats(self, port: int) -> None:
-        """The NATS transport (issue #3): embedded broker + JetStream consumer."""
-        from control_plane.transports.nats_ingest import NatsIngest
-        from control_plane.transports.nats_server import EmbeddedNats
+        """The NATS transport (issue #3): embedded broker (or loopback cluster) + consumer."""
+        from control_plane.transports.nats_client import ControlPlaneClientTls
+        from control_plane.transports.nats_cluster import EmbeddedNatsCluster
+        from control_plane.transports.nats_ingest import NatsIngest, NatsIngestSettings
+        from control_plane.transports.nats_server import EmbeddedNats, write_client_urls
 
-        self.nats = EmbeddedNats(
-            self.config.state_dir,
-            self.ca,
-            self.config.trust_domain,
-            self.pipeline.registry_snapshot.sites,
-            port=port,
-            control_planes=(self.config.name,),
-            clock=self.clock,
-            on_violation=self._on_nats_violation,
-        )
+        c = self.config
+        sites = self.pipeline.registry_snapshot.sites
+        if c.nats_cluster_size > 1:
+            self.nats = EmbeddedNatsCluster(
+                c.state_dir,
+                self.ca,
+                c.trust_domain,
+                sites,
+                size=c.nats_cluster_size,
+                ports=[port + i if port else 0 for i in range(c.nats_cluster_size)],
+                control_planes=(c.name,),
+                partitions=c.nats_partitions,
+                clock=self.clock,
+                on_violation=self._on_nats_violation,
+            )
+        else:
+            self.nats = EmbeddedNats(
+                c.state_dir,
+                self.ca,
+                c.trust_domain,
+                sites,
+                port=port,
+                control_planes=(c.name,),
+                partitions=c.nats_partitions,
+                clock=self.clock,
+                on_violation=self._on_nats_violation,
+            )
         await self.nats.start()
+        write_client_urls(c.state_dir, self.nats.urls)  # for ingest-worker processes
         self.nats_ingest = NatsIngest(
-            broker=self.nats,
+            urls=self.nats.urls,
+            tls=ControlPlaneClientTls(self.ca, c.name, self.clock),
             pipeline=self.pipeline,
+            store=self.store,
             dispatcher=self.dispatcher,
             signer=self.signer,
             clock=self.clock,
-            name=self.config.name,
+            settings=NatsIngestSettings(name=c.name, consume=c.nats_consume),
         )
         await self.nats_ingest.start()
         self._nats_sites = self.pipeline.registry_snapshot.sites
@@ -332,7 +404,14 @@ class ControlPlane:
     def nats_url(self) -> str | None:
         return None if self.nats is None else self.nats.url
 
+    @property
+    def nats_urls(self) -> tuple[str, ...]:
+        """Every broker URL (one per cluster node); empty without NATS."""
+        return () if self.nats is None else self.nats.urls
+
     async def stop(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
         await reap(self._nats_sync)
         if self.nats_ingest is not None:
             await self.nats_ingest.stop()
@@ -340,7 +419,7 @@ class ControlPlane:
             await self.nats.stop()
         await self.transport.stop()
         self.store.close()
-        self.groups.flush()
+        self.groups.close()
         self.command_log.close()
         self.audit.close()
         self.registry.close()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detection.grid import GRID_NAMES
 from security.refusals import ConfigError
+
+if TYPE_CHECKING:
+    from control_plane.markets.service import MarketConfig
 
 
 @dataclass(frozen=True)
@@ -28,10 +31,17 @@ class ControlPlaneConfig:
     handshake_timeout_ms: int = 5_000
     watch_interval_s: float = 1.0  # revocation/expiry/idle checks of open streams
     nats_port: int | None = None  # embedded NATS broker on 127.0.0.1 (0: random); None: off
+    # REST API for SOC analysts and operators (HTTPS, mutual TLS); port 0: random; None/"": off
+    api_address: str | None = "127.0.0.1:7445"
+    nats_cluster_size: int = 1  # 1: one embedded nats-server; 3, 5, 7: a loopback cluster
+    nats_partitions: int = 8  # partitions of the telemetry stream (fixed per deployment)
+    nats_consume: bool = True  # consume telemetry in this process (else: ingest-worker only)
     extra_dns_names: tuple[str, ...] = field(default=())
     # Grids whose substation telemetry the FDI gate judges with the shipped deep model
     # (detection.grid.GRID_NAMES). Grid points of any other grid are quarantined.
     gate_grids: tuple[str, ...] = field(default=())
+    # The market layer ([control_plane.markets]); absent: no market gateway runs.
+    markets: MarketConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.link_addresses:
@@ -50,8 +60,17 @@ class ControlPlaneConfig:
             raise ConfigError("handshake_timeout_ms: must be between 100 and 60000")
         if not 0.05 <= self.watch_interval_s <= 5:
             raise ConfigError("watch_interval_s: must be between 0.05 and 5 s (revocation latency)")
+        if self.api_address:
+            try:
+                _check_address(self.api_address)
+            except ConfigError as e:
+                raise ConfigError(f"api_address: {e}") from None
         if self.nats_port is not None and not 0 <= self.nats_port <= 65535:
             raise ConfigError("nats_port: must be a TCP port (0 = pick one) or absent")
+        if self.nats_cluster_size not in (1, 3, 5, 7):
+            raise ConfigError("nats_cluster_size: must be 1 (one server) or 3, 5 or 7 nodes")
+        if not 1 <= self.nats_partitions <= 1024:
+            raise ConfigError("nats_partitions: must be between 1 and 1024")
         unknown_grids = sorted(set(self.gate_grids) - set(GRID_NAMES))
         if unknown_grids:
             raise ConfigError(
@@ -82,6 +101,16 @@ class ControlPlaneConfig:
         for name in ("link_addresses", "extra_dns_names", "gate_grids"):
             if name in values:
                 values[name] = tuple(values[name])
+        if "markets" in values:
+            from control_plane.markets.service import MarketConfig
+
+            markets = values["markets"]
+            if markets is None:  # e.g. copied from a loaded config without markets
+                del values["markets"]
+            elif isinstance(markets, dict):
+                values["markets"] = MarketConfig.from_mapping(markets, base)
+            elif not isinstance(markets, MarketConfig):
+                raise ConfigError("markets: must be a table")
         try:
             return cls(**values)
         except TypeError as e:

@@ -25,6 +25,14 @@ from rich.live import Live
 from rich.table import Table
 
 from control_plane.assets.model import Asset, AssetKind
+from control_plane.demo_grid import (
+    GRID,
+    RTU_SITE,
+    AttackRecord,
+    DemoGrid,
+    launch_soc_inflation,
+    observe_attack,
+)
 from control_plane.embedded import EmbeddedSystem
 from edge_node.app import EdgeNode
 from edge_node.config import DeviceConfig, EdgeConfig
@@ -48,11 +56,15 @@ class DemoOptions:
     sites: int = 3
     duration_s: float | None = None
     transport: str = "grpc"
+    nats_cluster: int = 1  # NATS nodes: 1, or 3/5/7 for a loopback cluster
     state_dir: Path = Path(".gridfort/demo")
     json_summary: Path | None = None
     sample_interval_s: float = 1.0
     command_interval_s: float = 5.0
     time_scale: float = 1.0
+    grid: bool = True  # the substation RTU and the grid judge (CIGRE MV; loads torch)
+    attack: str | None = None  # one of demo_grid.ATTACK_SCENARIOS
+    attack_after_s: float = 15.0  # when the attack starts, after the sites are up [s]
 
     def __post_init__(self) -> None:
         if not 1 <= self.sites <= 200:
@@ -61,10 +73,25 @@ class DemoOptions:
             raise GridfortError("--duration: must be positive")
         if self.transport not in ("grpc", "nats", "both"):
             raise GridfortError("--transport: must be grpc, nats or both")
+        if self.nats_cluster not in (1, 3, 5, 7):
+            raise GridfortError("--nats-cluster: must be 1, 3, 5 or 7")
+        if self.nats_cluster > 1 and self.transport == "grpc":
+            raise GridfortError("--nats-cluster: needs --transport nats or both")
         if not 0.1 <= self.sample_interval_s <= 60:
             raise GridfortError("--sample-interval: must be between 0.1 and 60 s")
         if not 0.5 <= self.command_interval_s <= 3600:
             raise GridfortError("--command-interval: must be between 0.5 and 3600 s")
+        if self.attack is not None:
+            from control_plane.demo_grid import ATTACK_SCENARIOS, GRID_ATTACKS
+
+            if self.attack not in ATTACK_SCENARIOS:
+                raise GridfortError(f"--attack: choose one of {', '.join(ATTACK_SCENARIOS)}")
+            if self.attack in GRID_ATTACKS and not self.grid:
+                raise GridfortError(f"--attack {self.attack}: needs the grid (drop --no-grid)")
+            if self.attack == "soc-inflation" and self.sites < 2:
+                raise GridfortError("--attack soc-inflation: needs --sites 2 or more")
+        if not 0 <= self.attack_after_s <= 3600:
+            raise GridfortError("--attack-after: must be between 0 and 3600 s")
 
 
 class ScaledClock:
@@ -133,9 +160,21 @@ class Demo:
             options.state_dir / "control-plane",
             clock=self.clock,
             nats_port=0 if options.transport != "grpc" else None,
+            nats_cluster_size=options.nats_cluster,
+            gate_grids=(GRID,) if options.grid else (),
         )
         self.sites: list[Site] = []
         self.command_round = 0
+        self.grid: DemoGrid | None = None
+        self.attack: AttackRecord | None = None
+        if options.grid:
+            self.grid = DemoGrid(
+                options.state_dir,
+                self.clock,
+                self.sim_clock,
+                options.sample_interval_s,
+                options.transport,
+            )
 
     async def start(self) -> None:
         await self.system.start()
@@ -151,11 +190,28 @@ class Demo:
                     ),
                 ],
             )
+        if self.grid is not None:
+            self.grid.register(self.system)
         await self.system.control_plane.sync_transports()  # e.g. the NATS users list
         await asyncio.gather(
             *(self._start_site(f"site-{i}", i) for i in range(1, self.options.sites + 1))
         )
         self.sites.sort(key=lambda s: int(s.site_id.split("-")[1]))
+        if self.grid is not None:
+            await self.grid.start(self.system, self.sites)
+
+    def launch_attack(self) -> None:
+        """Start the ``--attack`` scenario now (needs the grid world for RTU attacks)."""
+        if self.options.attack is None:
+            return
+        if self.options.attack == "soc-inflation":
+            self.attack = launch_soc_inflation(self.sites, self.clock.now_ms())
+        elif self.grid is not None:
+            self.attack = self.grid.launch_attack(self.options.attack)
+
+    def observe_attack(self) -> None:
+        if self.attack is not None:
+            observe_attack(self.attack, self.system)
 
     async def _start_site(self, site_id: str, i: int) -> None:
         modbus = SunSpecSiteSimulator(
@@ -203,14 +259,14 @@ class Demo:
         a = site.assets
         edge_dir = self.options.state_dir / "edges" / site_id
         await self.system.enroll_edge(site_id, edge_dir)
-        nats_url = self.system.control_plane.nats_url
+        nats_urls = self.system.control_plane.nats_urls  # every node of a cluster
         config = EdgeConfig(
             site_id=site_id,
             edge_dir=edge_dir,
             endpoints=self.system.link_endpoints,
             sample_interval_s=self.options.sample_interval_s,
             transport=self.options.transport,
-            nats_servers=(nats_url,) if nats_url else (),
+            nats_servers=nats_urls,
             devices=(
                 DeviceConfig(
                     a["pv"], EdgeKind.PV_INVERTER, "sunspec", f"127.0.0.1:{modbus_port}", 1
@@ -245,22 +301,27 @@ class Demo:
             if r % 4 == 0:  # deliberately unsafe (above the 5 kW rating): the edge must refuse
                 cp.dispatcher.send_active_power(site.site_id, a["bat"], 8.0)
 
+    def _edges(self) -> list[EdgeNode]:
+        edges = [s.edge for s in self.sites if s.edge is not None]
+        if self.grid is not None and self.grid.edge is not None:
+            edges.append(self.grid.edge)
+        return edges
+
     async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
         """Stop sampling and wait until every outbox is empty."""
-        for site in self.sites:
-            if site.edge is not None:
-                await site.edge.stop_sampling()
+        for edge in self._edges():
+            await edge.stop_sampling()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
-            if all(
-                s.edge is None or s.edge.outbox.stats().pending_batches == 0 for s in self.sites
-            ):
+            if all(e.outbox.stats().pending_batches == 0 for e in self._edges()):
                 return True
             await asyncio.sleep(0.2)
         return False
 
     async def stop(self) -> None:
+        if self.grid is not None:
+            await self.grid.stop()
         for site in self.sites:
             if site.edge is not None:
                 await site.edge.stop()
@@ -271,9 +332,24 @@ class Demo:
     def summary(self) -> dict[str, Any]:
         cp = self.system.control_plane
         ids = [s.site_id for s in self.sites]
-        counts = cp.store.counts(ids)
+        rtu = self.grid.edge if self.grid is not None else None
+        counts = cp.store.counts(ids + ([RTU_SITE] if rtu is not None else []))
         sent = pending = dead = 0
         per_site = {}
+        if rtu is not None:
+            st = rtu.outbox.stats()
+            sent += st.sealed_measurements
+            pending += st.pending_measurements
+            dead += st.dead_letter_measurements
+            rtu_counts = cp.store.counts([RTU_SITE])
+            per_site[RTU_SITE] = {
+                "measurements_sent": st.sealed_measurements,
+                "measurements_committed": rtu_counts.measurements,
+                "measurements_quarantined": rtu_counts.quarantined,
+                "pending": st.pending_measurements,
+                "link": _active_link(rtu),
+                "connected": bool(_active_link(rtu)),
+            }
         for s in self.sites:
             assert s.edge is not None
             st = s.edge.outbox.stats()
@@ -313,6 +389,8 @@ class Demo:
             "refusal_reasons": dict(stats.refusals),
             "gate": cp.gate.version,
             "gate_quarantined": dict(cp.gate.stats.by_detector),
+            "alerts": len(cp.alerts.list()),
+            "attack": self.attack.to_json() if self.attack is not None else None,
             "per_site": per_site,
         }
 
@@ -329,6 +407,7 @@ class Demo:
                 f"{s['batches_duplicate']}, rejected {s['batches_rejected']}; commands sent "
                 f"{s['commands_sent']}, applied {s['commands_applied']}, refused "
                 f"{s['commands_refused'] + s['commands_failed']}; FDI gate: {s['gate']}"
+                + _attack_line(s["attack"], s["alerts"])
             ),
         )
         for col in (
@@ -365,6 +444,18 @@ class Demo:
                 str(p["pending"]),
                 str(p["commands_applied"]),
             )
+        rtu = s["per_site"].get(RTU_SITE)
+        if rtu is not None:
+            t.add_row(
+                f"{RTU_SITE} (grid)",
+                rtu["link"] if rtu["connected"] else "[red]down[/red]",
+                *([""] * 5),
+                str(rtu["measurements_sent"]),
+                str(rtu["measurements_committed"]),
+                str(rtu["measurements_quarantined"]),
+                str(rtu["pending"]),
+                "",
+            )
         t.add_row(
             "[b]total[/b]",
             "",
@@ -380,6 +471,19 @@ class Demo:
             str(s["commands_applied"]),
         )
         return t
+
+
+def _attack_line(attack: dict[str, Any] | None, alerts: int) -> str:
+    if attack is None:
+        return f"; alerts {alerts}"
+    if attack["caught"]:
+        status = (
+            f"[green]caught[/green] by {attack['expected_detector']} after "
+            f"{attack['detection_delay_s']:.1f} s, {attack['quarantined']} measurements quarantined"
+        )
+    else:
+        status = "[yellow]not caught yet[/yellow]"
+    return f"\nattack {attack['scenario']}: {attack['detail']}: {status}; alerts {alerts}"
 
 
 async def _run(options: DemoOptions) -> dict[str, Any]:
@@ -403,6 +507,7 @@ async def _run(options: DemoOptions) -> dict[str, Any]:
         )
         started = loop.time()
         next_command = started + 2.0
+        attack_at = started + options.attack_after_s if options.attack else None
         with Live(
             demo.table(), console=console, refresh_per_second=2, transient=not sys.stdout.isatty()
         ) as live:
@@ -413,6 +518,10 @@ async def _run(options: DemoOptions) -> dict[str, Any]:
                 if now >= next_command:
                     demo.send_commands()
                     next_command = now + options.command_interval_s
+                if attack_at is not None and now >= attack_at:
+                    demo.launch_attack()
+                    attack_at = None
+                demo.observe_attack()
                 live.update(demo.table())
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
@@ -420,6 +529,7 @@ async def _run(options: DemoOptions) -> dict[str, Any]:
         console.print("stopping sampling and draining outboxes ...")
         drained = await demo.drain()
         await asyncio.sleep(1.0)  # last command results
+        demo.observe_attack()
         summary = demo.summary()
         summary["drained"] = drained
         console.print(demo.table())
@@ -442,11 +552,25 @@ def run_demo(options: DemoOptions) -> int:
         == summary["measurements_committed"] + summary["measurements_quarantined"]
         and summary["measurements_lost"] == 0
     )
-    verdict = "OK" if ok else "MISMATCH"
+    attack = summary["attack"]
+    caught = attack is None or attack["caught"]
+    verdict = ("OK" if caught else "ATTACK NOT CAUGHT") if ok else "MISMATCH"
     print(
         f"{verdict}: sent {summary['measurements_sent']} = committed "
         f"{summary['measurements_committed']} + quarantined "
         f"{summary['measurements_quarantined']}; lost {summary['measurements_lost']}; "
         f"commands sent {summary['commands_sent']}, applied {summary['commands_applied']}"
     )
-    return 0 if ok else 1
+    if attack is not None:
+        delay = attack["detection_delay_s"]
+        print(
+            f"attack {attack['scenario']} ({attack['detail']}): "
+            + (
+                f"caught by {attack['expected_detector']} after {delay:.1f} s; "
+                f"{attack['quarantined']} measurements quarantined, with evidence, "
+                f"alerts {summary['alerts']}"
+                if attack["caught"]
+                else "NOT caught"
+            )
+        )
+    return 0 if ok and caught else 1

@@ -28,6 +28,7 @@ class EmbeddedSystem:
         clock: Clock | None = None,
         link_addresses: tuple[str, ...] = ("127.0.0.1:0",),
         pipeline_cls: type[IngestPipeline] = IngestPipeline,
+        api_address: str | None = "127.0.0.1:0",
         **config: Any,
     ) -> None:
         self._pipeline_cls = pipeline_cls
@@ -39,6 +40,7 @@ class EmbeddedSystem:
             trust_domain=trust_domain,
             link_addresses=link_addresses,
             bootstrap_address="127.0.0.1:0",
+            api_address=api_address,
             **config,
         )
         self.cp: ControlPlane | None = None
@@ -69,12 +71,14 @@ class EmbeddedSystem:
         """Stop and start the control plane on the same ports (edges see a brief outage)."""
         ports = self.control_plane.link_ports
         bootstrap = self.control_plane.bootstrap_port
+        api_port = self.control_plane.api_port
         await self.stop()
         self._config = ControlPlaneConfig(
             **{
                 **{k: getattr(self._config, k) for k in self._config.__dataclass_fields__},
                 "link_addresses": tuple(f"127.0.0.1:{p}" for p in ports),
                 "bootstrap_address": f"127.0.0.1:{bootstrap}",
+                "api_address": None if api_port is None else f"127.0.0.1:{api_port}",
             }
         )
         return await self.start()
@@ -86,6 +90,14 @@ class EmbeddedSystem:
     @property
     def bootstrap_endpoint(self) -> str:
         return f"127.0.0.1:{self.control_plane.bootstrap_port}"
+
+    @property
+    def api_url(self) -> str:
+        """``https://127.0.0.1:<port>`` of the REST API (RuntimeError when it is off)."""
+        port = self.control_plane.api_port
+        if port is None:
+            raise RuntimeError("the embedded control plane runs without the REST API")
+        return f"https://127.0.0.1:{port}"
 
     def register_site(self, site_id: str, assets: Iterable[Asset]) -> None:
         cp = self.control_plane

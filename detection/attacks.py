@@ -142,6 +142,43 @@ class AttackedSeries:
 
 #: Range of the largest change of a stealthy attack, in noise standard deviations.
 STEALTHY_TARGET_SIGMA = (5.0, 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class AttackMagnitudes:
+    """Ranges the attack parameters are drawn from (uniform; the defaults are the reference).
+
+    Sizes in noise standard deviations (``*_sigma``) or shares; region sizes in buses as
+    ``[low, high)``. ``stealthy_region=None``: ``[2, 5)`` on grids under 50 buses, else
+    ``[2, 7)``. Training draws from wider ranges than evaluation (see
+    :mod:`detection.scenarios`).
+    """
+
+    stealthy_sigma: tuple[float, float] = STEALTHY_TARGET_SIGMA
+    stealthy_region: tuple[int, int] | None = None
+    ramp_sigma: tuple[float, float] = (4.0, 15.0)
+    random_sigma: tuple[float, float] = (3.0, 10.0)
+    column_share: tuple[float, float] = (0.01, 0.05)  # random and scaling: share of columns
+    scaling: tuple[float, float] = (0.1, 0.5)  # |s| of the factor 1 + s
+    replay_region: tuple[int, int] = (2, 8)
+    der_share: tuple[float, float] = (0.2, 0.6)  # of each DER bus's rated power
+
+    def __post_init__(self) -> None:
+        ranges = (
+            self.stealthy_sigma,
+            self.ramp_sigma,
+            self.random_sigma,
+            self.column_share,
+            self.scaling,
+            self.der_share,
+        )
+        if any(not 0.0 < lo <= hi for lo, hi in ranges):
+            raise ValueError("attack magnitude ranges must satisfy 0 < low <= high")
+        regions = [self.replay_region] + ([self.stealthy_region] if self.stealthy_region else [])
+        if any(not 1 <= lo < hi for lo, hi in regions):
+            raise ValueError("region size ranges must satisfy 1 <= low < high")
+
+
 #: Smallest change the stealthy attack keeps [p.u., MW, Mvar]; far below any noise floor.
 NUMERICAL_ZERO = 1e-9
 
@@ -209,8 +246,14 @@ def stealthy_delta(
 class AttackInjector:
     """Injects labelled attacks into a :class:`GeneratedSeries` (deterministic given a seed)."""
 
-    def __init__(self, series: GeneratedSeries, model: AcMeasurementModel | None = None) -> None:
+    def __init__(
+        self,
+        series: GeneratedSeries,
+        model: AcMeasurementModel | None = None,
+        magnitudes: AttackMagnitudes | None = None,
+    ) -> None:
         self.series = series
+        self.mag = magnitudes or AttackMagnitudes()
         self.layout = series.layout
         net = load_grid(series.grid)
         self.grid = _Grid(net, self.layout)
@@ -225,14 +268,15 @@ class AttackInjector:
 
     # -- one episode per kind ---------------------------------------------------------
     def stealthy(self, rng: np.random.Generator, start: int, stop: int) -> _Info:
-        size = int(rng.integers(2, 5 if len(self.layout.bus_index) < 50 else 7))
+        default = (2, 5) if len(self.layout.bus_index) < 50 else (2, 7)
+        size = int(rng.integers(*(self.mag.stealthy_region or default)))
         buses = self.grid.region(rng, size)
         pos = np.array([self.grid.pos[b] for b in buses], dtype=np.int64)
         # direction: an angle shift of the region plus small per-bus magnitude changes;
         # size: scaled so the largest change is `target` noise standard deviations
         sign = float(rng.choice([-1.0, 1.0]))
         u = rng.uniform(-1.0, 1.0, size=len(pos))
-        target = float(rng.uniform(*STEALTHY_TARGET_SIGMA))
+        target = float(rng.uniform(*self.mag.stealthy_sigma))
         probe = stealthy_delta(
             self.model, self.series.voltages[start], pos, 0.1 * sign, 1.0 + 0.001 * u
         )
@@ -255,7 +299,7 @@ class AttackInjector:
             ],
             dtype=np.int64,
         )
-        final_sigma = float(rng.uniform(4.0, 15.0))
+        final_sigma = float(rng.uniform(*self.mag.ramp_sigma))
         sign = rng.choice([-1.0, 1.0], size=len(cols))
         n = stop - start
         for i, k in enumerate(range(start, stop)):
@@ -266,19 +310,20 @@ class AttackInjector:
         return f"columns={names} final_sigma={final_sigma:.1f}", (), 0
 
     def random(self, rng: np.random.Generator, start: int, stop: int) -> _Info:
-        n_cols = max(2, int(rng.uniform(0.01, 0.05) * len(self.layout)))
+        n_cols = max(2, int(rng.uniform(*self.mag.column_share) * len(self.layout)))
         cols = rng.choice(len(self.layout), size=n_cols, replace=False)
         for k in range(start, stop):
             delta = np.zeros(len(self.layout))
-            size = rng.uniform(3.0, 10.0, size=n_cols) * rng.choice([-1.0, 1.0], size=n_cols)
+            size = rng.uniform(*self.mag.random_sigma, size=n_cols)
+            size = size * rng.choice([-1.0, 1.0], size=n_cols)
             delta[cols] = size * self.series.std[cols]
             self._add(k, delta)
         return f"n_columns={n_cols}", (), 0
 
     def scaling(self, rng: np.random.Generator, start: int, stop: int) -> _Info:
-        n_cols = max(2, int(rng.uniform(0.01, 0.05) * len(self.layout)))
+        n_cols = max(2, int(rng.uniform(*self.mag.column_share) * len(self.layout)))
         cols = rng.choice(len(self.layout), size=n_cols, replace=False)
-        s = float(rng.uniform(0.1, 0.5) * rng.choice([-1.0, 1.0]))
+        s = float(rng.uniform(*self.mag.scaling) * rng.choice([-1.0, 1.0]))
         for k in range(start, stop):
             delta = np.zeros(len(self.layout))
             delta[cols] = self.data[k, cols] * s
@@ -288,7 +333,7 @@ class AttackInjector:
     def replay(self, rng: np.random.Generator, start: int, stop: int) -> _Info:
         lags = [d * STEPS_PER_DAY for d in (1, 2, 3) if d * STEPS_PER_DAY <= start]
         lag = int(rng.choice(lags)) if lags else start  # feasible() ensures start >= length
-        buses = self.grid.region(rng, int(rng.integers(2, 8)))
+        buses = self.grid.region(rng, int(rng.integers(*self.mag.replay_region)))
         cols = np.flatnonzero(self.layout.mask_touching(set(buses)))
         for k in range(start, stop):
             row = self.data[k].copy()
@@ -300,7 +345,7 @@ class AttackInjector:
         ders = self.grid.der
         n = int(rng.integers((len(ders) + 1) // 2, len(ders) + 1))
         chosen = sorted(int(b) for b in rng.choice(ders, size=n, replace=False))
-        share = float(rng.uniform(0.2, 0.6))
+        share = float(rng.uniform(*self.mag.der_share))
         p_cols = {
             m.bus: k
             for k, m in enumerate(self.layout.measurements)
@@ -364,18 +409,20 @@ def inject_attacks(
     seed: int,
     kinds: tuple[str, ...] = ATTACK_KINDS,
     model: AcMeasurementModel | None = None,
+    magnitudes: AttackMagnitudes | None = None,
 ) -> AttackedSeries:
     """Inject attack episodes until about ``rate`` of the rows are attacked.
 
     Episodes last 4-48 steps (ramps 16-64), do not overlap, are separated by clean
-    gaps, and cycle through ``kinds`` in a random order.
+    gaps, and cycle through ``kinds`` in a random order. ``magnitudes``: the ranges
+    attack sizes are drawn from (default :class:`AttackMagnitudes`).
     """
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"attack rate must be in [0, 1), got {rate}")
     unknown = [k for k in kinds if k not in ATTACK_KINDS]
     if unknown or not kinds:
         raise ValueError(f"unknown attack kinds {unknown}; choose from {', '.join(ATTACK_KINDS)}")
-    injector = AttackInjector(series, model)
+    injector = AttackInjector(series, model, magnitudes)
     rng = np.random.default_rng(seed)
     n = len(series.t)
     target = round(rate * n)

@@ -66,6 +66,12 @@ def _write(frame: pd.DataFrame, path: Path, metadata: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def write_table(path: Path, frame: pd.DataFrame, metadata: dict[str, Any] | None = None) -> None:
+    """Write any frame to ``path`` as Parquet (atomically), with gridfort metadata."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(frame, path, dict(metadata or {}))
+
+
 def write_dataset(
     path: Path,
     data: pd.DataFrame,
@@ -86,6 +92,14 @@ def write_dataset(
         _write(labels, labels_path(path), meta)
 
 
+def read_table(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read any Parquet file (no schema check) and its gridfort metadata.
+
+    Refuses a missing, truncated or non-Parquet file with one clear ``DatasetError``.
+    """
+    return _read(path)
+
+
 def _read(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -93,8 +107,18 @@ def _read(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
+        names = list(parquet.schema_arrow.names)
     except (pa.ArrowException, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DatasetError(f"{path}: not a readable Parquet file (truncated?): {first}") from e
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise DatasetError(f"{path}: duplicate column(s) {', '.join(map(repr, dups[:3]))}")
+    try:
+        table = parquet.read()
+        frame = table.to_pandas()
+    except (pa.ArrowException, OSError, ValueError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DatasetError(f"{path}: not a readable Parquet file (truncated?): {first}") from e
     raw = (table.schema.metadata or {}).get(META_KEY)
@@ -106,7 +130,7 @@ def _read(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
             raise DatasetError(f"{path}: unreadable gridfort metadata") from e
         if isinstance(loaded, dict):
             meta = loaded
-    return table.to_pandas(), meta
+    return frame, meta
 
 
 def _check_t(frame: pd.DataFrame, where: str) -> None:

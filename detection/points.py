@@ -60,7 +60,7 @@ class GridPoint:
 
 
 def grid_point(grid: str, column: str) -> GridPoint:
-    """The telemetry point of layout ``column`` on ``grid`` (``ValueError`` if not a layout column)."""
+    """The telemetry point of layout ``column`` on ``grid`` (``ValueError`` if none)."""
     m = _COLUMN.match(column)
     if m is None or m.group(3) not in _VALID_PAIRS[m.group(1)]:
         raise ValueError(f"{column!r} is not a measurement-layout column")

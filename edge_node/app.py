@@ -15,6 +15,8 @@ from edge_node.commands import CommandExecutor, CommandSeqStore, DeviceState
 from edge_node.config import DeviceConfig, EdgeConfig
 from edge_node.credentials import EdgeCredentials
 from edge_node.devices.base import DeviceAdapter, DeviceError, DeviceLimits
+from edge_node.frequency_meter import meter_for
+from edge_node.frequency_response import FrequencyResponder
 from edge_node.outbox import Outbox
 from edge_node.sampler import Sampler
 from edge_node.uplinks.grpc import GrpcUplink, UplinkSettings
@@ -62,7 +64,17 @@ class EdgeNode:
             dev.asset_id: DeviceState(adapter_factory(dev), DeviceLimits(rated_p_kw=0.0))
             for dev in config.devices
         }
+        self.frequency = FrequencyResponder(
+            devices=self.devices,
+            meters={dev.asset_id: m for dev in config.devices if (m := meter_for(dev)) is not None},
+            site_limits=config.site_limits,
+            clock=self.clock,
+            audit=self.audit,
+            controller_id=self.credentials.controller.spiffe_id,
+            interval_s=config.frequency_poll_s,
+        )
         self.executor = CommandExecutor(
+            frequency=self.frequency,
             site_id=config.site_id,
             controller=self.credentials.controller,
             devices=self.devices,
@@ -143,6 +155,7 @@ class EdgeNode:
         await reap(task)
         task, self._nats_task = self._nats_task, None
         await reap(task)
+        await self.frequency.stop()
         for state in self.devices.values():
             with contextlib.suppress(DeviceError, TimeoutError):
                 await asyncio.wait_for(state.adapter.close(), STOP_TIMEOUT_S)

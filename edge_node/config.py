@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detection.grid import GRID_NAMES
 from edge_node.devices.base import AssetKind
 from edge_node.safety_limits import SiteLimits
 from security.refusals import ConfigError
@@ -16,7 +17,8 @@ from security.refusals import ConfigError
 @dataclass(frozen=True)
 class DeviceConfig:
     """One device. ``protocol`` is ``sunspec`` (address ``host:port``, ``unit_id``) or
-    ``opcua`` (address ``opc.tcp://host:port/...``)."""
+    ``opcua`` (address ``opc.tcp://host:port/...``). A substation RTU is kind
+    ``grid_rtu`` over ``opcua`` and names the ``grid`` model it measures."""
 
     asset_id: str
     kind: AssetKind
@@ -29,6 +31,7 @@ class DeviceConfig:
     opcua_client_key: Path | None = None
     opcua_server_cert: Path | None = None
     opcua_application_uri: str = "urn:gridfort:edge:opcua-client"
+    grid: str = ""  # grid_rtu only: one of detection.grid.GRID_NAMES
 
     def __post_init__(self) -> None:
         if self.protocol not in ("sunspec", "opcua"):
@@ -41,6 +44,15 @@ class DeviceConfig:
                 raise ConfigError(f"devices.{self.asset_id}.address: expected HOST:PORT")
             if not 1 <= self.unit_id <= 247:
                 raise ConfigError(f"devices.{self.asset_id}.unit_id: must be 1..247")
+        if self.kind is AssetKind.GRID_RTU:
+            if self.protocol != "opcua":
+                raise ConfigError(f"devices.{self.asset_id}.protocol: a grid_rtu speaks 'opcua'")
+            if self.grid not in GRID_NAMES:
+                raise ConfigError(
+                    f"devices.{self.asset_id}.grid: must be one of {', '.join(GRID_NAMES)}"
+                )
+        elif self.grid:
+            raise ConfigError(f"devices.{self.asset_id}.grid: only for kind 'grid_rtu'")
         tls = (self.opcua_client_cert, self.opcua_client_key, self.opcua_server_cert)
         if any(tls) and not all(tls):
             raise ConfigError(
@@ -61,6 +73,7 @@ class EdgeConfig:
     transport: str = "grpc"  # "grpc", "nats", or "both" (gRPC primary, NATS on failure)
     nats_servers: tuple[str, ...] = ()  # e.g. ("tls://127.0.0.1:4222",)
     nats_server_name: str = ""  # TLS name on the broker's certificate (default: dialled host)
+    frequency_poll_s: float = 0.02  # how often armed frequency response reads the frequency
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -74,6 +87,8 @@ class EdgeConfig:
             raise ConfigError("devices: at least one device is required")
         if self.transport not in ("grpc", "nats", "both"):
             raise ConfigError("transport: must be 'grpc', 'nats' or 'both'")
+        if not 0.005 <= self.frequency_poll_s <= 1.0:
+            raise ConfigError("frequency_poll_s: must be between 0.005 and 1 s")
         if self.transport != "grpc" and not self.nats_servers:
             raise ConfigError(f"nats_servers: required for transport {self.transport!r}")
 
@@ -98,6 +113,7 @@ class EdgeConfig:
                     opcua_client_cert=_path(base, d.get("opcua_client_cert")),
                     opcua_client_key=_path(base, d.get("opcua_client_key")),
                     opcua_server_cert=_path(base, d.get("opcua_server_cert")),
+                    grid=str(d.get("grid", "")),
                 )
                 for d in raw.get("devices", [])
             )
@@ -112,6 +128,7 @@ class EdgeConfig:
                 transport=str(raw.get("transport", "grpc")),
                 nats_servers=tuple(str(u) for u in raw.get("nats_servers", ())),
                 nats_server_name=str(raw.get("nats_server_name", "")),
+                frequency_poll_s=float(raw.get("frequency_poll_s", 0.02)),
                 site_limits=SiteLimits(
                     max_export_kw=float(limits.get("max_export_kw", math.inf)),
                     max_import_kw=float(limits.get("max_import_kw", math.inf)),

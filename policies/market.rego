@@ -1,29 +1,46 @@
 # Market actions: default deny; every deny reason is "CODE: message".
 #
-# The decision is a function of the input document, decision_for(inp), so the tests in
-# market_test.rego call it with fixtures instead of `with input as` (which the embedded
-# engine, regopy 1.5.2, cannot evaluate). `decision` is the entry point the engines
-# query. facts(inp) reads every field once (rule bodies then do cheap lookups: this keeps
-# a decision well under 1 ms). Input schema and reason codes: docs/policy-writing.md.
+# Entry point: `decision` = {"allow": bool, "reasons": [string]}, the one document the
+# engines query. Input schema and reason codes: docs/policy-writing.md.
+#
+# Two paths, one decision:
+#   - shape_ok: every field the action kind needs is present and has its type. Then the
+#     `violations` rules apply every market rule, reading fields by plain reference;
+#   - otherwise `shape_errors` names each missing or ill-typed field (and nothing else:
+#     an incomplete document is denied for being incomplete); if it names nothing,
+#     INPUT_INCOMPLETE still denies, so the two paths cannot both miss.
+# Rules read `input` directly (no fixtures as function arguments), so the tests are a
+# table of input documents (`cases` in market_test.rego) that the loader decides one by
+# one; `test_*` rules test the helper functions. This shape is also what keeps a decision
+# cheap in the embedded engine (docs/policy-writing.md, "Decision latency"): every
+# shared value (action, context, kind, volume, identity parts) is a rule, evaluated once
+# per decision; the rule path calls no object.get, object.keys or object constructor
+# (each costs about ten comparisons there); the limits are a data document (a lookup into
+# `data` is far cheaper there than into a constant rule object); a rule checks its
+# cheapest selector first (trade, order, id_ok) and builds its message only after its
+# condition held.
 #
 # Workarounds for regopy 1.5.2, all portable Rego that OPA evaluates the same way:
+#   - `with input as ...` aborts the embedded engine (the whole process): never use it;
 #   - messages are built with concat(), never sprintf() on strings (it quotes them
 #     without escaping); text() keeps a hostile non-string out of a message;
 #   - multiple_of() instead of `%` (5000 % 100 comes back as "00", which is != 0);
 #   - larger() instead of max() (max([1950, 30]) comes back as 30);
-#   - index lookups like lot_min_kw[f.product] bind the key first (no calls in the key).
+#   - inside a comprehension, a function argument used as a key (m[k]) is treated as
+#     unbound and iterates over every key: bind such keys to a local first;
+#   - `some k, v in x` does not parse inside a one-line comprehension: use `v := x[k]`.
 package gridfort.market
 
 import rego.v1
 
-decision := decision_for(input)
+# The limits: a data document (policies/market_params.json), part of the policy version.
+import data.gridfort.market_params as params
 
-decision_for(inp) := {"allow": count(r) == 0, "reasons": sort([m | some m in r])} if {
-	f := facts(inp)
-	r := reasons(f)
-}
+decision := {"allow": count(reasons) == 0, "reasons": sort(reasons)}
 
-reasons(f) := (((((((((input_reasons(f) | identity_reasons(f)) | role_reasons(f)) | kill_switch_reasons(f)) | lot_reasons(f)) | gate_reasons(f)) | flexibility_reasons(f)) | limit_reasons(f)) | price_reasons(f)) | four_eyes_reasons(f))
+reasons := violations if {
+	shape_ok
+} else := shape_reasons
 
 trade_kinds := {"submit", "modify", "manual_override"}
 
@@ -31,7 +48,93 @@ order_kinds := {"submit", "modify", "manual_override", "cancel"}
 
 action_kinds := {"submit", "modify", "manual_override", "cancel", "kill_switch"}
 
-products := {"day_ahead", "intraday", "capacity", "fcr", "afrr"}
+products := {"day_ahead", "intraday", "capacity", "fcr", "afrr_pos", "afrr_neg", "afrr_energy_pos", "afrr_energy_neg"}
+
+# Reserves: offered (sell) only; a buy of one is not a market action here.
+reserve_products := {"fcr", "afrr_pos", "afrr_neg", "afrr_energy_pos", "afrr_energy_neg", "capacity"}
+
+sides := {"buy", "sell"}
+
+# -- shared values, each evaluated once per decision ---------------------------------------------
+
+a := input.action
+
+c := input.context
+
+actor := input.actor
+
+kind := a.kind
+
+trade := kind in trade_kinds
+
+order := kind in order_kinds
+
+product := a.product
+
+vol := a.volume_kw
+
+price := a.price_eur_per_mwh
+
+actor_id := actor.spiffe_id
+
+id_ok := well_formed(actor_id)
+
+# [trust domain, role, name] of the actor's SPIFFE ID ("" when it is malformed).
+id_parts := spiffe_parts(actor_id, id_ok)
+
+# -- the shape of a decidable input ---------------------------------------------------------------
+
+shape_ok if {
+	is_string(actor.spiffe_id)
+	is_string(actor.role)
+	is_number(c.now_ms)
+	is_string(c.trust_domain)
+	is_boolean(c.kill_switch_on)
+	is_array(c.approvals)
+	kind_shape_ok(kind)
+}
+
+kind_shape_ok("submit") if trade_shape_ok
+
+kind_shape_ok("modify") if {
+	is_string(a.order_id)
+	trade_shape_ok
+}
+
+kind_shape_ok("manual_override") if trade_shape_ok
+
+kind_shape_ok("cancel") if {
+	is_string(a.order_id)
+	product in products
+	is_number(a.delivery_start_ms)
+	is_number(c.gate_closure_ms)
+}
+
+kind_shape_ok("kill_switch") if is_boolean(a.kill_switch_on)
+
+trade_shape_ok if {
+	product in products
+	a.side in sides
+	is_number(vol)
+	is_number(price)
+	is_number(a.delivery_start_ms)
+	is_number(c.gate_closure_ms)
+	is_boolean(c.delivery_aligned)
+	is_number(c.verified_flexibility_kw)
+	is_number(c.position_kw)
+	is_number(c.exposure_eur)
+	reference_ok(c.reference_price_eur_per_mwh)
+}
+
+reference_ok(null)
+
+reference_ok(x) if is_number(x)
+
+# -- why an input is not decidable (only evaluated when it is not) --------------------------------
+
+shape_reasons := shape_errors if {
+	count(shape_errors) > 0
+} else := {"INPUT_INCOMPLETE: the input document does not match the market action schema"}
 
 required_fields := {
 	"submit": ["product", "side", "volume_kw", "price_eur_per_mwh", "delivery_start_ms"],
@@ -41,44 +144,133 @@ required_fields := {
 	"kill_switch": ["kill_switch_on"],
 }
 
-trade_context := ["now_ms", "trust_domain", "kill_switch_on", "gate_closure_ms", "delivery_aligned", "verified_flexibility_kw", "position_kw", "exposure_eur"]
+base_context := ["now_ms", "trust_domain", "kill_switch_on", "approvals"]
+
+trade_context := array.concat(base_context, ["gate_closure_ms", "delivery_aligned", "verified_flexibility_kw", "position_kw", "exposure_eur"])
 
 required_context := {
 	"submit": trade_context,
 	"modify": trade_context,
 	"manual_override": trade_context,
-	"cancel": ["now_ms", "trust_domain", "kill_switch_on", "gate_closure_ms"],
-	"kill_switch": ["now_ms", "trust_domain", "kill_switch_on"],
+	"cancel": array.concat(base_context, ["gate_closure_ms"]),
+	"kill_switch": base_context,
 }
 
-# -- facts: every field read once, with defaults -------------------------------------------------
-
-facts(inp) := {
-	"action": a,
-	"ctx": c,
-	"kind": k,
-	"trade": k in trade_kinds,
-	"order": k in order_kinds,
-	"product": object.get(a, "product", ""),
-	"side": object.get(a, "side", ""),
-	"volume_kw": object.get(a, "volume_kw", null),
-	"price": object.get(a, "price_eur_per_mwh", null),
-	"actor_id": id,
-	"claimed_role": object.get(actor, "role", ""),
-	"parse_error": object.get(actor, "parse_error", ""),
-	"id_ok": ok,
-	"domain": spiffe_part(id, ok, 0),
-	"role": spiffe_part(id, ok, 1),
-	"trust_domain": object.get(c, "trust_domain", ""),
-	"approvals": object.get(c, "approvals", []),
-} if {
-	a := object.get(inp, "action", {})
-	c := object.get(inp, "context", {})
-	actor := object.get(inp, "actor", {})
-	k := object.get(a, "kind", "")
-	id := object.get(actor, "spiffe_id", "")
-	ok := well_formed(id)
+# The type each field must have.
+field_types := {
+	"order_id": "string",
+	"product": "string",
+	"side": "string",
+	"volume_kw": "number",
+	"price_eur_per_mwh": "number",
+	"delivery_start_ms": "number",
+	"kill_switch_on": "boolean",
+	"now_ms": "number",
+	"trust_domain": "string",
+	"approvals": "array",
+	"gate_closure_ms": "number",
+	"delivery_aligned": "boolean",
+	"verified_flexibility_kw": "number",
+	"position_kw": "number",
+	"exposure_eur": "number",
 }
+
+has_type(x, "string") if is_string(x)
+
+has_type(x, "number") if is_number(x)
+
+has_type(x, "boolean") if is_boolean(x)
+
+has_type(x, "array") if is_array(x)
+
+# An ill-typed volume or price keeps the code of the rule it feeds.
+type_codes := {"volume_kw": "LOT_INVALID", "price_eur_per_mwh": "PRICE_INVALID"}
+
+shape_errors contains "INPUT_INCOMPLETE: the input document is not an object" if not is_object(input)
+
+shape_errors contains msg if {
+	some part in ["action", "context", "actor"]
+	not is_object(object.get(input, part, null))
+	msg := concat("", ["INPUT_INCOMPLETE: the input document has no ", part, " object"])
+}
+
+raw_action := object.get(input, "action", {})
+
+raw_context := object.get(input, "context", {})
+
+raw_actor := object.get(input, "actor", {})
+
+raw_kind := object.get(raw_action, "kind", "")
+
+shape_errors contains msg if {
+	not raw_kind in action_kinds
+	msg := concat("", ["UNKNOWN_ACTION: action kind ", text(raw_kind), " is not one of cancel, kill_switch, manual_override, modify, submit"])
+}
+
+shape_errors contains msg if {
+	k := raw_kind
+	some field in required_fields[k]
+	object.get(raw_action, field, null) == null
+	msg := concat("", ["INPUT_INCOMPLETE: ", k, " action has no ", field])
+}
+
+shape_errors contains msg if {
+	k := raw_kind
+	some field in object.get(required_context, k, base_context)
+	object.get(raw_context, field, null) == null
+	msg := concat("", ["INPUT_INCOMPLETE: context has no ", field])
+}
+
+shape_errors contains msg if {
+	k := raw_kind
+	some field in required_fields[k]
+	msg := type_error(field, object.get(raw_action, field, null))
+}
+
+shape_errors contains msg if {
+	k := raw_kind
+	some field in object.get(required_context, k, base_context)
+	msg := type_error(field, object.get(raw_context, field, null))
+}
+
+type_error(field, value) := msg if {
+	value != null
+	t := field_types[field]
+	not has_type(value, t)
+	code := object.get(type_codes, field, "INPUT_INCOMPLETE")
+	msg := concat("", [code, ": ", field, " is not of type ", t])
+}
+
+shape_errors contains msg if {
+	raw_kind in order_kinds
+	p := object.get(raw_action, "product", null)
+	is_string(p)
+	not p in products
+	msg := concat("", ["UNKNOWN_PRODUCT: product ", p, " is not one of afrr_energy_neg, afrr_energy_pos, afrr_neg, afrr_pos, capacity, day_ahead, fcr, intraday"])
+}
+
+shape_errors contains msg if {
+	raw_kind in trade_kinds
+	side := object.get(raw_action, "side", null)
+	is_string(side)
+	not side in sides
+	msg := concat("", ["INPUT_INCOMPLETE: side ", side, " is neither buy nor sell"])
+}
+
+shape_errors contains "PRICE_NO_REFERENCE: the reference price is neither a number nor null" if {
+	raw_kind in trade_kinds
+	not reference_ok(object.get(raw_context, "reference_price_eur_per_mwh", null))
+}
+
+shape_errors contains msg if {
+	id := object.get(raw_actor, "spiffe_id", null)
+	not is_string(id)
+	msg := concat("", ["ACTOR_MALFORMED: actor ", text(id), " is not a SPIFFE ID spiffe://<domain>/<role>/<name> (no spiffe_id string)"])
+}
+
+shape_errors contains "INPUT_INCOMPLETE: actor has no role" if not is_string(object.get(raw_actor, "role", null))
+
+# -- helpers ------------------------------------------------------------------------------------
 
 spiffe_re := `^spiffe://[a-z0-9._-]+/(edge|control-plane|operator|soc)/[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$`
 
@@ -89,9 +281,9 @@ well_formed(id) := true if {
 	not contains(id, "..")
 } else := false
 
-spiffe_part(id, true, i) := split(trim_prefix(id, "spiffe://"), "/")[i]
+spiffe_parts(id, true) := split(trim_prefix(id, "spiffe://"), "/")
 
-spiffe_part(_, false, _) := ""
+spiffe_parts(_, false) := ["", "", ""]
 
 text(x) := x if is_string(x)
 
@@ -106,203 +298,199 @@ multiple_of(v, inc) if {
 	q == floor(q)
 }
 
-larger(a, b) := a if a >= b
+larger(x, y) := x if x >= y
 
-larger(a, b) := b if a < b
+larger(x, y) := y if x < y
 
 in_range(x, lo, hi) if {
 	x >= lo
 	x <= hi
 }
 
-# -- input completeness --------------------------------------------------------------------------
+local_start := text(object.get(c, "delivery_start_local", "?"))
 
-input_reasons(f) := {msg |
-	not f.kind in action_kinds
-	msg := concat("", ["UNKNOWN_ACTION: action kind ", text(f.kind), " is not one of cancel, kill_switch, manual_override, modify, submit"])
-} | {msg |
-	k := f.kind
-	some field in required_fields[k]
-	object.get(f.action, field, null) == null
-	msg := concat("", ["INPUT_INCOMPLETE: ", k, " action has no ", field])
-} | {msg |
-	k := f.kind
-	some field in object.get(required_context, k, ["now_ms", "trust_domain", "kill_switch_on"])
-	object.get(f.ctx, field, null) == null
-	msg := concat("", ["INPUT_INCOMPLETE: context has no ", field])
-} | {msg |
-	f.order
-	not f.product in products
-	msg := concat("", ["UNKNOWN_PRODUCT: product ", text(f.product), " is not one of afrr, capacity, day_ahead, fcr, intraday"])
-} | {msg |
-	f.trade
-	not f.side in {"buy", "sell"}
-	msg := concat("", ["INPUT_INCOMPLETE: side ", text(f.side), " is neither buy nor sell"])
-}
+local_gate := text(object.get(c, "gate_closure_local", "?"))
 
 # -- identity: a well-formed SPIFFE ID of our trust domain whose role matches the claim ----------
 
-identity_reasons(f) := {msg |
-	f.id_ok == false
-	msg := concat("", ["ACTOR_MALFORMED: actor ", text(f.actor_id), " is not a SPIFFE ID spiffe://<domain>/<role>/<name> (", text(f.parse_error), ")"])
-} | {msg |
-	f.id_ok == true
-	f.domain != f.trust_domain
-	msg := concat("", ["WRONG_TRUST_DOMAIN: actor ", f.actor_id, " is of trust domain ", f.domain, ", not ", text(f.trust_domain)])
-} | {msg |
-	f.id_ok == true
-	f.claimed_role != f.role
-	msg := concat("", ["ROLE_MISMATCH: actor claims role ", text(f.claimed_role), " but its SPIFFE ID says ", f.role])
+violations contains msg if {
+	not id_ok
+	msg := concat("", ["ACTOR_MALFORMED: actor ", actor_id, " is not a SPIFFE ID spiffe://<domain>/<role>/<name> (", text(object.get(actor, "parse_error", "")), ")"])
+}
+
+violations contains msg if {
+	id_ok
+	id_parts[0] != c.trust_domain
+	msg := concat("", ["WRONG_TRUST_DOMAIN: actor ", actor_id, " is of trust domain ", id_parts[0], ", not ", c.trust_domain])
+}
+
+violations contains msg if {
+	id_ok
+	actor.role != id_parts[1]
+	msg := concat("", ["ROLE_MISMATCH: actor claims role ", actor.role, " but its SPIFFE ID says ", id_parts[1]])
 }
 
 # -- roles: operators trade, the SOC flips the kill switch ---------------------------------------
 
-role_reasons(f) := {msg |
-	f.order
-	f.id_ok == true
-	f.role != "operator"
-	msg := concat("", ["ROLE_NOT_ALLOWED: role ", f.role, " may not ", f.kind, "; only operator identities trade"])
-} | {msg |
-	f.kind == "kill_switch"
-	f.id_ok == true
-	f.role != "soc"
-	msg := concat("", ["ROLE_NOT_ALLOWED: role ", f.role, " may not flip the market kill switch; only soc identities may"])
+violations contains msg if {
+	order
+	id_ok
+	id_parts[1] != "operator"
+	msg := concat("", ["ROLE_NOT_ALLOWED: role ", id_parts[1], " may not ", kind, "; only operator identities trade"])
+}
+
+violations contains msg if {
+	kind == "kill_switch"
+	id_ok
+	id_parts[1] != "soc"
+	msg := concat("", ["ROLE_NOT_ALLOWED: role ", id_parts[1], " may not flip the market kill switch; only soc identities may"])
 }
 
 # -- kill switch: when on, everything is denied except the SOC switching it off ------------------
 
-kill_switch_reasons(f) := {msg |
-	f.ctx.kill_switch_on == true
-	not switching_off(f)
-	msg := concat("", ["KILL_SWITCH_ON: the market kill switch is on; ", text(f.kind), " denied until the SOC switches it off"])
+violations contains msg if {
+	c.kill_switch_on == true
+	not switching_off
+	msg := concat("", ["KILL_SWITCH_ON: the market kill switch is on; ", kind, " denied until the SOC switches it off"])
 }
 
-switching_off(f) if {
-	f.kind == "kill_switch"
-	f.action.kill_switch_on == false
+switching_off if {
+	kind == "kill_switch"
+	a.kill_switch_on == false
+}
+
+# -- gate closure (every order action, cancel included) and delivery period ----------------------
+
+violations contains msg if {
+	order
+	c.now_ms >= c.gate_closure_ms
+	msg := concat("", ["GATE_CLOSED: ", product, " gate for delivery ", local_start, " closed at ", local_gate])
+}
+
+violations contains msg if {
+	trade
+	c.delivery_aligned != true
+	msg := concat("", ["DELIVERY_NOT_ALIGNED: delivery start ", local_start, " is not the start of a ", product, " product period"])
+}
+
+# -- reserves and capacity are offered, never bought ----------------------------------------------
+
+violations contains msg if {
+	trade
+	product in reserve_products
+	a.side == "buy"
+	msg := concat("", ["WRONG_SIDE: ", product, " is offered (sell) only; Gridfort does not buy reserves or capacity"])
 }
 
 # -- lot size and increments ----------------------------------------------------------------------
 
-lot_reasons(f) := {msg |
-	f.trade
-	not is_number(f.volume_kw)
-	msg := "LOT_INVALID: volume_kw is not a number"
-} | {msg |
-	f.trade
-	p := f.product
-	min_kw := lot_min_kw[p]
-	f.volume_kw < min_kw
-	msg := concat("", ["LOT_TOO_SMALL: ", num(f.volume_kw / 1000), " MW is below the ", p, " minimum of ", num(min_kw / 1000), " MW"])
-} | {msg |
-	f.trade
-	p := f.product
-	max_kw := lot_max_kw[p]
-	f.volume_kw > max_kw
-	msg := concat("", ["LOT_TOO_LARGE: ", num(f.volume_kw / 1000), " MW is above the ", p, " maximum of ", num(max_kw / 1000), " MW per order"])
-} | {msg |
-	f.trade
-	is_number(f.volume_kw)
-	p := f.product
-	inc := lot_increment_kw[p]
-	not multiple_of(f.volume_kw, inc)
-	msg := concat("", ["LOT_INCREMENT: ", num(f.volume_kw / 1000), " MW is not a multiple of the ", p, " increment of ", num(inc / 1000), " MW"])
+violations contains msg if {
+	trade
+	min_kw := params.lot_min_kw[product]
+	vol < min_kw
+	msg := concat("", ["LOT_TOO_SMALL: ", num(vol / 1000), " MW is below the ", product, " minimum of ", num(min_kw / 1000), " MW"])
 }
 
-# -- gate closure and delivery period -------------------------------------------------------------
+violations contains msg if {
+	trade
+	max_kw := params.lot_max_kw[product]
+	vol > max_kw
+	msg := concat("", ["LOT_TOO_LARGE: ", num(vol / 1000), " MW is above the ", product, " maximum of ", num(max_kw / 1000), " MW per order"])
+}
 
-gate_reasons(f) := {msg |
-	f.order
-	f.ctx.now_ms >= f.ctx.gate_closure_ms
-	msg := concat("", ["GATE_CLOSED: ", text(f.product), " gate for delivery ", text(object.get(f.ctx, "delivery_start_local", "?")), " closed at ", text(object.get(f.ctx, "gate_closure_local", "?"))])
-} | {msg |
-	f.trade
-	f.ctx.delivery_aligned != true
-	msg := concat("", ["DELIVERY_NOT_ALIGNED: delivery start ", text(object.get(f.ctx, "delivery_start_local", "?")), " is not the start of a ", text(f.product), " product period"])
+violations contains msg if {
+	trade
+	inc := params.lot_increment_kw[product]
+	not multiple_of(vol, inc)
+	msg := concat("", ["LOT_INCREMENT: ", num(vol / 1000), " MW is not a multiple of the ", product, " increment of ", num(inc / 1000), " MW"])
 }
 
 # -- volume within the verified available flexibility (computed from gated state only) -----------
 
-flexibility_reasons(f) := {msg |
-	f.trade
-	flex := f.ctx.verified_flexibility_kw
-	f.volume_kw > flex
-	msg := concat("", ["ABOVE_VERIFIED_FLEXIBILITY: ", num(f.volume_kw / 1000), " MW exceeds the verified available flexibility of ", num(flex / 1000), " MW"])
+violations contains msg if {
+	trade
+	flex := c.verified_flexibility_kw
+	vol > flex
+	msg := concat("", ["ABOVE_VERIFIED_FLEXIBILITY: ", num(vol / 1000), " MW exceeds the verified available flexibility of ", num(flex / 1000), " MW", flexibility_basis_text])
 }
+
+# What the verified flexibility rests on, when the caller says (context.verified_flexibility_basis).
+flexibility_basis_text := t if {
+	b := c.verified_flexibility_basis
+	t := concat("", [" (gated state of ", num(object.get(b, "counted", null)), " assets; left out: ", num(object.get(b, "suspect", null)), " suspect after a gate quarantine, ", num(object.get(b, "stale", null)), " stale, ", num(object.get(b, "no_state", null)), " without state)"])
+} else := ""
 
 # -- position and exposure limits -----------------------------------------------------------------
 
-signed_kw(f) := f.volume_kw if f.side == "sell"
+signed_kw("sell", v) := v
 
-signed_kw(f) := 0 - f.volume_kw if f.side == "buy"
+signed_kw("buy", v) := 0 - v
 
-limit_reasons(f) := {msg |
-	f.trade
-	after := f.ctx.position_kw + signed_kw(f)
-	abs(after) > position_limit_kw
-	msg := concat("", ["POSITION_LIMIT: net position would be ", num(after / 1000), " MW, beyond the limit of ", num(position_limit_kw / 1000), " MW"])
-} | {msg |
-	f.trade
-	p := f.product
-	hours := product_duration_h[p]
-	after := f.ctx.exposure_eur + (((f.volume_kw / 1000) * abs(f.price)) * hours)
-	after > exposure_limit_eur
-	msg := concat("", ["EXPOSURE_LIMIT: open exposure would be ", num(after), " EUR, beyond the limit of ", num(exposure_limit_eur), " EUR"])
+violations contains msg if {
+	trade
+	after := c.position_kw + signed_kw(a.side, vol)
+	abs(after) > params.position_limit_kw
+	msg := concat("", ["POSITION_LIMIT: net position would be ", num(after / 1000), " MW, beyond the limit of ", num(params.position_limit_kw / 1000), " MW"])
+}
+
+violations contains msg if {
+	trade
+	hours := params.product_duration_h[product]
+	after := c.exposure_eur + (((vol / 1000) * abs(price)) * hours)
+	after > params.exposure_limit_eur
+	msg := concat("", ["EXPOSURE_LIMIT: open exposure would be ", num(after), " EUR, beyond the limit of ", num(params.exposure_limit_eur), " EUR"])
 }
 
 # -- price sanity: market limits and a band around the reference price ---------------------------
 
-band_eur(ref) := larger((abs(ref) * price_band_pct) / 100, price_band_floor_eur_per_mwh)
+band_eur(ref) := larger((abs(ref) * params.price_band_pct) / 100, params.price_band_floor_eur_per_mwh)
 
-price_reasons(f) := {msg |
-	f.trade
-	not is_number(f.price)
-	msg := "PRICE_INVALID: price_eur_per_mwh is not a number"
-} | {msg |
-	f.trade
-	is_number(f.price)
-	p := f.product
-	lo := price_min_eur_per_mwh[p]
-	hi := price_max_eur_per_mwh[p]
-	not in_range(f.price, lo, hi)
-	msg := concat("", ["PRICE_OUT_OF_MARKET_LIMITS: ", num(f.price), " EUR/MWh is outside the ", p, " limits ", num(lo), "..", num(hi), " EUR/MWh"])
-} | {msg |
-	f.trade
-	not is_number(object.get(f.ctx, "reference_price_eur_per_mwh", null))
-	msg := "PRICE_NO_REFERENCE: no reference price to check the order price against"
-} | {msg |
-	f.trade
-	is_number(f.price)
-	ref := f.ctx.reference_price_eur_per_mwh
+violations contains msg if {
+	trade
+	lo := params.price_min_eur_per_mwh[product]
+	hi := params.price_max_eur_per_mwh[product]
+	not in_range(price, lo, hi)
+	msg := concat("", ["PRICE_OUT_OF_MARKET_LIMITS: ", num(price), " EUR/MWh is outside the ", product, " limits ", num(lo), "..", num(hi), " EUR/MWh"])
+}
+
+violations contains "PRICE_NO_REFERENCE: no reference price to check the order price against" if {
+	trade
+	c.reference_price_eur_per_mwh == null
+}
+
+violations contains msg if {
+	trade
+	ref := c.reference_price_eur_per_mwh
 	is_number(ref)
 	band := band_eur(ref)
-	abs(f.price - ref) > band
-	msg := concat("", ["PRICE_OUT_OF_BAND: ", num(f.price), " EUR/MWh deviates from the reference ", num(ref), " EUR/MWh by more than ", num(band), " EUR/MWh"])
+	abs(price - ref) > band
+	msg := concat("", ["PRICE_OUT_OF_BAND: ", num(price), " EUR/MWh deviates from the reference ", num(ref), " EUR/MWh by more than ", num(band), " EUR/MWh"])
 }
 
 # -- four eyes: a different operator of our domain approves large orders and every override ------
 
-needs_four_eyes(f) if {
-	f.trade
-	f.volume_kw > four_eyes_threshold_kw
+needs_four_eyes if {
+	trade
+	vol > params.four_eyes_threshold_kw
 }
 
-needs_four_eyes(f) if f.kind == "manual_override"
+needs_four_eyes if kind == "manual_override"
 
-valid_approval(f, a) if {
-	a != f.actor_id
-	well_formed(a) == true
-	spiffe_part(a, true, 0) == f.trust_domain
-	spiffe_part(a, true, 1) == "operator"
+valid_approval(x) if {
+	x != actor_id
+	well_formed(x) == true
+	parts := spiffe_parts(x, true)
+	parts[0] == c.trust_domain
+	parts[1] == "operator"
 }
 
-four_eyes_reasons(f) := {msg |
-	needs_four_eyes(f)
-	count([a | some a in f.approvals; valid_approval(f, a)]) == 0
-	why := four_eyes_why(f)
-	msg := concat("", ["FOUR_EYES_REQUIRED: ", f.kind, " of ", num(f.volume_kw / 1000), " MW needs the approval of a second operator (", why, ")"])
+violations contains msg if {
+	needs_four_eyes
+	count([x | some x in c.approvals; valid_approval(x)]) == 0
+	why := four_eyes_why
+	msg := concat("", ["FOUR_EYES_REQUIRED: ", kind, " of ", num(vol / 1000), " MW needs the approval of a second operator (", why, ")"])
 }
 
-four_eyes_why(f) := "self-approval does not count" if f.actor_id in f.approvals
+four_eyes_why := "self-approval does not count" if actor_id in c.approvals
 
-four_eyes_why(f) := "no valid approval" if not f.actor_id in f.approvals
+four_eyes_why := "no valid approval" if not actor_id in c.approvals

@@ -67,9 +67,18 @@ class Reason(StrEnum):
     COMMAND_UNSAFE = "COMMAND_UNSAFE"
     DEVICE_WRITE_FAILED = "DEVICE_WRITE_FAILED"
     COMMAND_UNSUPPORTED = "COMMAND_UNSUPPORTED"  # this edge cannot do the action at all
+    # dispatch (decided at the control plane about a site's behaviour)
+    DISPATCH_NOT_FOLLOWED = "DISPATCH_NOT_FOLLOWED"
+    DISPATCH_NOT_ACKNOWLEDGED = "DISPATCH_NOT_ACKNOWLEDGED"
     # receipts (decided at the edge)
     RECEIPT_BAD_SIGNATURE = "RECEIPT_BAD_SIGNATURE"
     # catch-all: never carries detail to the peer
+    # REST API (control_plane/api)
+    NOT_FOUND = "NOT_FOUND"  # no such route, alert or asset
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"  # path, query or body fails validation
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    # any transport
     INTERNAL = "INTERNAL"
     UNAVAILABLE = "UNAVAILABLE"
 

@@ -72,6 +72,9 @@ class ReplayGuard:
         self._lookup = committed_digest
         self._pending: dict[tuple[str, int], bytes] = {}
         self._reserved: dict[str, int] = dict(committed_hwm)
+        # Sequences below the reserved mark whose commit failed (released while a later
+        # batch of the site committed): the edge must be able to send them again.
+        self._holes: dict[str, set[int]] = {}
 
     def high_water_mark(self, site_id: str) -> int:
         """Highest committed sequence number of a site (0 if none)."""
@@ -82,7 +85,7 @@ class ReplayGuard:
     ) -> ReplayDecision | Refusal:
         if seq <= 0:
             return Refusal(Reason.REPLAYED_SEQUENCE, "sequence numbers start at 1")
-        if seq <= self._reserved.get(site_id, 0):
+        if seq <= self._reserved.get(site_id, 0) and seq not in self._holes.get(site_id, ()):
             return self._check_resend(site_id, seq, digest)
         if signed_ms > now_ms + self.policy.skew_ms:
             return Refusal(
@@ -108,6 +111,12 @@ class ReplayGuard:
 
     def reserve(self, site_id: str, seq: int, digest: bytes) -> None:
         """Claim ``seq`` for a commit in flight. Call only right after a FRESH decision."""
+        holes = self._holes.get(site_id)
+        if holes is not None and seq in holes:  # a failed commit's sequence, sent again
+            holes.discard(seq)
+            self._pending[(site_id, seq)] = digest
+            self._reserved[site_id] = max(self._reserved.get(site_id, 0), seq)
+            return
         if seq <= self._reserved.get(site_id, 0):
             raise ValueError(f"sequence {seq} of {site_id} is not above the high-water mark")
         self._reserved[site_id] = seq
@@ -124,6 +133,13 @@ class ReplayGuard:
         self._pending.pop((site_id, seq), None)
         in_flight = [s for (site, s) in self._pending if site == site_id]
         self._reserved[site_id] = max([self._committed.get(site_id, 0), *in_flight])
+        holes = {h for h in self._holes.get(site_id, ()) if h < self._reserved[site_id]}
+        if seq < self._reserved[site_id]:  # a later batch got through: keep this one open
+            holes.add(seq)
+        if holes:
+            self._holes[site_id] = holes
+        else:
+            self._holes.pop(site_id, None)
 
 
 def _replay(site_id: str, seq: int) -> Refusal:

@@ -26,6 +26,14 @@ def register(sub: Any) -> None:
         help="edge uplink: gRPC, NATS JetStream, or both (gRPC primary, NATS on failure)",
     )
     p.add_argument(
+        "--nats-cluster",
+        type=int,
+        default=1,
+        metavar="N",
+        help="NATS nodes: 1 (one embedded server) or 3, 5, 7 (a loopback JetStream cluster, "
+        "routes over mutual TLS, the telemetry stream stored on 3 of them: R3)",
+    )
+    p.add_argument(
         "--state-dir",
         type=Path,
         default=Path(".gridfort/demo"),
@@ -45,6 +53,23 @@ def register(sub: Any) -> None:
             "the gate's energy-balance checks rightly flag the fast-forwarded batteries)"
         ),
     )
+    p.add_argument(
+        "--attack",
+        choices=["soc-inflation", "stealthy", "ramp", "scaling", "random"],
+        default=None,
+        help=(
+            "compromise a device partway through and show the FDI gate catch it: "
+            "soc-inflation (a battery lies about its charge), or a falsifying substation RTU"
+        ),
+    )
+    p.add_argument(
+        "--attack-after", type=float, default=15.0, help="seconds until the attack starts"
+    )
+    p.add_argument(
+        "--no-grid",
+        action="store_true",
+        help="no substation RTU and grid judge (starts faster; no torch)",
+    )
     p.set_defaults(handler=demo)
 
 
@@ -55,10 +80,14 @@ def demo(args: argparse.Namespace) -> int:
         sites=args.sites,
         duration_s=args.duration,
         transport=args.transport,
+        nats_cluster=args.nats_cluster,
         state_dir=args.state_dir,
         json_summary=args.json_summary,
         sample_interval_s=args.sample_interval,
         command_interval_s=args.command_interval,
         time_scale=args.time_scale,
+        grid=not args.no_grid,
+        attack=args.attack,
+        attack_after_s=args.attack_after,
     )
     return run_demo(options)

@@ -1,4 +1,4 @@
-"""Detection commands: ``detect generate`` (datasets of the false-data-injection gate)."""
+"""Detection commands: ``detect generate``, ``train``, ``eval`` and ``score``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ def register(sub: Any) -> None:
     from control_plane.cli.detect_train import register_train
 
     register_train(detect_sub)
+    from control_plane.cli.detect_score import register_score
+
+    register_score(detect_sub)
 
 
 def _progress(started: float) -> Any:

@@ -3,6 +3,12 @@
 Prints a scorecard table and writes JSON (default ``benchmarks/results/detect_<grid>.json``).
 Data: ``--data FILE.parquet`` (with ``FILE.labels.parquet``; split 50/20/30 % in time
 order) or ``--steps N`` generated rows (40/20/40 %, attacks only in the test segment).
+
+``--held-out`` generates the held-out scenario (:data:`detection.scenarios.HELD_OUT`:
+seeds, noise, load pattern and attack regions no training run sees): two weeks of
+clean history that every detector fits on (the deep detector adapts to it exactly as
+``detect score --history`` does), 11 clean days to calibrate thresholds on, then the
+attacked test period (``--steps`` in total, default 5,000).
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from detection.grid import GRID_NAMES
 
 DEFAULT_STEPS = 2000
 DEFAULT_ATTACK_RATE = 0.35
+DEFAULT_TARGET_FPR = 0.001
 GENERATED_SHARES = (0.4, 0.2)  # train, validation; the rest is the attacked test segment
+#: --held-out: rows of clean history (two weeks) and of clean validation (11 days)
+HELD_OUT_ROWS = (1344, 1056)
+HELD_OUT_STEPS = 5000
 
 
 def register_eval(detect_sub: Any) -> None:
@@ -31,7 +41,17 @@ def register_eval(detect_sub: Any) -> None:
     src.add_argument(
         "--steps", type=int, default=None, help=f"generate N rows (default {DEFAULT_STEPS})"
     )
-    p.add_argument("--seed", type=int, default=0, help="generation seed (with --steps)")
+    p.add_argument(
+        "--held-out",
+        action="store_true",
+        help="generate the held-out scenario (other seeds, noise, load pattern, regions)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="generation seed (default 0; with --held-out the held-out seed, and at least it)",
+    )
     p.add_argument(
         "--attack-rate",
         type=float,
@@ -39,7 +59,12 @@ def register_eval(detect_sub: Any) -> None:
         help=f"share of attacked test rows with --steps (default {DEFAULT_ATTACK_RATE})",
     )
     p.add_argument("--json", type=Path, default=None, help="output JSON path")
-    p.add_argument("--target-fpr", type=float, default=0.01, help="calibrated FPR (default 0.01)")
+    p.add_argument(
+        "--target-fpr",
+        type=float,
+        default=DEFAULT_TARGET_FPR,
+        help=f"calibrated FPR (default {DEFAULT_TARGET_FPR})",
+    )
     p.add_argument("--detectors", nargs="+", default=None, help="names to run (default: all)")
     p.add_argument(
         "--wls-rows", type=int, default=200, help="rows WLS scores per segment (it is slow)"
@@ -56,6 +81,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
     from detection.layout import build_layout
 
     if args.data is not None:
+        if args.held_out:
+            raise ValueError("--held-out generates its data; it cannot be combined with --data")
         layout = build_layout(load_grid(args.grid))
         ds = read_dataset(args.data, expected_columns=[*layout.columns, PRICE_COLUMN])
         data = evaluation_data(ds, args.grid, layout)
@@ -63,15 +90,18 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
         std = NoiseModel(**noise).std(layout, nominal_snapshot(args.grid)) if noise else None
         source: dict[str, Any] = {"data": str(args.data), "split": "50/20/30 % in time order"}
         return data, time_split(len(data.kinds)), std, source
+    if not 0.0 < args.attack_rate < 1.0:
+        raise ValueError(f"--attack-rate must be in (0, 1), got {args.attack_rate}")
+    if args.held_out:
+        return _held_out(args)
     steps = args.steps if args.steps is not None else DEFAULT_STEPS
     if steps < 100:
         raise ValueError(f"--steps must be at least 100, got {steps}")
-    if not 0.0 < args.attack_rate < 1.0:
-        raise ValueError(f"--attack-rate must be in (0, 1), got {args.attack_rate}")
+    seed = args.seed if args.seed is not None else 0
     data, split, std = generated_evaluation_data(
         args.grid,
         steps,
-        seed=args.seed,
+        seed=seed,
         attack_rate=args.attack_rate,
         train_share=GENERATED_SHARES[0],
         validation_share=GENERATED_SHARES[1],
@@ -79,9 +109,42 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
     )
     source = {
         "steps": steps,
-        "seed": args.seed,
+        "seed": seed,
         "attack_rate": args.attack_rate,
         "split": "40/20/40 % in time order, attacks only in the test segment",
+    }
+    return data, split, std, source
+
+
+def _held_out(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
+    from detection.evaluate import generated_evaluation_data
+    from detection.scenarios import HELD_OUT, HELD_OUT_SEED
+
+    steps = args.steps if args.steps is not None else HELD_OUT_STEPS
+    history, validation = HELD_OUT_ROWS
+    if steps < history + validation + 200:
+        raise ValueError(f"--steps must be at least {history + validation + 200} with --held-out")
+    seed = args.seed if args.seed is not None else HELD_OUT.seed
+    if seed < HELD_OUT_SEED:
+        raise ValueError(f"--held-out needs a seed of at least {HELD_OUT_SEED}, got {seed}")
+    data, split, std = generated_evaluation_data(
+        args.grid,
+        steps,
+        seed=seed,
+        attack_rate=args.attack_rate,
+        train_share=history / steps,
+        validation_share=validation / steps,
+        workers=args.workers,
+        scenario=HELD_OUT,
+    )
+    source = {
+        "held_out": True,
+        "steps": steps,
+        "seed": seed,
+        "attack_rate": args.attack_rate,
+        "scenario": {k: v for k, v in HELD_OUT.to_json().items() if k != "seed"},
+        "split": f"{history} clean history rows (fit / adapt), {validation} clean validation "
+        "rows (thresholds), then the attacked test segment, in time order",
     }
     return data, split, std, source
 
@@ -131,6 +194,20 @@ def _tables(cards: list[Any], target_fpr: float) -> list[Any]:
             f"{c.rows_per_s:,.0f}",
         )
         per_kind.add_row(name, *[_fmt(c.recall_per_kind.get(k), 2) for k in kinds])
+        if c.own_threshold is not None:
+            # the detector's own calibration: what `detect score --history` and the gate do
+            own = f"{c.detector} (own calibration)"
+            main.add_row(
+                own,
+                "",
+                _fmt(c.own_recall),
+                _fmt(c.own_false_positive_rate),
+                _fmt(c.own_localization_f1),
+                "",
+                "",
+            )
+            own_kinds = c.own_recall_per_kind or {}
+            per_kind.add_row(own, *[_fmt(own_kinds.get(k), 2) for k in kinds])
     return [main, per_kind]
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from control_plane.cli import admin, run
+from control_plane.cli import alerts as alerts_cli
 from control_plane.cli import bench as bench
 from control_plane.cli import demo_cmd as demo_cmd
 from control_plane.cli import detect as detect_cli
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect_cli.register(sub)
     market_cli.register(sub)
     optimize_cli.register(sub)
+    alerts_cli.register(sub)
     return parser
 
 

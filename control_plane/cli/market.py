@@ -37,6 +37,7 @@ from control_plane.markets.gateway import (
     MarketGateway,
     ScheduledBid,
 )
+from control_plane.markets.policy.backends import EngineKind, backend_for
 from control_plane.markets.policy.gateway import PolicyGate
 from control_plane.markets.policy.loader import PolicyLoader
 from control_plane.markets.settlement import (
@@ -67,6 +68,12 @@ def register(sub: Any) -> None:
     p.add_argument("--policies", type=Path, default=DEFAULT_POLICIES, metavar="DIR")
     p.add_argument("--audit-log", type=Path, default=None, help="default: a fresh temporary log")
     p.add_argument("--json", action="store_true", help="print the settlement as JSON")
+    p.add_argument(
+        "--engine",
+        choices=[k.value for k in EngineKind],
+        default=EngineKind.REGOPY.value,
+        help="policy engine (default: regopy, embedded)",
+    )
     p.set_defaults(handler=simulate_day)
 
 
@@ -165,18 +172,20 @@ def run_day(
     trust_domain: str,
     policies: Path,
     audit_path: Path,
+    engine: EngineKind = EngineKind.REGOPY,
 ) -> DayResult:
     """The whole round trip in simulated time (see the module doc)."""
     clock = ManualClock(_local_ms(day - timedelta(days=1), time(7, 0)))
     with AuditLog(audit_path, clock) as audit:
-        loader = PolicyLoader(policies, audit=audit)
+        backend = backend_for(engine)
+        loader = PolicyLoader(policies, audit=audit, backend=backend)
         loaded = loader.reload()
         if not loaded.loaded:
             raise GridfortError(f"policy not loaded: {loaded.reason}")
         day_ahead = DayAheadAuction(clock, seed=seed)
         reserves = ReserveAuction(clock, seed=seed)
         gateway = MarketGateway(
-            PolicyGate(lambda: loader.engine, audit),
+            PolicyGate(lambda: loader.engine, audit, engine_name=backend.name),
             [day_ahead, reserves],
             audit,
             clock,
@@ -261,6 +270,7 @@ def simulate_day(args: argparse.Namespace) -> int:
         trust_domain=args.trust_domain,
         policies=args.policies,
         audit_path=audit_path,
+        engine=EngineKind(getattr(args, "engine", EngineKind.REGOPY)),
     )
     if args.json:
         json.dump(_report_json(result), sys.stdout, indent=2)

@@ -12,13 +12,19 @@ from control_plane.assets.registry import AssetRegistry
 from control_plane.transports.nats_config import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_SYNC_INTERVAL,
+    ClusterSettings,
     NatsServerSettings,
     render_config,
     users_for,
 )
-from control_plane.transports.nats_server import nats_dir, write_server_identity
+from control_plane.transports.nats_server import (
+    SERVER_WORKLOAD_NAME,
+    nats_dir,
+    write_server_identity,
+)
 from security.ca import CertificateAuthority
 from security.clock import SystemClock
+from security.identity import Role, SpiffeId
 from security.refusals import GridfortError
 
 DEFAULT_STATE = Path(".gridfort/state")
@@ -64,6 +70,23 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--ttl-s", type=int, default=7 * 86400, help="broker certificate lifetime; re-run to renew"
     )
+    p.add_argument(
+        "--server-name", default="gridfort-nats", help="this node's name (unique per cluster node)"
+    )
+    p.add_argument(
+        "--cluster-port",
+        type=int,
+        default=None,
+        help="cluster mode: accept routes on this port (mutual TLS, only the brokers' identity)",
+    )
+    p.add_argument("--cluster-name", default="gridfort", help="cluster mode: the cluster's name")
+    p.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="cluster mode: another node, tls://host:port (repeatable)",
+    )
     p.set_defaults(handler=nats_config)
 
 
@@ -78,6 +101,17 @@ def nats_config(args: argparse.Namespace) -> int:
     finally:
         registry.close()
     directory = nats_dir(args.state_dir).resolve()
+    cluster = None
+    if args.cluster_port is not None:
+        cluster = ClusterSettings(
+            name=args.cluster_name,
+            host=args.host,
+            port=args.cluster_port,
+            routes=tuple(args.route),
+            route_user=SpiffeId(ca.trust_domain, Role.CONTROL_PLANE, SERVER_WORKLOAD_NAME).uri,
+        )
+    elif args.route:
+        raise GridfortError("--route needs --cluster-port")
     settings = NatsServerSettings(
         host=args.host,
         port=args.port,
@@ -89,6 +123,8 @@ def nats_config(args: argparse.Namespace) -> int:
         monitor_port=args.monitor_port,
         max_payload_bytes=args.max_payload_bytes,
         sync_interval=args.sync_interval,
+        server_name=args.server_name,
+        cluster=cluster,
     )
     if args.write_tls:
         cert = write_server_identity(

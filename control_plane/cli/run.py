@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.app import ControlPlane
+from control_plane.cli import ingest_worker
 from control_plane.config import ControlPlaneConfig
 from edge_node.app import EdgeNode
 from edge_node.config import EdgeConfig
@@ -25,8 +26,12 @@ def register(sub: Any) -> None:
     p.add_argument("--state-dir", type=Path, help="overrides the config's state_dir")
     p.add_argument("--listen", action="append", help="link address HOST:PORT (repeatable)")
     p.add_argument("--bootstrap-listen", help="enrollment address HOST:PORT")
+    p.add_argument(
+        "--api-listen", help="REST API address HOST:PORT for SOC and operators ('' = off)"
+    )
     p.add_argument("--trust-domain")
     p.set_defaults(handler=control_plane_run)
+    ingest_worker.register(cp_sub)
 
     edge = sub.add_parser("edge", help="run or enroll an edge node")
     edge_sub = edge.add_subparsers(dest="edge_command", metavar="ACTION", required=True)
@@ -55,6 +60,8 @@ def _cp_config(args: argparse.Namespace) -> ControlPlaneConfig:
         raw["link_addresses"] = tuple(args.listen)
     if args.bootstrap_listen:
         raw["bootstrap_address"] = args.bootstrap_listen
+    if args.api_listen is not None:
+        raw["api_address"] = args.api_listen or None
     if args.trust_domain:
         raw["trust_domain"] = args.trust_domain
     if "state_dir" not in raw:

@@ -5,6 +5,12 @@ its public key at enrollment), carries a per-site strictly increasing sequence
 number and an expiry, and is audited. A site that is not connected gets no
 command (status ``undeliverable``): setpoints are time-critical and are never
 queued to arrive late.
+
+Single-site commands are a setpoint (``send_active_power``) or the arming of local
+frequency response (``send_frequency_arming``). Group messages are sent by
+:class:`~control_plane.commands.group_dispatcher.GroupDispatcher`, which shares this
+dispatcher's delivery (streams, fallback sinks) and receives its sites' results
+through :meth:`CommandDispatcher.add_result_router`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from security.refusals import Reason, Refusal
 from security.signing_keys import EnrolledKey
 
 CommandSink = Callable[[str, lpb.ControlMessage], bool]
+#: Claims a verified result (returns True) that is not for a single-site command.
+ResultRouter = Callable[[Peer, cpb.CommandResult], bool]
 
 _STATUS_NAMES = {
     cpb.COMMAND_STATUS_APPLIED: "applied",
@@ -55,36 +63,59 @@ class CommandDispatcher:
         self._audit = audit
         self._clock = clock
         self._fallback_sinks: list[CommandSink] = []
+        self._routers: list[ResultRouter] = []
+        self._edge_uris: dict[str, str] = {}
 
     def send_active_power(
         self, site_id: str, asset_id: str, p_kw: float, *, ttl_s: float = 30.0
     ) -> cpb.Command | Refusal:
         """Sign and send an active-power setpoint [kW] valid for ``ttl_s`` seconds."""
-        if not math.isfinite(p_kw) or not 0 < ttl_s <= 3600:
-            raise ValueError("p_kw must be finite and ttl_s in (0, 3600]")
+        if not math.isfinite(p_kw):
+            raise ValueError("p_kw must be finite")
+        command = cpb.Command(asset_id=asset_id, set_active_power=cpb.SetActivePower(p_kw=p_kw))
+        return self._send_single(site_id, command, ttl_s, {"asset": asset_id, "p_kw": p_kw})
+
+    def send_frequency_arming(
+        self, site_id: str, arming: cpb.ArmFrequencyResponse, *, ttl_s: float = 30.0
+    ) -> cpb.Command | Refusal:
+        """Sign and send the site's frequency-response arming (droop/trigger parameters);
+        the command must reach the edge within ``ttl_s`` seconds, the arming itself holds
+        from ``arming.active_from_ms`` to ``arming.active_until_ms``."""
+        command = cpb.Command(arm_frequency_response=arming)
+        details: dict[str, object] = {
+            "assets": [a.asset_id for a in arming.assets][:64],
+            "active_from_ms": arming.active_from_ms,
+            "active_until_ms": arming.active_until_ms,
+        }
+        return self._send_single(site_id, command, ttl_s, details)
+
+    def _send_single(
+        self, site_id: str, command: cpb.Command, ttl_s: float, details: dict[str, object]
+    ) -> cpb.Command | Refusal:
+        if not 0 < ttl_s <= 3600:
+            raise ValueError("ttl_s must be in (0, 3600]")
         now_ms = self._clock.now_ms()
         edge = str(SpiffeId(self._domain, Role.EDGE, site_id))
         stream = self._streams.newest_for(edge)
         sinks = [] if stream is not None else self._fallback_sinks
-        command = cpb.Command(
-            command_id=uuid.uuid4().hex,
-            site_id=site_id,
-            asset_id=asset_id,
-            seq=self._log.next_seq(site_id),
-            issued_ms=now_ms,
-            expires_ms=now_ms + int(ttl_s * 1000),
-            set_active_power=cpb.SetActivePower(p_kw=p_kw),
-        )
+        command.command_id = uuid.uuid4().hex
+        command.site_id = site_id
+        command.seq = self._log.next_seq(site_id)
+        command.issued_ms = now_ms
+        command.expires_ms = now_ms + int(ttl_s * 1000)
+        action = command.WhichOneof("action") or ""
+        p_kw = command.set_active_power.p_kw
         status = "sent" if stream is not None or sinks else "undeliverable"
         self._log.record_issued(
             site_id=site_id,
             seq=command.seq,
             command_id=command.command_id,
-            asset_id=asset_id,
+            asset_id=command.asset_id,
             p_kw=p_kw,
             issued_ms=now_ms,
             expires_ms=command.expires_ms,
             status=status,
+            action=action,
         )
         self._audit.append(
             "command",
@@ -93,28 +124,60 @@ class CommandDispatcher:
             reason="" if status == "sent" else Reason.UNAVAILABLE.value,
             details={
                 "site": site_id,
-                "asset": asset_id,
+                "action": action,
                 "seq": command.seq,
-                "p_kw": p_kw,
                 "command_id": command.command_id,
                 "status": status,
+                **details,
             },
         )
         if status == "undeliverable":
             return Refusal(Reason.UNAVAILABLE, f"site {site_id} is not connected", edge)
         envelope = self._signer.sign(epb.PAYLOAD_TYPE_COMMAND, command.SerializeToString(), now_ms)
-        message = lpb.ControlMessage(command=envelope)
+        if self.deliver(site_id, lpb.ControlMessage(command=envelope)):
+            return command
+        refusal = Refusal(Reason.UNAVAILABLE, f"no transport took the command for {site_id}", edge)
+        self._log.record_result(
+            site_id=site_id,
+            command_id=command.command_id,
+            status="undeliverable",
+            reason=refusal.reason.value,
+            decided_ms=now_ms,
+            applied_p_kw=0.0,
+        )
+        self._audit.record_refusal(refusal, event="command")
+        return refusal
+
+    def deliver(self, site_id: str, message: lpb.ControlMessage) -> bool:
+        """Hand a signed message to the site's newest gRPC stream, else to the first
+        fallback sink that takes it (e.g. the site's NATS command subject)."""
+        stream = self._streams.newest_for(self._edge_uri(site_id))
         if stream is not None:
             stream.send(message)
-        else:
-            for sink in sinks:  # e.g. the site's NATS command subject
-                if sink(site_id, message):
-                    break
-        return command
+            return True
+        return any(sink(site_id, message) for sink in self._fallback_sinks)
+
+    def can_deliver(self, site_id: str) -> bool:
+        """True if the site has an open stream or a fallback sink exists."""
+        return self._streams.newest_for(self._edge_uri(site_id)) is not None or bool(
+            self._fallback_sinks
+        )
+
+    def _edge_uri(self, site_id: str) -> str:
+        """The site's edge SPIFFE ID (validated once per site, then cached)."""
+        uri = self._edge_uris.get(site_id)
+        if uri is None:
+            uri = self._edge_uris[site_id] = str(SpiffeId(self._domain, Role.EDGE, site_id))
+        return uri
 
     def add_fallback_sink(self, sink: CommandSink) -> None:
         """Where commands go for a site without an open gRPC stream (e.g. NATS)."""
         self._fallback_sinks.append(sink)
+
+    def add_result_router(self, router: ResultRouter) -> None:
+        """Verified results that are not for a single-site command go to the first router
+        that claims them (group messages)."""
+        self._routers.append(router)
 
     def on_result(
         self, peer: Peer, envelope: epb.SignedEnvelope, keys: Mapping[str, EnrolledKey]
@@ -125,6 +188,8 @@ class CommandDispatcher:
             self._audit.record_refusal(refusal, event="command_result")
             return refusal
         result = cpb.CommandResult.FromString(envelope.payload)
+        if any(router(peer, result) for router in self._routers):
+            return None
         status = _STATUS_NAMES.get(result.status, "unknown")
         known = self._log.record_result(
             site_id=peer.spiffe_id.name,

@@ -19,7 +19,6 @@ import hashlib
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -79,7 +78,7 @@ class GridJudge:
         return asset_id.startswith(self.grid + ".")
 
     def judge(self, batch: ValidatedBatch) -> list[Flag]:
-        from detection.models.detector import verdicts
+        from detection.models.detector import score_latest, verdicts
 
         self._pending = None
         assets = batch.authorized.assets
@@ -115,7 +114,8 @@ class GridJudge:
             x[missing] = last[missing]
         context = list(self._context)[-(self.info.window - 1) :]
         window = np.stack([*context, x])
-        row_scores, cell_scores = _score_latest(self._model, window)
+        row_score, cells = score_latest(self._model, window)
+        row_scores, cell_scores = np.array([row_score]), cells[None, :]
         attacked, flagged = verdicts(self._model, row_scores, cell_scores)
         self.snapshots_judged += 1
         self._pending = (x, [int(p) for p in pos_of_cell], times.pop())
@@ -150,21 +150,3 @@ class GridJudge:
             if pos_of_cell[k] >= 0 and (asset_id, quantity) not in ok and last is not None:
                 x[k] = last[k]
         self._context.append(x)
-
-
-def _score_latest(model: Any, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row (1,) and cell (1, m) scores of the last snapshot of ``window`` (w', m), w' <= w.
-
-    One forward pass over one window (``detection.models.detector.score`` scores every
-    row of its input, each with its own window: w times the work for the gate's case).
-    """
-    import torch
-
-    w = model.config.window
-    x = np.asarray(window, dtype=np.float32)
-    if len(x) < w:
-        x = np.concatenate([np.repeat(x[:1], w - len(x), axis=0), x], axis=0)
-    with torch.inference_mode():
-        _, logits = model.net.eval()(torch.from_numpy(x[None, -w:]))
-    cells = logits.numpy().astype(np.float64)
-    return cells.max(axis=1), cells

@@ -29,13 +29,23 @@ MAX_NOTE_LEN = 1024
 
 
 class Product(StrEnum):
-    """Market products. Energy: 15-min day-ahead and intraday; reserves in 4-h blocks."""
+    """Market products. Energy: 15-min day-ahead and intraday; capacity: hourly; FCR
+    (symmetric) and aFRR capacity per direction in 4-h blocks; aFRR energy per direction
+    in 15-min products. ``pos`` = upward regulation (more export / less import), ``neg``
+    = downward (more import / less export); every reserve offer is a ``sell``."""
 
     DAY_AHEAD = "day_ahead"
     INTRADAY = "intraday"
     CAPACITY = "capacity"
     FCR = "fcr"
-    AFRR = "afrr"
+    AFRR_POS = "afrr_pos"
+    AFRR_NEG = "afrr_neg"
+    AFRR_ENERGY_POS = "afrr_energy_pos"
+    AFRR_ENERGY_NEG = "afrr_energy_neg"
+
+
+#: Products held or delivered downward (the fleet imports more / exports less).
+DOWNWARD_PRODUCTS = frozenset({Product.AFRR_NEG, Product.AFRR_ENERGY_NEG})
 
 
 class Side(StrEnum):

@@ -11,7 +11,8 @@ computed on the local calendar and converted with :mod:`zoneinfo`.
 | intraday  | 5 min before delivery start                | 15 min        |
 | capacity  | 12:00 local, the day before delivery       | 1 h (local)   |
 | fcr       | 08:00 local, the day before delivery       | 4 h (local)   |
-| afrr      | 09:00 local, the day before delivery       | 4 h (local)   |
+| afrr_pos, afrr_neg (capacity) | 09:00 local, the day before delivery | 4 h (local) |
+| afrr_energy_pos, afrr_energy_neg | 25 min before delivery start | 15 min       |
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ from control_plane.markets.actions import Product
 
 MARKET_TZ = ZoneInfo("Europe/Berlin")
 INTRADAY_LEAD_MS = 5 * 60 * 1000
+AFRR_ENERGY_LEAD_MS = 25 * 60 * 1000
+QUARTER_HOUR_PRODUCTS = frozenset(
+    {Product.DAY_AHEAD, Product.INTRADAY, Product.AFRR_ENERGY_POS, Product.AFRR_ENERGY_NEG}
+)
 
 _DAY_BEFORE_GATE: dict[Product, time] = {
     Product.DAY_AHEAD: time(12, 0),
     Product.CAPACITY: time(12, 0),
     Product.FCR: time(8, 0),
-    Product.AFRR: time(9, 0),
+    Product.AFRR_POS: time(9, 0),
+    Product.AFRR_NEG: time(9, 0),
 }
 
 
@@ -50,6 +56,8 @@ def gate_closure_ms(product: Product, delivery_start_ms: int) -> int:
     """The last instant [Unix epoch ms] at which an order for this delivery may be placed."""
     if product is Product.INTRADAY:
         return delivery_start_ms - INTRADAY_LEAD_MS
+    if product in (Product.AFRR_ENERGY_POS, Product.AFRR_ENERGY_NEG):
+        return delivery_start_ms - AFRR_ENERGY_LEAD_MS
     delivery_day = local_time(delivery_start_ms).date()
     return _local_ms(delivery_day - timedelta(days=1), _DAY_BEFORE_GATE[product])
 
@@ -61,7 +69,7 @@ def delivery_aligned(product: Product, delivery_start_ms: int) -> bool:
     t = local_time(delivery_start_ms)
     if t.second or t.microsecond:
         return False
-    if product in (Product.DAY_AHEAD, Product.INTRADAY):
+    if product in QUARTER_HOUR_PRODUCTS:
         return t.minute % 15 == 0
     if product is Product.CAPACITY:
         return t.minute == 0

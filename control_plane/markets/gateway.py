@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from control_plane.markets.actions import (
     Actor,
@@ -117,6 +117,21 @@ class FlexibilitySource(Protocol):
         computed from gated state only (measurements that passed the false-data-injection
         gate; never from quarantined data)."""
         ...
+
+
+@runtime_checkable
+class ExplainedFlexibility(Protocol):
+    """A :class:`FlexibilitySource` that also says what its number rests on (e.g.
+    :class:`~control_plane.markets.flexibility.GatedFlexibility`); the gateway then puts
+    the counts into the policy input, so a deny names the suspect and stale assets."""
+
+    def assess(self, product: Product, side: Side, delivery_start_ms: int) -> _Assessment: ...
+
+
+class _Assessment(Protocol):
+    def kw_for(self, product: Product, side: Side) -> float: ...
+
+    def basis(self) -> dict[str, int]: ...
 
 
 #: Reference price [EUR/MWh or EUR/MW/h] per product and delivery start (None: unknown).
@@ -247,9 +262,17 @@ class MarketGateway:
                 committed_kw += open_kw + filled_kw
             elif same:
                 committed_kw += filled_kw
-        flex = self._flexibility.verified_flexibility_mw(
-            terms.product, terms.side, terms.delivery_start_ms
-        )
+        basis: dict[str, int] | None = None
+        if isinstance(self._flexibility, ExplainedFlexibility):
+            assessment = self._flexibility.assess(
+                terms.product, terms.side, terms.delivery_start_ms
+            )
+            flex = assessment.kw_for(terms.product, terms.side) / 1000
+            basis = assessment.basis()
+        else:
+            flex = self._flexibility.verified_flexibility_mw(
+                terms.product, terms.side, terms.delivery_start_ms
+            )
         if not math.isfinite(flex) or flex < 0:
             flex = 0.0  # unknown or nonsense flexibility: nothing is available
         available = max(0.0, flex - committed_kw / 1000)
@@ -264,6 +287,7 @@ class MarketGateway:
             ),
             kill_switch_on=self._kill_switch_on,
             approvals=tuple(approvals),
+            flexibility_basis=basis,
         )
 
     # -- actions -------------------------------------------------------------------------------

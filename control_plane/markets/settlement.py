@@ -3,15 +3,18 @@
 Pure functions of our fills, what the fleet delivered and the imbalance prices.
 
 Energy (``day_ahead`` and ``intraday`` together, per quarter-hour): the sold energy
-[MWh] is the net of our fills (sell positive) x 0.25 h; the imbalance is delivered minus
-sold; it is settled at a single imbalance price (German reBAP style): a long (positive)
-imbalance is paid the price, a short one pays it, so ``imbalance_eur = imbalance_mwh x
-price`` (negative = a cost). A quarter-hour without a delivered value counts as 0 MWh.
+[MWh] is the net of our fills (sell positive) x 0.25 h, plus the aFRR energy the TSO
+activated (``afrr_energy_pos`` adds export, ``afrr_energy_neg`` import: activated
+energy is scheduled, not an imbalance); the imbalance is delivered minus sold; it is
+settled at a single imbalance price (German reBAP style): a long (positive) imbalance is
+paid the price, a short one pays it, so ``imbalance_eur = imbalance_mwh x price``
+(negative = a cost). A quarter-hour without a delivered value counts as 0 MWh.
+Activated aFRR energy earns its fills' price x MWh (the price the provider receives).
 
-Capacity (``fcr``, ``afrr``, ``capacity``, per product period): the payment is the sum
-over fills of MW x price [EUR/MW/h] x period hours. The fleet must hold the contracted
-MW available all period; availability is given as intervals. The payment is cut pro
-rata to the undelivered amount and time::
+Capacity (``fcr``, ``afrr_pos``, ``afrr_neg``, ``capacity``, per product period): the
+payment is the sum over fills of MW x price [EUR/MW/h] x period hours. The fleet must
+hold the contracted MW available all period; availability is given as intervals. The
+payment is cut pro rata to the undelivered amount and time::
 
     undelivered = 1 - sum(min(available_mw, contracted_mw) x h) / (contracted_mw x period_h)
     penalty_eur = payment_eur x undelivered x penalty_factor
@@ -37,7 +40,8 @@ from control_plane.markets.exchanges.base import (
 )
 
 ENERGY_PRODUCTS = frozenset({Product.DAY_AHEAD, Product.INTRADAY})
-CAPACITY_PRODUCTS = frozenset({Product.FCR, Product.AFRR, Product.CAPACITY})
+ACTIVATED_ENERGY = {Product.AFRR_ENERGY_POS: 1.0, Product.AFRR_ENERGY_NEG: -1.0}
+CAPACITY_PRODUCTS = frozenset({Product.FCR, Product.AFRR_POS, Product.AFRR_NEG, Product.CAPACITY})
 ENERGY = "energy"
 
 
@@ -174,6 +178,8 @@ def energy_rows(
     for f in fills:
         if f.product in ENERGY_PRODUCTS:
             sold[f.delivery_start_ms] += _signed_mw(f) * 0.25
+        elif f.product in ACTIVATED_ENERGY:  # offers are sells; the direction is the product's
+            sold[f.delivery_start_ms] += ACTIVATED_ENERGY[f.product] * f.volume_kw / 1000 * 0.25
     rows = []
     for t in sorted(set(sold) | set(delivered.energy_mwh)):
         got = delivered.energy_mwh.get(t, 0.0)

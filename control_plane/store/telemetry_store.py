@@ -9,6 +9,7 @@ many batches share one fsync. Commits are idempotent on ``(site_id, seq)``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import queue
@@ -55,7 +56,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     ts_ms INTEGER NOT NULL,
     value REAL,               -- NULL when the value was NaN (SQLite has no NaN)
     value_text TEXT NOT NULL, -- the value exactly as received (repr), for forensics
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    evidence TEXT             -- the FDI gate's evidence (JSON), NULL for validation refusals
 );
 """
 
@@ -107,6 +109,7 @@ class TelemetryStore:
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._writer = self._connect(synchronous)
         self._writer.executescript(_SCHEMA)
+        _migrate(self._writer)
         self._reader = self._connect(synchronous)
         self._read_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="telemetry-writer", daemon=True)
@@ -257,7 +260,7 @@ class TelemetryStore:
         )
         if r.quarantined:
             conn.executemany(
-                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         site,
@@ -269,11 +272,19 @@ class TelemetryStore:
                         None if math.isnan(m.value) else m.value,
                         repr(m.value),
                         m.reason.value,
+                        None if m.evidence is None else json.dumps(m.evidence.to_json()),
                     )
                     for m in r.quarantined
                 ],
             )
         return CommitOutcome.COMMITTED
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a store made by an older release up to this schema (columns added since)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(quarantine)")}
+    if "evidence" not in columns:
+        conn.execute("ALTER TABLE quarantine ADD COLUMN evidence TEXT")
 
 
 def _resolve(future: asyncio.Future[CommitOutcome], result: CommitOutcome | BaseException) -> None:

@@ -7,7 +7,10 @@ runs, and that ``gridfort nats config`` prints for an operator's own cluster.
 Subject scheme (``<site>`` is :func:`site_token` of the site id)::
 
     gridfort.v1.telemetry.<site>    signed telemetry envelopes, edge -> JetStream stream
+    gridfort.v1.ingest.<p>.<site>   the same message as stored: the stream rewrites the subject,
+                                    adding the site's partition ``p`` (NATS ``partition()``)
     gridfort.v1.commands.<site>     signed commands, control plane -> edge (core NATS)
+    gridfort.v1.workers.<worker>    ingest-worker heartbeats (control planes only)
     _INBOX.edge.<site>.>            the edge's reply inbox (JetStream publish acks)
     _INBOX.cp.<name>.>              a control plane's reply inbox (JetStream API, pull deliveries)
 
@@ -36,11 +39,28 @@ from security.refusals import ConfigError
 SUBJECT_ROOT = "gridfort.v1"
 TELEMETRY_PREFIX = f"{SUBJECT_ROOT}.telemetry"
 COMMAND_PREFIX = f"{SUBJECT_ROOT}.commands"
+#: Stored subjects: ``gridfort.v1.ingest.<partition>.<site>`` (see :func:`partition_transform`).
+INGEST_PREFIX = f"{SUBJECT_ROOT}.ingest"
+#: Ingest-worker heartbeats: ``gridfort.v1.workers.<worker>`` (core NATS, control planes only).
+WORKERS_PREFIX = f"{SUBJECT_ROOT}.workers"
+#: Partitions of the telemetry stream: one durable consumer each, each processed by one
+#: ingest worker at a time. Fixed per deployment (the stream records it in its metadata).
+DEFAULT_PARTITIONS = 8
+MAX_PARTITIONS = 1024
+#: Per-site cap on unconsumed messages in the stream (``max_msgs_per_subject`` with
+#: ``discard_new_per_subject``): a flooding site is refused at the broker while every
+#: other site keeps publishing. An honest edge has at most its window (256) in flight.
+DEFAULT_MAX_MSGS_PER_SITE = 1024
 #: The JetStream stream that holds every site's telemetry until a control plane commits it.
 STREAM_NAME = "GRIDFORT_TELEMETRY"
 #: Subjects captured by :data:`STREAM_NAME`: one token per site, so ``a.b`` cannot alias.
 STREAM_SUBJECTS = (f"{TELEMETRY_PREFIX}.*",)
 INBOX_ROOT = "_INBOX"
+#: JetStream de-duplication id of a published envelope (SHA-256 of its exact bytes).
+MSG_ID_HEADER = "Nats-Msg-Id"
+#: The batch's sequence number: an unsigned ordering hint for the consumer (the signed
+#: payload stays authoritative; the subject proves who published it).
+SEQ_HEADER = "Gridfort-Seq"
 
 #: NATS's own default (1 MiB), written explicitly: a signed batch is at most
 #: ``max_batch_bytes`` (512 KiB by default) plus the envelope, so 1 MiB fits with room,
@@ -79,6 +99,45 @@ def telemetry_subject(site_id: str) -> str:
 def command_subject(site_id: str) -> str:
     """``gridfort.v1.commands.<site>``: where edge ``site_id`` receives signed commands."""
     return f"{COMMAND_PREFIX}.{site_token(site_id)}"
+
+
+def partition_transform(partitions: int) -> tuple[str, str]:
+    """(source, destination) of the stream's subject transform for ``partitions`` partitions.
+
+    ``gridfort.v1.telemetry.<site>`` is stored as ``gridfort.v1.ingest.<p>.<site>`` with
+    ``p = partition(partitions, <site>)``, NATS's deterministic hash of the site token:
+    every message of one site lands in the same partition, in publish order. Edges keep
+    publishing on their own subject (permissions are checked before the transform).
+    """
+    _check_partitions(partitions)
+    return (
+        f"{TELEMETRY_PREFIX}.*",
+        f"{INGEST_PREFIX}.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}",
+    )
+
+
+def partition_filter(partition: int) -> str:
+    """``gridfort.v1.ingest.<partition>.*``: the filter subject of one partition's consumer."""
+    if partition < 0:
+        raise ValueError("partition must be >= 0")
+    return f"{INGEST_PREFIX}.{partition}.*"
+
+
+def partition_consumer(partition: int) -> str:
+    """``ingest-p<partition>``: the durable pull consumer of one partition."""
+    if partition < 0:
+        raise ValueError("partition must be >= 0")
+    return f"ingest-p{partition}"
+
+
+def worker_subject(worker_id: str) -> str:
+    """``gridfort.v1.workers.<worker>``: where an ingest worker announces itself."""
+    return f"{WORKERS_PREFIX}.{site_token(worker_id)}"
+
+
+def _check_partitions(partitions: int) -> None:
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ConfigError(f"nats partitions: must be between 1 and {MAX_PARTITIONS}")
 
 
 def inbox_prefix(spiffe_id: SpiffeId) -> str:
@@ -147,11 +206,13 @@ def control_plane_permissions(name: str, stream: str = STREAM_NAME) -> Permissio
     * ``$JS.API.CONSUMER.INFO.<stream>.*``: bind to an existing consumer;
     * ``$JS.API.CONSUMER.MSG.NEXT.<stream>.*``: pull-fetch batches;
     * ``$JS.ACK.<stream>.>``: ack / nak / in-progress / term each delivered message;
-    * ``gridfort.v1.commands.*``: publish signed commands to any site.
+    * ``gridfort.v1.commands.*``: publish signed commands to any site;
+    * ``gridfort.v1.workers.*``: ingest-worker heartbeats (partition assignment).
 
-    Subscribe: ``_INBOX.cp.<name>.>`` only (API replies and pulled messages are
-    delivered to the client's own inbox). A control plane never reads telemetry with
-    a core subscription: it consumes from the stream.
+    Subscribe: ``_INBOX.cp.<name>.>`` (API replies and pulled messages are delivered
+    to the client's own inbox) and ``gridfort.v1.workers.*`` (the other workers'
+    heartbeats). A control plane never reads telemetry with a core subscription: it
+    consumes from the stream.
     """
     js = "$JS.API"
     return Permissions(
@@ -166,8 +227,12 @@ def control_plane_permissions(name: str, stream: str = STREAM_NAME) -> Permissio
             f"{js}.CONSUMER.MSG.NEXT.{stream}.*",
             f"$JS.ACK.{stream}.>",
             f"{COMMAND_PREFIX}.*",
+            f"{WORKERS_PREFIX}.*",
         ),
-        subscribe=(f"{inbox_prefix(SpiffeId('x', Role.CONTROL_PLANE, name))}.>",),
+        subscribe=(
+            f"{inbox_prefix(SpiffeId('x', Role.CONTROL_PLANE, name))}.>",
+            f"{WORKERS_PREFIX}.*",
+        ),
     )
 
 
@@ -198,6 +263,37 @@ def users_for(
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """The ``cluster`` block of one node: routes between brokers over mutual TLS.
+
+    ``port`` [TCP] is where this node accepts routes; ``routes`` are the other nodes
+    (``tls://host:port``). Routes present the node's own certificate and must chain
+    to the trust bundle *and* map (``verify_and_map``) to ``route_user``, the brokers'
+    SPIFFE ID: a valid certificate of an edge or a control plane cannot join the
+    cluster (it would see every message).
+    """
+
+    name: str
+    host: str
+    port: int
+    routes: tuple[str, ...]
+    route_user: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name):
+            raise ConfigError(f"nats cluster name: invalid name {self.name!r}")
+        if not self.host or _UNSAFE_CHARS_RE.search(self.host) or " " in self.host:
+            raise ConfigError(f"nats cluster host: invalid host {self.host!r}")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"nats cluster port: must be 1..65535, got {self.port}")
+        for route in self.routes:
+            if not re.fullmatch(r"(tls|nats)://[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}", route):
+                raise ConfigError(f"nats cluster routes: invalid route URL {route!r}")
+        if not self.route_user.startswith("spiffe://") or _UNSAFE_CHARS_RE.search(self.route_user):
+            raise ConfigError(f"nats cluster route_user: not a SPIFFE ID: {self.route_user!r}")
+
+
+@dataclass(frozen=True)
 class NatsServerSettings:
     """Everything the generated ``nats-server`` config depends on; validated at construction.
 
@@ -208,6 +304,8 @@ class NatsServerSettings:
     identity and subjects, so it must never face a network). ``tls_timeout_s`` [s]
     bounds the TLS handshake. ``sync_interval`` is a NATS duration (``2m``,
     ``500ms``) or ``always``. ``max_payload_bytes`` [B] caps every message.
+    ``cluster``: this node's routes to the other nodes of a cluster (None: standalone);
+    every node of a cluster needs its own ``server_name``.
     """
 
     host: str
@@ -223,6 +321,7 @@ class NatsServerSettings:
     tls_timeout_s: float = DEFAULT_TLS_TIMEOUT_S
     sync_interval: str = DEFAULT_SYNC_INTERVAL
     max_file_store_bytes: int | None = None
+    cluster: ClusterSettings | None = None
 
     def __post_init__(self) -> None:
         if not self.host or _UNSAFE_CHARS_RE.search(self.host) or " " in self.host:
@@ -291,6 +390,8 @@ def render_config(settings: NatsServerSettings) -> str:
     * ``jetstream.store_dir`` in the state directory, ``sync_interval`` explicit.
     * ``http``: monitoring on 127.0.0.1 only, or absent.
     * ``max_control_line``: 4 KiB, ample for our subjects, small for abuse.
+    * ``cluster`` (optional): routes with mutual TLS, ``verify_and_map`` to the brokers'
+      own SPIFFE ID (see :class:`ClusterSettings`).
     """
     s = settings
     lines = [
@@ -320,7 +421,10 @@ def render_config(settings: NatsServerSettings) -> str:
     ]
     if s.max_file_store_bytes is not None:
         lines.append(f"  max_file_store: {s.max_file_store_bytes}")
-    lines += ["}", "", "authorization {", "  users = ["]
+    lines.append("}")
+    if s.cluster is not None:
+        lines += _render_cluster(s.cluster, s)
+    lines += ["", "authorization {", "  users = ["]
     for user in s.users:
         ind = "        "
         lines += [
@@ -334,3 +438,23 @@ def render_config(settings: NatsServerSettings) -> str:
         ]
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"
+
+
+def _render_cluster(c: ClusterSettings, s: NatsServerSettings) -> list[str]:
+    return [
+        "",
+        "cluster {",
+        f"  name: {_q(c.name)}",
+        f"  host: {_q(c.host)}",
+        f"  port: {c.port}",
+        f"  routes: {_list(c.routes, '  ')}",
+        "  tls {",
+        f"    cert_file: {_q(str(s.server_cert_file))}",
+        f"    key_file: {_q(str(s.server_key_file))}",
+        f"    ca_file: {_q(str(s.ca_file))}",
+        "    verify_and_map: true",
+        f"    timeout: {s.tls_timeout_s:g}",
+        "  }",
+        f"  authorization {{ user: {_q(c.route_user)} }}",
+        "}",
+    ]

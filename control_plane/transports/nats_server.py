@@ -24,6 +24,18 @@ and then for a real mutual-TLS client connection as the control plane, which
 also creates the telemetry stream. A bind failure reported by the server
 itself ends ``start`` with the server's own words. :meth:`EmbeddedNats.stop`
 sends SIGTERM, waits ``stop_grace_s`` and then SIGKILLs.
+
+The server dies with Gridfort: on Linux it is started through a two-line Python
+shim that sets ``PR_SET_PDEATHSIG`` (SIGTERM) and then ``exec``s ``nats-server``
+(same PID), so a SIGKILLed control plane leaves no broker behind on the port. The
+signal fires when the *thread* that spawned the server exits: keep the event loop
+that starts brokers in a thread that lives as long as the process (the main thread,
+as ``asyncio.run`` does). No ``preexec_fn``: it would force ``fork()`` instead of
+``vfork()``, and the forked child of a process running gRPC threads can abort in
+gRPC's fork handlers before it reaches ``exec``.
+
+One node of a cluster is an :class:`EmbeddedNats` with ``cluster=`` settings and its
+own directory (see :mod:`control_plane.transports.nats_cluster`).
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import asyncio
 import contextlib
 import errno
 import importlib.metadata
+import json
 import logging
 import os
 import re
@@ -39,9 +52,9 @@ import shutil
 import signal
 import socket
 import ssl
-import tempfile
+import sys
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,20 +62,30 @@ from typing import Literal
 import nats
 from cryptography import x509
 from nats.aio.client import Client as NatsClient
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import StreamConfig
 
+from control_plane.transports.nats_client import ControlPlaneClientTls as ControlPlaneClientTls
+from control_plane.transports.nats_client import client_tls as client_tls
+from control_plane.transports.nats_client import client_tls_from_files as client_tls_from_files
+from control_plane.transports.nats_client import connect_control_plane as connect_control_plane
 from control_plane.transports.nats_config import (
+    DEFAULT_MAX_MSGS_PER_SITE,
     DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_PARTITIONS,
     DEFAULT_SYNC_INTERVAL,
-    STREAM_SUBJECTS,
+    ClusterSettings,
     NatsServerSettings,
-    inbox_prefix,
     render_config,
     users_for,
 )
 from control_plane.transports.nats_config import STREAM_NAME as STREAM_NAME
 from control_plane.transports.nats_config import command_subject as command_subject
 from control_plane.transports.nats_config import telemetry_subject as telemetry_subject
+from control_plane.transports.nats_stream import ensure_stream as ensure_stream
+from control_plane.transports.nats_stream import stream_partitions as stream_partitions
+from control_plane.transports.nats_stream import (
+    telemetry_stream_config as telemetry_stream_config,
+)
 from security.atomic_files import write_bytes_atomic
 from security.ca import CertificateAuthority
 from security.clock import Clock, SystemClock
@@ -74,8 +97,6 @@ log = logging.getLogger(__name__)
 
 #: The broker's own workload name: ``spiffe://<domain>/control-plane/nats``.
 SERVER_WORKLOAD_NAME = "nats"
-#: How long a message id is remembered for de-duplication [s] (JetStream default).
-DUPLICATE_WINDOW_S = 120.0
 
 # A log line is ``[pid] date time [LVL] message``. Lines about a client start their message
 # with the client's address, and the server %q-escapes client-chosen text (connection
@@ -92,6 +113,28 @@ _VIOLATION_RE = re.compile(
     r' - Subject "(?P<subject>(?:[^"\\]|\\.)*)"(?:, SID \S+)?$'
 )
 _TAIL_LINES = 20
+# Expected while a cluster forms, while a peer is down, or while we stop it: not warnings.
+_ROUTINE_RE = re.compile(
+    r"Error trying to connect to route|Waiting for routing to be established|JetStream has not "
+    r"established contact with a meta leader|Metalayer blocking snapshot|Failed to install "
+    r"snapshot|JetStream cluster no metadata leader|.* found in connect proto, but user "
+    r"required from cert"  # logged for every mapped client on each config reload
+)
+#: Client URLs of the running broker(s), for ingest workers on the same host.
+CLIENT_URLS_FILE = "client-urls.json"
+
+# Between Gridfort and nats-server (Linux): ask the kernel to SIGTERM this process when
+# the spawning thread dies, give up if Gridfort already died, then become nats-server.
+_PDEATHSIG_SHIM = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 def nats_dir(state_dir: Path) -> Path:
@@ -147,33 +190,41 @@ def parse_violation(line: str) -> PermissionViolation | None:
     return PermissionViolation(m.group("user"), action, m.group("subject"))
 
 
-def telemetry_stream_config(
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-    *,
-    max_bytes: int = -1,
-    replicas: int = 1,
-) -> StreamConfig:
-    """The telemetry stream: every site's subject, file storage, work-queue retention.
+def die_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` (absolute program path first) wrapped so that the program receives SIGTERM
+    when the thread that spawns it dies (Linux; elsewhere ``argv`` unchanged)."""
+    if sys.platform.startswith("linux") and sys.executable:
+        return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_SHIM, str(os.getpid()), *argv]
+    return list(argv)
 
-    * work queue: a message is removed once a control plane acknowledges it (after
-      commit), so the store holds only the uncommitted backlog;
-    * ``discard: new`` with ``max_bytes``: when full, publishes are *refused* (the
-      edge keeps the envelope in its outbox and retries); nothing is silently dropped;
-    * ``duplicate_window`` 2 min: edges publish with ``Nats-Msg-Id`` headers, a
-      resend within the window is stored once;
-    * ``max_msg_size`` = the server's ``max_payload``.
-    """
-    return StreamConfig(
-        name=STREAM_NAME,
-        subjects=list(STREAM_SUBJECTS),
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.NEW,
-        max_bytes=max_bytes,
-        max_msg_size=max_payload_bytes,
-        duplicate_window=DUPLICATE_WINDOW_S,
-        num_replicas=replicas,
-    )
+
+def server_command(binary: Path, config_file: Path) -> list[str]:
+    """argv that starts ``binary -c config_file`` and makes it die with this process."""
+    return die_with_parent([str(binary), "-c", str(config_file)])
+
+
+def write_client_urls(state_dir: Path, urls: Iterable[str]) -> None:
+    """Record the running broker's client URLs in ``<state>/nats/client-urls.json``."""
+    directory = nats_dir(Path(state_dir))
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = json.dumps({"urls": list(urls)}, indent=2) + "\n"
+    write_bytes_atomic(directory / CLIENT_URLS_FILE, text.encode(), 0o600)
+
+
+def read_client_urls(state_dir: Path) -> tuple[str, ...]:
+    """The client URLs recorded by :func:`write_client_urls` (GridfortError if none)."""
+    path = nats_dir(Path(state_dir)) / CLIENT_URLS_FILE
+    try:
+        raw = json.loads(path.read_text())
+        urls = tuple(str(u) for u in raw["urls"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise GridfortError(
+            f"no NATS client URLs in {path}: start the control plane with NATS first, or "
+            "pass the broker URLs"
+        ) from None
+    if not urls:
+        raise GridfortError(f"{path} lists no NATS URL")
+    return urls
 
 
 def write_server_identity(
@@ -202,37 +253,6 @@ def write_server_identity(
     return issued.certificate
 
 
-def client_tls_from_files(
-    cert_chain_file: Path, key_file: Path, bundle_pem: bytes
-) -> ssl.SSLContext:
-    """A client :class:`ssl.SSLContext` for nats-py: our certificate, verifying the server.
-
-    The server must chain to ``bundle_pem`` and its certificate must name the host
-    the client dials (``check_hostname`` stays on; pass ``tls_hostname="nats.<domain>"``
-    to nats-py when dialling by another name). TLS 1.2 at least.
-    """
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=bundle_pem.decode())
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_chain_file, key_file)
-    return ctx
-
-
-def client_tls(cert_chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> ssl.SSLContext:
-    """:func:`client_tls_from_files` for in-memory PEM (``ssl`` loads keys only from files).
-
-    The key is written, mode 0600, into a private (0700) temporary directory and
-    removed as soon as OpenSSL has read it.
-    """
-    with tempfile.TemporaryDirectory(prefix="gridfort-tls-") as tmp:
-        key_file = Path(tmp) / "tls.key"
-        cert_file = Path(tmp) / "tls.pem"
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key_pem)
-        cert_file.write_bytes(cert_chain_pem)
-        return client_tls_from_files(cert_file, key_file, bundle_pem)
-
-
 def _port_taken(host: str, port: int) -> bool:
     """True if ``host:port`` cannot be bound (SO_REUSEADDR, like the Go listener)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -255,6 +275,11 @@ class EmbeddedNats:
     ``control_planes``: control-plane instance names that get a consumer user.
     ``port``/``monitor_port`` 0 pick random ports (read back from the server log);
     ``monitor_port`` None disables monitoring. Times in seconds [s].
+
+    Cluster node: ``directory`` (default ``<state>/nats``), a unique ``server_name``,
+    ``cluster`` routes, and ``create_stream=False`` (the cluster creates the replicated
+    stream once every node is up). ``partitions`` and ``max_msgs_per_site``: see
+    :func:`telemetry_stream_config`.
     """
 
     def __init__(
@@ -279,6 +304,12 @@ class EmbeddedNats:
         clock: Clock | None = None,
         server_binary: Path | None = None,
         on_violation: Callable[[PermissionViolation], None] | None = None,
+        directory: Path | None = None,
+        server_name: str = "gridfort-nats",
+        cluster: ClusterSettings | None = None,
+        create_stream: bool = True,
+        partitions: int = DEFAULT_PARTITIONS,
+        max_msgs_per_site: int = DEFAULT_MAX_MSGS_PER_SITE,
     ) -> None:
         validate_trust_domain(trust_domain)
         if ca.trust_domain != trust_domain:
@@ -287,7 +318,13 @@ class EmbeddedNats:
             )
         self._ca = ca
         self.trust_domain = trust_domain
-        self.dir = nats_dir(Path(state_dir).resolve())  # the server must not depend on our cwd
+        # the server must not depend on our cwd
+        self.dir = Path(directory or nats_dir(Path(state_dir))).resolve()
+        self.server_name = server_name
+        self.cluster = cluster
+        self._create_stream = create_stream
+        self.partitions = partitions
+        self.max_msgs_per_site = max_msgs_per_site
         self.host = host
         self._requested_port = port
         self._requested_monitor_port = monitor_port
@@ -333,6 +370,11 @@ class EmbeddedNats:
         return f"tls://{self.host}:{self.port}"
 
     @property
+    def urls(self) -> tuple[str, ...]:
+        """The client URLs (one for a standalone server)."""
+        return (self.url,)
+
+    @property
     def monitor_url(self) -> str | None:
         return None if self.monitor_port is None else f"http://127.0.0.1:{self.monitor_port}"
 
@@ -354,6 +396,18 @@ class EmbeddedNats:
             monitor_port=self._requested_monitor_port,
             max_payload_bytes=self.max_payload_bytes,
             sync_interval=self.sync_interval,
+            server_name=self.server_name,
+            cluster=self.cluster,
+        )
+
+    def stream_config(self, replicas: int = 1) -> StreamConfig:
+        """The telemetry stream as this deployment configures it."""
+        return telemetry_stream_config(
+            self.max_payload_bytes,
+            max_bytes=self._stream_max_bytes,
+            replicas=replicas,
+            partitions=self.partitions,
+            max_msgs_per_site=self.max_msgs_per_site,
         )
 
     def config_text(self) -> str:
@@ -400,18 +454,9 @@ class EmbeddedNats:
         ``allow_reconnect=True, max_reconnect_attempts=-1`` and its own ``error_cb``.
         """
         spiffe_id = SpiffeId(self.trust_domain, Role.CONTROL_PLANE, name)
-        kwargs: dict[str, object] = {
-            "tls": self.control_plane_tls(name),
-            "inbox_prefix": inbox_prefix(spiffe_id),
-            "name": str(spiffe_id),
-            "connect_timeout": 2,
-            "allow_reconnect": False,
-            # nats-py retries a refused TCP connect forever with 0; 1 means two quick tries.
-            "max_reconnect_attempts": 1,
-            "reconnect_time_wait": 0.1,
-            **options,
-        }
-        return await nats.connect(self.url, **kwargs)
+        return await connect_control_plane(
+            self.urls, self.control_plane_tls(name), spiffe_id, **options
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -428,13 +473,9 @@ class EmbeddedNats:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._tail.clear()
-        # No preexec_fn: it forces fork() instead of vfork(), and the forked child of a
-        # process running gRPC threads can abort in gRPC's fork handlers before exec.
-        # The server is stopped by stop(); a killed Gridfort may leave it running.
+        # No preexec_fn (see the module docstring): the shim sets PR_SET_PDEATHSIG.
         self._proc = await asyncio.create_subprocess_exec(
-            str(binary),
-            "-c",
-            str(self.config_file),
+            *server_command(binary, self.config_file),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -459,8 +500,11 @@ class EmbeddedNats:
         for what, port in (
             ("client", self._requested_port),
             ("monitor", self._requested_monitor_port),
+            ("cluster", self.cluster.port if self.cluster else None),
         ):
-            host = self.host if what == "client" else "127.0.0.1"
+            host = {"client": self.host, "monitor": "127.0.0.1"}.get(
+                what, self.cluster.host if self.cluster else ""
+            )
             if port and _port_taken(host, port):
                 raise GridfortError(
                     f"cannot start NATS: {what} port {host}:{port} is already in use; stop the "
@@ -468,8 +512,8 @@ class EmbeddedNats:
                 )
 
     async def _ensure_stream(self) -> None:
-        """Connect as the control plane over mutual TLS (proves the listener works) and
-        create or reconcile the telemetry stream."""
+        """Connect as the control plane over mutual TLS (proves the listener works) and,
+        unless this is a cluster node, create or reconcile the telemetry stream."""
         deadline = asyncio.get_running_loop().time() + self._start_timeout_s
 
         async def quiet(_e: Exception) -> None:
@@ -487,14 +531,8 @@ class EmbeddedNats:
                     ) from None
                 await asyncio.sleep(0.05)
         try:
-            js = nc.jetstream()
-            config = telemetry_stream_config(
-                self.max_payload_bytes, max_bytes=self._stream_max_bytes
-            )
-            try:
-                await js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await js.update_stream(config)
+            if self._create_stream:
+                await ensure_stream(nc, self.stream_config(), timeout_s=self._start_timeout_s)
         finally:
             await nc.close()
 
@@ -611,7 +649,10 @@ class EmbeddedNats:
         self._tail.append(line)
         parsed = _LINE_RE.fullmatch(line)
         lvl, msg = (parsed["lvl"], parsed["msg"]) if parsed else ("INF", "")
-        log.log(logging.WARNING if lvl in ("WRN", "ERR", "FTL") else logging.DEBUG, "%s", line)
+        loud = (
+            lvl in ("WRN", "ERR", "FTL") and self._proc is not None and not _ROUTINE_RE.match(msg)
+        )
+        log.log(logging.WARNING if loud else logging.DEBUG, "%s", line)
         if (m := _CLIENT_PORT_RE.fullmatch(msg)) is not None:
             self.port = int(m.group(1))
         elif (m := _MONITOR_PORT_RE.fullmatch(msg)) is not None:

@@ -4,8 +4,9 @@ File layout (all integers big-endian)::
 
     b"GFMODEL\\n"                 8 bytes, magic
     uint16 format_version         FORMAT_VERSION
-    uint32 header_len, header     canonical JSON: grid, layout_hash, hyperparameters,
-                                  thresholds (row + per cell), target_fpr, metadata
+    uint32 header_len, header     canonical JSON: architecture, grid, layout_hash,
+                                  hyperparameters, thresholds (row + per cell),
+                                  target_fpr, metadata
     uint64 weights_len, weights   torch.save(state_dict) bytes
     --- everything above is the signed body ---
     b"SIG1" + key_id (32 ASCII hex) + Ed25519 signature (64 bytes)
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from detection.grid import load_grid
 from detection.layout import MeasurementLayout, build_layout
+from detection.models.jacobian import StateJacobian
 from detection.models.network import GridDetectorNet, NetworkConfig, layout_hash
 from security.envelope import key_id_for, public_key_raw
 from security.refusals import GridfortError
@@ -41,6 +43,9 @@ from security.signing_keys import load_signing_public_key
 
 MAGIC = b"GFMODEL\n"
 FORMAT_VERSION = 1
+#: Version of the network architecture in the header (``GridDetectorNet``); a signed file
+#: made for another architecture is refused as UNKNOWN_VERSION, never half-loaded.
+ARCHITECTURE = 2
 SIGNING_DOMAIN = b"gridfort/v1/model-artifact\0"
 SIG_TAG = b"SIG1"
 KEY_ID_LEN = 32
@@ -90,6 +95,7 @@ class TrainedModel:
 
     def header(self) -> dict[str, Any]:
         return {
+            "architecture": ARCHITECTURE,
             "grid": self.grid,
             "layout_hash": layout_hash(self.layout),
             "n_measurements": len(self.layout),
@@ -226,6 +232,13 @@ def _split_body(body: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 def _model_from(header: dict[str, Any], weights: bytes) -> TrainedModel:
+    architecture = header.get("architecture", 1)
+    if architecture != ARCHITECTURE:
+        raise ModelArtifactError(
+            ArtifactFault.UNKNOWN_VERSION,
+            f"model architecture {architecture!r} is not supported (this build reads "
+            f"{ARCHITECTURE}); retrain or use a matching release",
+        )
     try:
         grid = str(header["grid"])
         layout = build_layout(load_grid(grid))
@@ -238,9 +251,17 @@ def _model_from(header: dict[str, Any], weights: bytes) -> TrainedModel:
         cells = np.asarray(header["cell_thresholds"], dtype=np.float64)
         if cells.shape != (len(layout),):
             raise ValueError("cell thresholds do not match the layout")
-        net = GridDetectorNet(layout, config)
         state = torch.load(io.BytesIO(weights), weights_only=True, map_location="cpu")
+        jacobian = StateJacobian(
+            rows=state["jac_rows"].numpy(),
+            cols=state["jac_cols"].numpy(),
+            values=state["jac_values"].numpy(),
+            n_measurements=len(layout),
+            n_buses=len(layout.bus_index),
+        )
+        net = GridDetectorNet(layout, config, jacobian)
         net.load_state_dict(state, strict=True)
+        net.refresh_operators()
         net.eval()
         return TrainedModel(
             grid=grid,

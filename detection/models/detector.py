@@ -1,63 +1,142 @@
-"""``DeepDetector``: the graph network behind the :class:`detection.detector.Detector` protocol.
+"""Scoring, verdicts and adaptation of the deep detector; ``DeepDetector`` for the evaluator.
 
 Scores: per measurement, the network's attack logit; per row, the largest cell logit.
-Verdicts (:meth:`DeepDetector.verdicts`): a row is attacked when its score exceeds the
-calibrated row threshold; in an attacked row, a measurement is judged falsified when
-its logit exceeds its cell threshold (at least the row's top cell is always flagged),
-so the gate can quarantine just those measurements.
+Verdicts (:func:`verdicts`): a row is attacked when its score exceeds the calibrated
+row threshold; in an attacked row, a measurement is judged falsified when its logit
+exceeds its cell threshold (at least the row's top cell is always flagged), so the
+gate can quarantine just those measurements.
 
-``fit(x_clean, layout)`` does not retrain: it takes the signed model of that layout
-(the given one, or the shipped one) and recalibrates its thresholds on the operator's
-clean history, whose load patterns and noise may differ from the training data.
+Two ways to score:
+
+* :func:`score` judges every row of a block of consecutive snapshots, each with the
+  rows before it (within the block) as context; the batch path of ``detect score`` and
+  the evaluator;
+* :func:`score_latest` judges only the last snapshot of a context window (the live
+  gate's path): it computes the residual history of the last ``config.temporal`` rows
+  and the replay look-back of the last row only, so its cost does not grow with the
+  window (``config.window`` rows: the current snapshot and three days before it).
+
+Adaptation (:func:`adapt`, what ``--history`` and ``DeepDetector.fit`` do): the model of
+normal operation is re-estimated from the operator's clean history, and the thresholds
+are recalibrated on *out-of-sample* scores of that history (each of up to ten
+contiguous folds, at least a day each, scored by a model fitted on the others), so
+the promised false-positive rate is not an in-sample illusion. The learned weights
+are not changed.
+
 Inference runs in batches under ``torch.inference_mode`` on the CPU.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import hashlib
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from detection.detector import calibrate_threshold
+from detection.generate import STEPS_PER_DAY
 from detection.layout import MeasurementLayout
 from detection.models.artifacts import TrainedModel
-from detection.models.network import layout_hash
+from detection.models.network import GridDetectorNet, RowFeatures, layout_hash
+from detection.models.normal import factor_count
+from detection.thresholds import tail_threshold
 from security.refusals import GridfortError
 
-INFER_BATCH = 1024
-#: Candidate cell thresholds tried when tuning localization (quantiles of attacked-row logits).
-_TAU_QUANTILES = np.linspace(0.5, 0.999, 60)
+INFER_BATCH = 256
+#: Rows whose features are computed at once by :func:`score` (bounds memory).
+SCORE_BLOCK = 8192
+#: Fewest clean history rows :func:`adapt` accepts (one week of 15-minute snapshots).
+MIN_HISTORY_ROWS = 672
+#: Contiguous folds of the history for out-of-sample calibration scores (at most).
+ADAPT_FOLDS = 10
+#: A column's cell threshold is at least its clean ``1 - CELL_FLOOR_FPR`` quantile.
+CELL_FLOOR_FPR = 0.01
+#: Candidate common cell levels when tuning localization (quantiles of attacked-row logits).
+_LEVEL_QUANTILES = np.linspace(0.5, 0.999, 60)
 
 
 class DetectorNotFittedError(GridfortError):
     """The detector was used before ``fit`` gave it a model for a layout."""
 
 
+def _as_rows(model: TrainedModel, x: np.ndarray) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != len(model.layout):
+        raise ValueError(f"expected an (n, {len(model.layout)}) array, got shape {arr.shape}")
+    return arr
+
+
+def _eval_net(model: TrainedModel) -> GridDetectorNet:
+    """The model's network in inference mode (switched only if needed: ``eval()`` walks
+    every module, a noticeable share of one snapshot's latency)."""
+    if model.net.training:
+        model.net.eval()
+    return model.net
+
+
+def _logits(model: TrainedModel, feats: RowFeatures, first: int = 0) -> np.ndarray:
+    """Cell logits of rows ``first..`` of the featurized rows (earlier rows: context)."""
+    net = _eval_net(model)
+    n, m = feats.r.shape
+    t = net.config.temporal
+    padded = torch.cat([torch.zeros(t - 1, m), feats.r], dim=0)
+    offsets = torch.arange(t)[None, :]
+    out = np.empty((n - first, m), dtype=np.float32)
+    for s in range(first, n, INFER_BATCH):
+        rows = torch.arange(s, min(n, s + INFER_BATCH))
+        hist = padded[rows[:, None] + offsets]
+        logits = net(hist, feats.z[rows], feats.replay[rows], feats.g[rows])
+        out[s - first : s - first + len(rows)] = logits.numpy()
+    return out
+
+
 def score(model: TrainedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row scores (n,) and cell scores (n, m) of consecutive snapshots ``x`` (n, m).
 
-    Row ``i`` is judged with rows ``i - window + 1 .. i`` as context (row 0 repeated
-    before the start).
+    Row ``i`` is judged with rows ``i - window + 1 .. i`` of ``x`` as context; before
+    the first row there is no context (no residual history, no replay look-back).
     """
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] != len(model.layout):
-        raise ValueError(f"expected an (n, {len(model.layout)}) array, got shape {x.shape}")
-    w = model.config.window
-    n = len(x)
-    xp = np.concatenate([np.repeat(x[:1], w - 1, axis=0), x], axis=0)
-    offsets = np.arange(w)[None, :]
-    cells = np.empty((n, x.shape[1]), dtype=np.float32)
-    net = model.net.eval()
+    arr = _as_rows(model, x)
+    n, m = arr.shape
+    cells = np.empty((n, m), dtype=np.float64)
+    context = model.config.window - 1
     with torch.inference_mode():
-        for s in range(0, n, INFER_BATCH):
-            idx = np.arange(s, min(n, s + INFER_BATCH))[:, None] + offsets
-            _, logits = net(torch.from_numpy(xp[idx]))
-            cells[s : s + len(idx)] = logits.numpy()
-    rows = cells.max(axis=1) if n else np.empty(0, dtype=np.float32)
-    return rows.astype(np.float64), cells.astype(np.float64)
+        # blocks bound the memory of long inputs; each brings its own context rows
+        for s in range(0, n, SCORE_BLOCK):
+            e = min(n, s + SCORE_BLOCK)
+            a = max(0, s - context)
+            cells[s:e] = _logits(model, model.net.row_features(arr[a:e]), first=s - a)
+    rows = cells.max(axis=1) if n else np.empty(0)
+    return rows, cells
+
+
+def score_latest(model: TrainedModel, window_x: np.ndarray) -> tuple[float, np.ndarray]:
+    """Row score and cell scores (m,) of the last snapshot of ``window_x`` (k, m).
+
+    ``window_x`` holds consecutive snapshots, oldest first, ending with the one to judge;
+    up to ``model.config.window`` rows are used (fewer: less context, as at the start of
+    :func:`score`). Equal to the last row of ``score(model, window_x)``, at the cost
+    of a single snapshot.
+    """
+    arr = np.asarray(window_x, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    arr = _as_rows(model, arr)
+    if len(arr) == 0:
+        raise ValueError("score_latest needs at least the snapshot to judge")
+    net = _eval_net(model)
+    cfg = net.config
+    arr = arr[-cfg.window :]
+    t = cfg.temporal
+    with torch.inference_mode():
+        r, z, g = net.residual_features(arr[-t:])
+        hist = torch.zeros(1, t, arr.shape[1])
+        hist[0, t - len(r) :] = r
+        replay = net.replay_flags(arr, np.array([len(arr) - 1]))
+        logits = net(hist, z[-1:], replay, g[-1:])[0].numpy().astype(np.float64)
+    return float(logits.max()), logits
 
 
 def verdicts(
@@ -71,47 +150,111 @@ def verdicts(
     return attacked, flagged
 
 
-def calibrate(
-    model: TrainedModel,
-    x_clean: np.ndarray,
-    target_fpr: float,
-    attacked: tuple[np.ndarray, np.ndarray] | None = None,
-) -> None:
-    """Set the model's thresholds from clean rows (and tune localization on ``attacked``).
-
-    Row threshold: the ``1 - target_fpr`` quantile of clean row scores. Cell thresholds:
-    each column's ``1 - target_fpr`` clean quantile, raised to a common level: the one
-    that maximizes cell F1 on ``attacked = (x, cell_labels)`` when given, else the
-    model's current ``cell_level`` (so recalibrating on clean history keeps it).
-    """
-    rows, cells = score(model, x_clean)
-    model.row_threshold = calibrate_threshold(rows, target_fpr)
-    model.target_fpr = target_fpr
-    clean_q = np.quantile(cells, 1.0 - target_fpr, axis=0, method="higher")
-    model.cell_thresholds = np.maximum(clean_q, model.cell_level)
-    if attacked is None:
-        return
-    xa, labels = attacked
-    a_rows, a_cells = score(model, xa)
-    hit = a_rows > model.row_threshold
-    if not hit.any() or not labels[hit].any():
-        return
-    best_tau, best_f1 = model.cell_level, -1.0
-    for tau in np.quantile(a_cells[hit], _TAU_QUANTILES):
-        model.cell_thresholds = np.maximum(clean_q, tau)
-        _, flagged = verdicts(model, a_rows, a_cells)
-        f1 = cell_f1(flagged, labels)
-        if f1 > best_f1:
-            best_tau, best_f1 = float(tau), f1
-    model.cell_level = float(best_tau)
-    model.cell_thresholds = np.maximum(clean_q, best_tau)
-
-
 def cell_f1(flagged: np.ndarray, labels: np.ndarray) -> float:
     """Micro F1 of flagged cells against the true falsified cells."""
     tp = float(np.sum(flagged & labels))
     denom = float(np.sum(flagged) + np.sum(labels))
     return 2.0 * tp / denom if denom else 1.0
+
+
+def set_thresholds(
+    model: TrainedModel, clean_rows: np.ndarray, clean_cells: np.ndarray, target_fpr: float
+) -> None:
+    """Row threshold from clean row scores (tail-extrapolated, :mod:`thresholds`); cell
+    thresholds: each column's clean ``1 - CELL_FLOOR_FPR`` quantile, at least the model's
+    ``cell_level``. Scores must be out of sample for the model of normal operation."""
+    model.row_threshold = tail_threshold(clean_rows, target_fpr)
+    model.target_fpr = target_fpr
+    floor = np.quantile(clean_cells, 1.0 - CELL_FLOOR_FPR, axis=0, method="higher")
+    model.cell_thresholds = np.maximum(floor, model.cell_level)
+
+
+def tune_cell_level(
+    model: TrainedModel,
+    clean_cells: np.ndarray,
+    rows: np.ndarray,
+    cells: np.ndarray,
+    labels: np.ndarray,
+) -> float:
+    """Set ``cell_level`` to the common cell threshold that maximizes cell F1 on attacked
+    validation rows (``rows``, ``cells`` scores, ``labels`` falsified cells); returns the F1."""
+    floor = np.quantile(clean_cells, 1.0 - CELL_FLOOR_FPR, axis=0, method="higher")
+    hit = rows > model.row_threshold
+    if not hit.any() or not labels[hit].any():
+        return 0.0
+    best_level, best_f1 = model.cell_level, -1.0
+    for level in np.quantile(cells[hit], _LEVEL_QUANTILES):
+        model.cell_thresholds = np.maximum(floor, level)
+        _, flagged = verdicts(model, rows, cells)
+        f1 = cell_f1(flagged, labels)
+        if f1 > best_f1:
+            best_level, best_f1 = float(level), f1
+    model.cell_level = best_level
+    model.cell_thresholds = np.maximum(floor, best_level)
+    return best_f1
+
+
+def adapt_folds(n_rows: int) -> int:
+    """Folds for :func:`out_of_sample_scores`: :data:`ADAPT_FOLDS`, but no fold shorter
+    than a day (a shorter fold sits between training rows of nearly the same load
+    state, so its scores are not out of sample in time), and at least two."""
+    return max(2, min(ADAPT_FOLDS, n_rows // STEPS_PER_DAY))
+
+
+def adapt_factors(model: TrainedModel, n_rows: int, folds: int) -> int:
+    """Factors of every fit of one adaptation: what the smallest fold fit supports, so
+    the calibration folds and the final model are the same kind of model."""
+    smallest = n_rows - -(-n_rows // folds)
+    return factor_count(model.config.factors, len(model.layout), smallest)
+
+
+def out_of_sample_scores(
+    model: TrainedModel, x_clean: np.ndarray, folds: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of clean rows, each contiguous fold judged by a model of normal operation
+    fitted on the other folds (the learned weights are shared)."""
+    n = len(x_clean)
+    folds = folds if folds is not None else adapt_folds(n)
+    bounds = np.linspace(0, n, folds + 1).astype(np.int64)
+    k = adapt_factors(model, n, folds)
+    rows, cells = [], []
+    for a, b in itertools.pairwise(bounds):
+        trial = copy.deepcopy(model)
+        trial.net.fit_normal(np.concatenate([x_clean[:a], x_clean[b:]]), k)
+        trial.net.fit_replay_mask(x_clean)
+        r, c = score(trial, x_clean[a:b])
+        rows.append(r)
+        cells.append(c)
+    return np.concatenate(rows), np.concatenate(cells)
+
+
+def adapt(
+    model: TrainedModel, x_history: np.ndarray, target_fpr: float | None = None
+) -> TrainedModel:
+    """A copy of ``model`` adapted to an operator's clean history ``x_history`` (n, m).
+
+    Re-estimates the model of normal operation on the history and recalibrates the
+    thresholds at ``target_fpr`` (default: the model's) on out-of-sample scores of it.
+    The caller's model is never changed. Raises ``ValueError`` when the history is too
+    short or not in the model's layout.
+    """
+    x = _as_rows(model, x_history)
+    if len(x) < MIN_HISTORY_ROWS:
+        raise ValueError(
+            f"history has {len(x)} rows; at least {MIN_HISTORY_ROWS} clean snapshots are needed"
+        )
+    if not np.all(np.isfinite(x)):
+        raise ValueError("history must hold finite values only")
+    fpr = target_fpr if target_fpr is not None else model.target_fpr
+    adapted = copy.deepcopy(model)
+    folds = adapt_folds(len(x))
+    with torch.inference_mode():
+        clean_rows, clean_cells = out_of_sample_scores(adapted, x, folds)
+    adapted.net.fit_normal(x, adapt_factors(model, len(x), folds))
+    adapted.net.fit_replay_mask(x)
+    set_thresholds(adapted, clean_rows, clean_cells, fpr)
+    adapted.metadata = {**model.metadata, "adapted": {"history_rows": len(x), "target_fpr": fpr}}
+    return adapted
 
 
 @dataclass(slots=True)
@@ -125,9 +268,9 @@ class DeepDetector:
     """The deep detector behind the ``Detector`` protocol (see the module docstring).
 
     ``model``: a loaded, verified model; without one, ``fit`` loads the shipped model
-    of the layout (``detection.models.registry``). ``recalibrate``: re-derive the
-    thresholds from the clean rows given to ``fit`` (at ``target_fpr``, default the
-    model's own).
+    of the layout (``detection.models.registry``). ``recalibrate``: ``fit`` adapts the
+    model to the clean rows it is given (:func:`adapt`, at ``target_fpr``, default the
+    model's own); otherwise ``fit`` only picks the model.
     """
 
     name = "gnn"
@@ -151,9 +294,7 @@ class DeepDetector:
             self.model = shipped_model_for_layout(layout)
         self._cache = None
         if self.recalibrate:
-            self.model = dataclasses.replace(self.model)  # never re-threshold the caller's copy
-            fpr = self.target_fpr if self.target_fpr is not None else self.model.target_fpr
-            calibrate(self.model, np.asarray(x_clean, dtype=np.float64), fpr)
+            self.model = adapt(self.model, np.asarray(x_clean, dtype=np.float64), self.target_fpr)
 
     def _scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.model is None:

@@ -19,6 +19,8 @@ class AssetKind(StrEnum):
     PV_INVERTER = "pv_inverter"
     BATTERY = "battery"
     EV_CHARGER = "ev_charger"
+    # A substation RTU (edge_node/devices/grid_rtu.py): metering only, takes no setpoint.
+    GRID_RTU = "grid_rtu"
 
 
 @dataclass(frozen=True, slots=True)

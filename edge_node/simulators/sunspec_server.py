@@ -22,6 +22,14 @@ CHARGE)`` percent of ``WChaMax``; no bit set means idle. Writes are validated
 against the model definitions (RW points only, enum symbols, ranges) and refused
 with Modbus exceptions 2 (address) or 3 (value). Physics runs on simulated time:
 the injected clock's elapsed time times ``time_scale``.
+
+Grid frequency: model 103 ``Hz`` of both units is the frequency at the terminals.
+:meth:`SunSpecSiteSimulator.set_grid_frequency` changes it at once (published in the
+registers before it returns) and :meth:`SunSpecSiteSimulator.script_frequency` plays
+a scripted event (e.g. a dip) on the simulator's event loop. For latency
+measurements the simulator logs, on a monotonic clock [ns], every frequency change
+(:attr:`frequency_log`) and every change of a unit's commanded power that a control
+write caused (:attr:`control_log`), both at the device, where the truth is.
 """
 
 from __future__ import annotations
@@ -29,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pymodbus.constants import ExcCodes
@@ -47,6 +57,7 @@ PV_MODELS = (1, 103, 120, 121, 123)
 BATTERY_MODELS = (1, 103, 124, 802)
 _HEADROOM = 1.5  # scale factors leave room for 150 % of rating
 _CHARGE_BIT, _DISCHARGE_BIT = 0x1, 0x2  # model 124 StorCtl_Mod symbols CHARGE=0, DiSCHARGE=1
+LOG_KEPT = 100_000  # entries kept in each latency log
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +92,43 @@ class SiteConfig:
             raise ValueError(f"grid_hz must be in 40..70 Hz, got {self.grid_hz}")
         if not 0.01 <= self.step_s <= 10.0:
             raise ValueError(f"step_s must be in 0.01..10 s, got {self.step_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencyStep:
+    """One step of a scripted frequency event: ``hz`` [Hz] from ``after_s`` [s] after the
+    script started."""
+
+    after_s: float
+    hz: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.after_s) and self.after_s >= 0):
+            raise ValueError(f"FrequencyStep.after_s must be >= 0 s, got {self.after_s}")
+        _check_hz(self.hz)
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencyChange:
+    """The frequency published at ``mono_ns`` [ns, monotonic clock] [Hz]."""
+
+    mono_ns: int
+    hz: float
+
+
+@dataclass(frozen=True, slots=True)
+class ControlChange:
+    """A control write changed unit ``unit_id``'s commanded power to ``p_kw`` [kW] (battery:
+    + discharge; PV: the export cap) at ``mono_ns`` [ns, monotonic clock]."""
+
+    mono_ns: int
+    unit_id: int
+    p_kw: float
+
+
+def _check_hz(hz: float) -> None:
+    if not (math.isfinite(hz) and 40.0 <= hz <= 70.0):
+        raise ValueError(f"grid frequency must be in 40..70 Hz, got {hz}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,17 +226,30 @@ def _battery_image(cfg: SiteConfig) -> ssm.DeviceImage:
     )
 
 
-def _publish_ac(image: ssm.DeviceImage, cfg: SiteConfig, p_kw: float, rated_kw: float) -> None:
-    """Model 103 measurements for AC power ``p_kw`` at unity power factor."""
+def _publish_ac(
+    image: ssm.DeviceImage, cfg: SiteConfig, p_kw: float, rated_kw: float, hz: float
+) -> None:
+    """Model 103 measurements for AC power ``p_kw`` at unity power factor, frequency ``hz``."""
     p_w = p_kw * 1000
     phase_a = abs(p_w) / (3 * cfg.grid_v)
-    values = {"W": p_w, "VA": abs(p_w), "VAr": 0.0, "PF": 100.0, "Hz": cfg.grid_hz}
+    values = {"W": p_w, "VA": abs(p_w), "VAr": 0.0, "PF": 100.0, "Hz": hz}
     values |= {"A": 3 * phase_a, "AphA": phase_a, "AphB": phase_a, "AphC": phase_a}
     values |= {f"PhVph{ph}": cfg.grid_v for ph in "ABC"}
     values |= {f"PPVph{ph}": cfg.grid_v * math.sqrt(3) for ph in ("AB", "BC", "CA")}
     values |= {"TmpCab": 30.0 + 15.0 * abs(p_kw) / rated_kw}
     for name, value in values.items():
-        image.set_scaled(103, name, value)
+        _set_scaled(image, 103, name, value)
+
+
+def _set_scaled(image: ssm.DeviceImage, model_id: int, name: str, value: float) -> None:
+    """``DeviceImage.set_scaled`` reading only the one scale-factor point, not the whole
+    model: the physics publishes dozens of points per step, and a Modbus request waits
+    for it."""
+    ref = image.model(model_id).point(name).sf
+    sf = 0 if ref is None else ref if isinstance(ref, int) else image.get(model_id, ref)
+    if not isinstance(sf, int):
+        raise ssm.SunSpecValueError(f"model {model_id}: no scale factor for {name}")
+    image.set(model_id, name, ssm.to_raw(value, sf))
 
 
 def _set_counter_wh(image: ssm.DeviceImage, e_wh: float) -> None:
@@ -330,6 +391,7 @@ class SunSpecSiteSimulator:
         grid_v: float = 230.0,
         grid_hz: float = 50.0,
         step_s: float = 0.1,
+        monotonic_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         battery = bm.BatteryConfig(
             battery_rated_kw, battery_e_kwh, battery_soc_min_pct, battery_soc_max_pct
@@ -348,12 +410,25 @@ class SunSpecSiteSimulator:
             step_s=step_s,
         )
         self._clock = clock
+        self._mono_ns = monotonic_ns
+        self._grid_hz = grid_hz
+        self.frequency_log: deque[FrequencyChange] = deque(maxlen=LOG_KEPT)
+        #: Attack simulation (``gridfort demo --attack soc-inflation``): %-points added to the
+        #: state of charge the battery's registers report; the physics is untouched.
+        self.soc_falsification_pct = 0.0
+        self.control_log: deque[ControlChange] = deque(maxlen=LOG_KEPT)
+        self._script: asyncio.Task[None] | None = None
         self._anchor_ms = self._sim_ms = clock.now_ms()
         self._pv = pvm.PvState(p_kw=0.0, e_exported_kwh=pv_e_exported_kwh)
         self._bat = bm.BatteryState(soc_pct=float(battery_soc_pct))
-        self._pv_unit = _Unit(PV_UNIT_ID, _pv_image(self._cfg), self._pv_cap, self._apply)
+        self._pv_unit = _Unit(
+            PV_UNIT_ID, _pv_image(self._cfg), self._pv_cap, lambda c: self._apply(PV_UNIT_ID, c)
+        )
         self._bat_unit = _Unit(
-            BATTERY_UNIT_ID, _battery_image(self._cfg), self._bat_cmd, self._apply
+            BATTERY_UNIT_ID,
+            _battery_image(self._cfg),
+            self._bat_cmd,
+            lambda c: self._apply(BATTERY_UNIT_ID, c),
         )
         self._server: ModbusTcpServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -386,6 +461,11 @@ class SunSpecSiteSimulator:
 
     async def stop(self) -> None:
         """Stop stepping, close every connection and release the port. Idempotent."""
+        script, self._script = self._script, None
+        if script is not None:
+            script.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await script
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -405,6 +485,34 @@ class SunSpecSiteSimulator:
         self._bat = bm.step_battery(self._cfg.battery, self._bat, self._bat_cmd(), dt_s)
         self._publish_pv()
         self._publish_battery()
+
+    @property
+    def grid_hz(self) -> float:
+        """The grid frequency now published in model 103 ``Hz`` [Hz]."""
+        return self._grid_hz
+
+    def set_grid_frequency(self, hz: float) -> None:
+        """Publish grid frequency ``hz`` [Hz, 40..70] in both units' model 103 now, and log it."""
+        _check_hz(hz)
+        self._grid_hz = float(hz)
+        for unit in (self._pv_unit, self._bat_unit):
+            _set_scaled(unit.image, 103, "Hz", self._grid_hz)
+        self.frequency_log.append(FrequencyChange(self._mono_ns(), self._grid_hz))
+
+    def script_frequency(self, steps: Sequence[FrequencyStep]) -> asyncio.Task[None]:
+        """Play ``steps`` from now on the simulator's loop (replacing a running script)."""
+        ordered = sorted(steps, key=lambda s: s.after_s)
+        if self._script is not None:
+            self._script.cancel()
+        self._script = asyncio.ensure_future(self._play(ordered))
+        return self._script
+
+    async def _play(self, steps: Sequence[FrequencyStep]) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for step in steps:
+            await asyncio.sleep(max(0.0, start + step.after_s - loop.time()))
+            self.set_grid_frequency(step.hz)
 
     def point_address(self, unit_id: int, model_id: int, name: str) -> int:
         """Modbus address of a point on unit 1 (PV) or 2 (battery), e.g. for a test client."""
@@ -431,11 +539,19 @@ class SunSpecSiteSimulator:
             await asyncio.sleep(self._cfg.step_s)
             self.step()
 
-    def _apply(self, commit: Callable[[], None]) -> None:
-        """A validated control write: run the old setpoint up to now, commit, re-publish."""
+    def _apply(self, unit_id: int, commit: Callable[[], None]) -> None:
+        """A validated control write: run the old setpoint up to now, commit, re-publish,
+        and log the commanded power if the write changed it."""
         self.step()
+        before = self._commanded(unit_id)
         commit()
+        after = self._commanded(unit_id)
+        if after != before:
+            self.control_log.append(ControlChange(self._mono_ns(), unit_id, after))
         self.step()
+
+    def _commanded(self, unit_id: int) -> float:
+        return self._pv_cap() if unit_id == PV_UNIT_ID else self._bat_cmd()
 
     def _pv_cap(self, image: ssm.DeviceImage | None = None) -> float:
         return _pv_cap_kw(
@@ -449,7 +565,7 @@ class SunSpecSiteSimulator:
 
     def _publish_pv(self) -> None:
         image, p_kw = self._pv_unit.image, self._pv.p_kw
-        _publish_ac(image, self._cfg, p_kw, self._cfg.pv.rated_kw)
+        _publish_ac(image, self._cfg, p_kw, self._cfg.pv.rated_kw, self._grid_hz)
         _set_counter_wh(image, self._pv.e_exported_kwh * 1000)
         curtailed = self._pv_cap() < pvm.available_kw(self._cfg.pv, self._sim_ms)
         state = 2 if p_kw <= 0 else 5 if curtailed else 4  # SLEEPING, THROTTLED, MPPT
@@ -457,14 +573,15 @@ class SunSpecSiteSimulator:
 
     def _publish_battery(self) -> None:
         image, cfg, bat = self._bat_unit.image, self._cfg.battery, self._bat
-        _publish_ac(image, self._cfg, bat.p_kw, cfg.rated_kw)
+        _publish_ac(image, self._cfg, bat.p_kw, cfg.rated_kw, self._grid_hz)
         _set_counter_wh(image, bat.e_discharged_kwh * 1000)
         image.set(103, "St", 4 if bat.p_kw else 8)  # MPPT (running), STANDBY
         v_dc, p_dc_w = bm.dc_voltage_v(cfg, bat.soc_pct), bm.dc_power_kw(cfg, bat.p_kw) * 1000
-        for name, value in {"SoC": bat.soc_pct, "V": v_dc, "A": p_dc_w / v_dc, "W": p_dc_w}.items():
-            image.set_scaled(802, name, value)
-        image.set_scaled(124, "ChaState", bat.soc_pct)
-        image.set_scaled(124, "InBatV", v_dc)
+        soc = min(100.0, bat.soc_pct + self.soc_falsification_pct)  # a compromised BMS lies
+        for name, value in {"SoC": soc, "V": v_dc, "A": p_dc_w / v_dc, "W": p_dc_w}.items():
+            _set_scaled(image, 802, name, value)
+        _set_scaled(image, 124, "ChaState", bat.soc_pct)
+        _set_scaled(image, 124, "InBatV", v_dc)
         cha_st = self._charge_status()
         image.set(802, "ChaSt", cha_st)
         image.set(124, "ChaSt", cha_st)

@@ -62,6 +62,14 @@ class _Session:
         self.channel = channel
         self.call = call
         self.reader: asyncio.Task[None] | None = None
+        # Telemetry/heartbeats (sender task) and command results (reader task) share the
+        # call; gRPC allows one write in flight per call (else TOO_MANY_OPERATIONS).
+        self._write_lock = asyncio.Lock()
+
+    async def write(self, message: lpb.EdgeMessage) -> None:
+        """Write one message; concurrent writers take turns."""
+        async with self._write_lock:
+            await self.call.write(message)
 
     async def close(self) -> None:
         self.call.cancel()
@@ -177,9 +185,7 @@ class GrpcUplink:
             if sent:
                 last_write = now
             elif now - last_write >= self._settings.heartbeat_s * 1000:
-                await self._session.call.write(
-                    lpb.EdgeMessage(heartbeat=lpb.Heartbeat(sent_ms=now))
-                )
+                await self._session.write(lpb.EdgeMessage(heartbeat=lpb.Heartbeat(sent_ms=now)))
                 last_write = now
             if not sent:
                 self._wake.clear()
@@ -192,7 +198,7 @@ class GrpcUplink:
         assert self._session is not None
         entries = self._delivery.next_batch()
         for entry in entries:
-            await self._session.call.write(lpb.EdgeMessage(telemetry=entry.envelope))
+            await self._session.write(lpb.EdgeMessage(telemetry=entry.envelope))
         return len(entries)
 
     async def _read_loop(self, session: _Session) -> None:
@@ -205,7 +211,7 @@ class GrpcUplink:
                 self._delivery.on_receipt(message.receipt)
             elif kind == "command":
                 result = await self._on_command(message.command)
-                await session.call.write(lpb.EdgeMessage(command_result=result))
+                await session.write(lpb.EdgeMessage(command_result=result))
             self._wake.set()
 
     async def _rotate(self) -> None:

@@ -2,11 +2,22 @@
 
 The payload is the same ``EdgeMessage`` bytes as over gRPC (telemetry or a command
 result), with a ``Nats-Msg-Id`` header (SHA-256 of the exact envelope bytes) so
-JetStream drops an exact re-send within its duplicate window. A JetStream publish
-acknowledgement is *not* durability (the broker syncs to disk every 2 minutes by
-default): a batch leaves the outbox only on the control plane's signed commit
-receipt, which arrives on the site's command subject like every command. A batch
-without a receipt after ``receipt_timeout_s`` is sent again.
+JetStream drops an exact re-send within its duplicate window, and a
+``Gridfort-Seq`` header: the batch's sequence number, an unsigned *ordering hint*
+for the control plane's consumer (the signed payload stays authoritative; a site
+that lies in it only delays its own data). A JetStream publish acknowledgement is
+*not* durability (the broker syncs to disk every 2 minutes by default): a batch
+leaves the outbox only on the control plane's signed commit receipt, which arrives
+on the site's command subject like every command. A batch without a receipt after
+``receipt_timeout_s`` is sent again.
+
+Sequence numbers must reach the control plane in order. When a publish is not
+acknowledged (no stream leader during a cluster fail-over: ``503 no responders``;
+a message lost with a killed node: timeout), later publishes may still succeed,
+so delivery rewinds at once to the first unacknowledged batch and resends from
+there, in order, after ``publish_retry_delay_s`` (the consumer holds the later ones
+until the gap is filled). With several servers (a cluster), each reconnect starts
+at the next server in the list, so a dead node costs one refused connect.
 
 In ``both`` mode the gRPC uplink is primary: while it is connected this uplink stays
 connected for receipts and commands but publishes nothing (``standby``).
@@ -29,7 +40,13 @@ import nats
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 
-from control_plane.transports.nats_config import command_subject, inbox_prefix, telemetry_subject
+from control_plane.transports.nats_config import (
+    MSG_ID_HEADER,
+    command_subject,
+    inbox_prefix,
+    telemetry_subject,
+)
+from control_plane.transports.nats_config import SEQ_HEADER as SEQ_HEADER
 from edge_node.credentials import EdgeCredentials, EnrollmentError, renew
 from edge_node.outbox import Outbox
 from edge_node.uplinks.delivery import Delivery, DeliveryPolicy
@@ -41,7 +58,7 @@ from security.rotation import should_rotate
 log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[epb.SignedEnvelope], Awaitable[epb.SignedEnvelope]]
-MSG_ID = "Nats-Msg-Id"
+MSG_ID = MSG_ID_HEADER
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class NatsUplinkSettings:
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
     publish_ack_timeout_s: float = 5.0
+    publish_retry_delay_s: float = 0.5  # wait before resending after a publish failed
     renewal_endpoint: str = ""  # control-plane link HOST:PORT for certificate renewal
 
     def __post_init__(self) -> None:
@@ -95,6 +113,9 @@ class NatsUplink:
         self._js: Any = None  # the JetStream context of the current connection
         self._clock = clock
         self._next_renewal = 0.0  # monotonic time of the next renewal attempt [s]
+        self._server_index = 0  # where the next connect starts in settings.servers
+        self._failed_rounds = 0  # consecutive publish rounds with failures (backoff)
+        self.publish_failures = 0  # publishes the broker did not acknowledge
 
     def notify(self) -> None:
         self._wake.set()
@@ -131,7 +152,16 @@ class NatsUplink:
         }
         if self._settings.server_name:
             options["tls_hostname"] = self._settings.server_name
-        nc = await nats.connect(list(self._settings.servers), **options)
+        servers = self._settings.servers
+        first = self._server_index % len(servers)
+        try:
+            # Our order, not nats-py's shuffle: after a failure, start at the next server.
+            nc = await nats.connect(
+                [*servers[first:], *servers[:first]], dont_randomize=True, **options
+            )
+        except BaseException:
+            self._server_index += 1
+            raise
         try:
             await nc.subscribe(command_subject(self._creds.site_id), cb=self._on_message)
             await nc.flush(timeout=max(1, int(self._settings.connect_timeout_s)))
@@ -185,22 +215,42 @@ class NatsUplink:
         acks = []
         for entry in entries:
             data = lpb.EdgeMessage(telemetry=entry.envelope).SerializeToString()
-            headers = {MSG_ID: message_id(entry.envelope)}
+            headers = {MSG_ID: message_id(entry.envelope), SEQ_HEADER: str(entry.seq)}
             acks.append(await self._js.publish_async(self._subject, data, headers=headers))
         if acks:
             # The broker's ack only means "in the stream"; deletion waits for the receipt.
-            done = await asyncio.wait_for(
-                asyncio.gather(*acks, return_exceptions=True), self._settings.publish_ack_timeout_s
-            )
-            failed = [d for d in done if isinstance(d, BaseException)]
+            _done, pending = await asyncio.wait(acks, timeout=self._settings.publish_ack_timeout_s)
+            for future in pending:
+                future.cancel()
+            failed = [
+                (entry.seq, future)
+                for entry, future in zip(entries, acks, strict=True)
+                if future.cancelled() or future.exception() is not None
+            ]
             if failed:
-                log.warning(
-                    "nats uplink %s: %d publishes not acknowledged: %s",
-                    self._creds.site_id,
-                    len(failed),
-                    failed[0],
-                )
+                self._publish_failed(failed)
+            else:
+                self._failed_rounds = 0
         return len(entries)
+
+    def _publish_failed(self, failed: list[tuple[int, asyncio.Future[Any]]]) -> None:
+        """Resend from the first unacknowledged batch, in order, after a pause that doubles
+        with each failed round (up to 4x ``publish_retry_delay_s``): an election is not
+        hammered, and the edge is back within seconds of a new stream leader."""
+        self.publish_failures += len(failed)
+        self._failed_rounds += 1
+        first_seq, first = min(failed, key=lambda f: f[0])
+        why = "no ack in time" if first.cancelled() else repr(first.exception())
+        log.warning(
+            "nats uplink %s: %d publishes not acknowledged (%s); resending from seq %d",
+            self._creds.site_id,
+            len(failed),
+            why,
+            first_seq,
+        )
+        base = self._settings.publish_retry_delay_s
+        delay_s = base * min(4, 2 ** (self._failed_rounds - 1))
+        self._delivery.rewind(first_seq, delay_s)
 
     async def _on_message(self, msg: Msg) -> None:
         message = lpb.ControlMessage()

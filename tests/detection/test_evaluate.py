@@ -144,3 +144,17 @@ def test_cli_refuses_unknown_detector_names() -> None:
     )
     with pytest.raises(ValueError, match="unknown detector"):
         args.handler(args)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--held-out", "--seed", "5"], "--held-out needs a seed of at least"),
+        (["--held-out", "--steps", "500"], "--steps must be at least"),
+        (["--held-out", "--data", "x.parquet"], "cannot be combined with --data"),
+    ],
+)
+def test_cli_held_out_refuses_training_seeds_and_short_runs(extra: list[str], message: str) -> None:
+    args = _parser().parse_args(["detect", "eval", "--grid", "case14", *extra])
+    with pytest.raises(ValueError, match=message):
+        args.handler(args)

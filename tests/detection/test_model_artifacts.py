@@ -25,6 +25,7 @@ from detection.models.artifacts import (
     sign_body,
 )
 from detection.models.detector import score
+from detection.models.jacobian import state_jacobian
 from detection.models.network import GridDetectorNet, NetworkConfig
 from detection.models.registry import (
     load_shipped_model,
@@ -37,10 +38,10 @@ from security.envelope import generate_signing_key
 def _tiny_model(grid: str = "case14") -> TrainedModel:
     torch.manual_seed(0)
     layout = build_layout(load_grid(grid))
-    config = NetworkConfig(window=3, hidden=8, layers=1, bottleneck=8)
-    net = GridDetectorNet(layout, config)
+    config = NetworkConfig(window=3, temporal=2, hidden=8, layers=1, factors=4, replay_days=0)
+    net = GridDetectorNet(layout, config, state_jacobian(grid, layout))
     rng = np.random.default_rng(0)
-    net.set_normalization(rng.normal(1.0, 0.1, size=(50, len(layout))))
+    net.fit_normal(rng.normal(1.0, 0.1, size=(50, len(layout))))
     return TrainedModel(
         grid=grid,
         layout=layout,
@@ -186,7 +187,7 @@ def test_missing_file_is_refused(tmp_path) -> None:
 
 @pytest.mark.parametrize("grid", ["case118", "cigre_mv"])
 def test_shipped_model_verifies_with_the_shipped_public_key(grid) -> None:
-    assert shipped_model_path(grid).stat().st_size < 4 << 20
+    assert shipped_model_path(grid).stat().st_size < 2 << 20  # shipped files stay small
     model = load_shipped_model(grid)
     assert model.grid == grid
     assert len(model.cell_thresholds) == len(model.layout)
@@ -194,3 +195,20 @@ def test_shipped_model_verifies_with_the_shipped_public_key(grid) -> None:
     with pytest.raises(ModelArtifactError):
         load_model(shipped_model_path(grid), generate_signing_key().public_key())
     assert shipped_public_key_path().read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+
+
+def test_model_of_another_architecture_is_refused_even_when_signed(tmp_path) -> None:
+    import json
+
+    key = generate_signing_key()
+    body = artifact_body(_tiny_model())
+    off = len(MAGIC) + 2
+    (n,) = struct.unpack_from(">I", body, off)
+    header = json.loads(body[off + 4 : off + 4 + n])
+    header["architecture"] = 1  # the graph autoencoder this build no longer runs
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    body = body[:off] + struct.pack(">I", len(raw)) + raw + body[off + 4 + n :]
+    path = tmp_path / "old.gfmodel"
+    path.write_bytes(sign_body(body, key))
+    err = _refused(path, key, ArtifactFault.UNKNOWN_VERSION)
+    assert "architecture 1" in str(err)

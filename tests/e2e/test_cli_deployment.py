@@ -90,6 +90,8 @@ async def test_operator_deploys_a_site_with_the_cli(tmp_path: Path) -> None:
         f"127.0.0.1:{link}",
         "--bootstrap-listen",
         f"127.0.0.1:{boot}",
+        "--api-listen",
+        "127.0.0.1:0",
     )
     sim = SunSpecSiteSimulator(
         pv_rated_kw=10.0,

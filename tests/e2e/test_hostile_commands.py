@@ -13,173 +13,31 @@ control plane.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from control_plane.embedded import EmbeddedSystem
-from edge_node.commands import CommandExecutor, CommandSeqStore, DeviceState
-from edge_node.credentials import EdgeCredentials
-from edge_node.devices.sunspec import SunSpecBattery, SunSpecPvInverter
-from edge_node.outbox import Outbox
-from edge_node.sampler import Sampler
-from edge_node.simulators.sunspec_server import (
-    BATTERY_UNIT_ID,
-    PV_UNIT_ID,
-    SiteSnapshot,
-    SunSpecSiteSimulator,
-)
 from gridfort.v1 import command_pb2 as cpb
 from gridfort.v1 import edge_link_pb2 as lpb
 from gridfort.v1 import envelope_pb2 as epb
-from security.audit_log import AuditLog, verify_audit_log
-from security.envelope import EnvelopeSigner, verify_signature
+from security.audit_log import verify_audit_log
+from security.envelope import EnvelopeSigner
 from security.refusals import Reason
+from tests.e2e.command_site import (
+    BATTERY_RATED_KW,
+    MINUTE_MS,
+    PV_RATED_KW,
+    EdgeSite,
+    EnrollSite,
+    assert_refused_and_not_applied,
+    audit_records,
+    start_edge,
+)
 from tests.e2e.raw_link import RawLink
-
-EnrollSite = Callable[[str], Awaitable[EdgeCredentials]]
-
-PV_RATED_KW = 10.0
-BATTERY_RATED_KW = 5.0
-MINUTE_MS = 60_000
-
-
-@dataclass
-class EdgeSite:
-    """One real edge gateway: credentials, devices on the simulator, executor, audit log."""
-
-    system: EmbeddedSystem
-    creds: EdgeCredentials
-    sim: SunSpecSiteSimulator
-    executor: CommandExecutor
-    seq_store: CommandSeqStore
-    audit: AuditLog
-    devices: dict[str, DeviceState]
-    next_command_seq: int
-
-    @property
-    def cp_signer(self) -> EnvelopeSigner:
-        return self.system.control_plane.signer
-
-    def now(self) -> int:
-        return self.system.clock.now_ms()
-
-    def command(
-        self,
-        asset_id: str = "s1-pv",
-        p_kw: float = 3.0,
-        *,
-        site_id: str = "s1",
-        seq: int | None = None,
-        issued_ms: int | None = None,
-        ttl_ms: int = 30_000,
-    ) -> cpb.Command:
-        if seq is None:
-            seq, self.next_command_seq = self.next_command_seq, self.next_command_seq + 1
-        issued = self.now() if issued_ms is None else issued_ms
-        return cpb.Command(
-            command_id=uuid.uuid4().hex,
-            site_id=site_id,
-            asset_id=asset_id,
-            seq=seq,
-            issued_ms=issued,
-            expires_ms=issued + ttl_ms,
-            set_active_power=cpb.SetActivePower(p_kw=p_kw),
-        )
-
-    def sign(
-        self, command: cpb.Command, signer: EnvelopeSigner | None = None
-    ) -> epb.SignedEnvelope:
-        signer = signer or self.cp_signer
-        return signer.sign(epb.PAYLOAD_TYPE_COMMAND, command.SerializeToString(), self.now())
-
-    async def handle(self, envelope: epb.SignedEnvelope) -> cpb.CommandResult:
-        return (await self.answer(envelope))[1]
-
-    async def answer(
-        self, envelope: epb.SignedEnvelope
-    ) -> tuple[epb.SignedEnvelope, cpb.CommandResult]:
-        """Run the executor; the result must be signed by this edge's enrolled key."""
-        answer = await asyncio.wait_for(self.executor.handle(envelope), 10.0)
-        assert answer.payload_type == epb.PAYLOAD_TYPE_COMMAND_RESULT
-        assert answer.signer == str(self.creds.spiffe_id)
-        assert answer.key_id == self.creds.signer.key_id
-        key = self.system.control_plane.keys.lookup(answer.key_id)  # the enrolled key
-        assert key is not None and verify_signature(answer, key.public_key)
-        result = cpb.CommandResult.FromString(answer.payload)
-        assert result.site_id == "s1"
-        return answer, result
-
-    def snapshot(self) -> SiteSnapshot:
-        self.sim.step()
-        return self.sim.snapshot()
-
-
-def audit_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-
-async def start_edge(
-    system: EmbeddedSystem, enroll_site: EnrollSite, tmp_path: Path, battery_soc_pct: float
-) -> AsyncIterator[EdgeSite]:
-    creds = await enroll_site("s1")
-    sim = SunSpecSiteSimulator(
-        pv_rated_kw=PV_RATED_KW,
-        battery_rated_kw=BATTERY_RATED_KW,
-        battery_e_kwh=10.0,
-        battery_soc_pct=battery_soc_pct,
-        clock=system.clock,
-        battery_soc_min_pct=5.0,
-        battery_soc_max_pct=95.0,
-    )
-    port = await sim.start()
-    adapters = [
-        SunSpecPvInverter("s1-pv", "127.0.0.1", port, PV_UNIT_ID),
-        SunSpecBattery("s1-bat", "127.0.0.1", port, BATTERY_UNIT_ID),
-    ]
-    devices = {a.asset_id: DeviceState(a, await a.connect()) for a in adapters}
-    edge_dir = tmp_path / "edge-runtime"
-    edge_dir.mkdir()
-    outbox = Outbox(edge_dir / "outbox.db", synchronous="NORMAL")
-    seq_store = CommandSeqStore(edge_dir / "commands.db")
-    seq_store.advance(creds.next_command_seq - 1)
-    audit = AuditLog(edge_dir / "audit.jsonl", system.clock)
-    # One real sampling pass, as the edge does it: learns the battery's state of charge.
-    sampler = Sampler(
-        site_id="s1",
-        devices=devices,
-        outbox=outbox,
-        signer=creds.signer,
-        clock=system.clock,
-        interval_s=1.0,
-    )
-    assert await sampler.sample_once() > 0
-    executor = CommandExecutor(
-        site_id="s1",
-        controller=creds.controller,
-        devices=devices,
-        signer=creds.signer,
-        seq_store=seq_store,
-        audit=audit,
-        clock=system.clock,
-    )
-    site = EdgeSite(system, creds, sim, executor, seq_store, audit, devices, creds.next_command_seq)
-    try:
-        yield site
-    finally:
-        for adapter in adapters:
-            await adapter.close()
-        await sim.stop()
-        outbox.close()
-        seq_store.close()
-        audit.close()
 
 
 @pytest.fixture
@@ -188,31 +46,6 @@ async def edge(
 ) -> AsyncIterator[EdgeSite]:
     async for site in start_edge(system, enroll_site, tmp_path, battery_soc_pct=50.0):
         yield site
-
-
-async def assert_refused_and_not_applied(
-    edge: EdgeSite, envelope: epb.SignedEnvelope, reason: Reason
-) -> cpb.CommandResult:
-    before = edge.snapshot()
-    hwm_before = edge.seq_store.get()
-    result = await edge.handle(envelope)
-    assert result.status == cpb.COMMAND_STATUS_REFUSED, result
-    assert result.reason == reason.value, result
-    assert result.applied_p_kw == 0.0
-    for leak in ("Traceback", "INTERNAL", 'File "', "Exception"):
-        assert leak not in result.message
-    after = edge.snapshot()
-    assert (after.pv_cap_kw, after.battery_cmd_kw) == (before.pv_cap_kw, before.battery_cmd_kw)
-    record = audit_records(edge.audit.path)[-1]
-    assert (record["event"], record["decision"], record["reason"]) == (
-        "command",
-        "deny",
-        reason.value,
-    )
-    assert record["identity"] == edge.creds.controller.spiffe_id
-    if reason is not Reason.COMMAND_UNSAFE:  # refused before the checks: no seq is burned
-        assert edge.seq_store.get() == hwm_before
-    return result
 
 
 # -- forged, misaddressed, stale ------------------------------------------------------------------

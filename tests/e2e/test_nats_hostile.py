@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from control_plane.embedded import EmbeddedSystem
@@ -27,7 +28,7 @@ async def enroll(system: EmbeddedSystem, tmp_path: Path, site: str) -> EdgeCrede
     return await system.enroll_edge(site, tmp_path / site)
 
 
-async def connect(system: EmbeddedSystem, creds: EdgeCredentials) -> nats.NATS:
+async def connect(system: EmbeddedSystem, creds: EdgeCredentials) -> NatsClient:
     ctx = ssl.create_default_context(cadata=creds.bundle_pem.decode())
     ctx.load_cert_chain(creds.directory / "tls.pem", creds.directory / "tls.key")
     url = system.control_plane.nats_url
@@ -47,7 +48,7 @@ async def connect(system: EmbeddedSystem, creds: EdgeCredentials) -> nats.NATS:
 
 
 async def publish_and_receipt(
-    nc: nats.NATS, creds: EdgeCredentials, data: bytes, msg_id: str
+    nc: NatsClient, creds: EdgeCredentials, data: bytes, msg_id: str
 ) -> lpb.BatchReceipt:
     receipts: asyncio.Queue[Msg] = asyncio.Queue()
     sub = await nc.subscribe(command_subject(creds.site_id), cb=receipts.put)

@@ -14,8 +14,11 @@ def test_bench_policy_smoke(tmp_path: Path) -> None:
     args = argparse.Namespace(decisions=30, warmup=5, json=out)
     assert run_cli(args) == 0
     result = json.loads(out.read_text())
-    assert set(result["phases"]) == {"engine", "gate"}
+    assert (
+        {"floor", "engine", "gate"} <= set(result["phases"]) <= {"floor", "engine", "gate", "opa"}
+    )
     for phase in result["phases"].values():
         assert phase["decisions"] == 30
         assert phase["p50_ms"] <= phase["p99_ms"] <= phase["max_ms"]
     assert result["workload"]["allowed"] == 3
+    assert set(result["engine_over_floor"]) == {"p50", "p99"}

@@ -1,4 +1,6 @@
-"""FCR and aFRR: 4-hour local blocks (DST too), 1 MW lots, sell only, gate 08:00, pricing."""
+"""FCR and aFRR capacity: 4-hour local blocks (DST too), 1 MW lots, sell only, gates,
+pricing; aFRR energy per direction: 15-min offers until 25 min before, merit-order
+activation at the marginal price."""
 
 from __future__ import annotations
 
@@ -15,7 +17,11 @@ from control_plane.markets.exchanges.base import (
     product_period_ms,
 )
 from control_plane.markets.exchanges.merit_order import AuctionOrder
-from control_plane.markets.exchanges.reserves import ReserveAuction, activate_afrr_energy
+from control_plane.markets.exchanges.reserves import (
+    AfrrEnergyMarket,
+    ReserveAuction,
+    activate_afrr_energy,
+)
 from control_plane.markets.exchanges.sealed_bid import SyntheticOrder
 from control_plane.markets.gate_closure import local_iso
 from security.clock import ManualClock
@@ -107,13 +113,80 @@ def test_fcr_is_pay_as_clear() -> None:
     assert (fill.order_id, fill.volume_kw, fill.price_eur_per_mwh) == (oid, 5_000, 8.0)
 
 
-def test_afrr_capacity_is_pay_as_bid() -> None:
+@pytest.mark.parametrize("product", [Product.AFRR_POS, Product.AFRR_NEG])
+def test_afrr_capacity_is_pay_as_bid_per_direction(product: Product) -> None:
     clock = ManualClock(berlin_ms(2026, 6, 1, 7))
     ex = ReserveAuction(clock, others=tso_curves)
-    ex.submit(offer(Product.AFRR))
+    ex.submit(offer(product))
     clock.set(berlin_ms(2026, 6, 1, 9))  # aFRR gate: 09:00 the day before
-    assert ex.clear(Product.AFRR, BLOCK).price_eur_per_mwh == 8.0
-    assert ex.fills()[0].price_eur_per_mwh == 6.0  # our own bid
+    assert ex.clear(product, BLOCK).price_eur_per_mwh == 8.0
+    [fill] = ex.fills()
+    assert (fill.product, fill.price_eur_per_mwh) == (product, 6.0)  # our own bid
+
+
+def test_afrr_directions_are_separate_products() -> None:
+    clock = ManualClock(berlin_ms(2026, 6, 1, 7))
+    ex = ReserveAuction(clock, others=tso_curves)
+    ex.submit(offer(Product.AFRR_POS, volume_mw=5.0))
+    ex.submit(offer(Product.AFRR_NEG, volume_mw=3.0))
+    clock.set(berlin_ms(2026, 6, 1, 9))
+    ex.clear(Product.AFRR_NEG, BLOCK)  # clearing one direction leaves the other open
+    assert [(f.product, f.volume_kw) for f in ex.fills()] == [(Product.AFRR_NEG, 3_000)]
+    with pytest.raises(OrderRejected) as e:
+        ex.submit(offer(Product.AFRR_POS, side=Side.BUY))
+    assert e.value.reason is RejectReason.WRONG_SIDE
+
+
+QH = berlin_ms(2026, 6, 2, 10, 15)
+
+
+def energy_offers(product: Product, start: int) -> list[SyntheticOrder]:
+    return [SyntheticOrder(Side.SELL, 4_000, 50.0), SyntheticOrder(Side.SELL, 4_000, 200.0)]
+
+
+def test_afrr_energy_offers_close_25_minutes_before_delivery() -> None:
+    clock = ManualClock(QH - 26 * 60_000)
+    ex = AfrrEnergyMarket(clock, others=energy_offers)
+    ex.submit(
+        offer(Product.AFRR_ENERGY_POS, volume_mw=2.0, price_eur_per_mwh=120.0, delivery_start_ms=QH)
+    )
+    clock.set(QH - 25 * 60_000)
+    with pytest.raises(OrderRejected) as e:
+        ex.submit(offer(Product.AFRR_ENERGY_POS, volume_mw=1.0, delivery_start_ms=QH))
+    assert e.value.reason is RejectReason.GATE_CLOSED
+    with pytest.raises(OrderRejected) as e:
+        ex.submit(offer(Product.AFRR_ENERGY_POS, volume_mw=1.0, delivery_start_ms=QH + 60_000))
+    assert e.value.reason is RejectReason.NOT_ALIGNED
+
+
+def test_afrr_energy_activation_in_merit_order_pays_the_marginal_price() -> None:
+    clock = ManualClock(QH - 30 * 60_000)
+    ex = AfrrEnergyMarket(clock, others=energy_offers)
+    ours = ex.submit(
+        offer(Product.AFRR_ENERGY_NEG, volume_mw=3.0, price_eur_per_mwh=-20.0, delivery_start_ms=QH)
+    )
+    clock.set(QH)
+    # 5 MW activated downward: ours (-20) first, then 2 MW of the 50 EUR offer, which sets the price.
+    result = ex.activate(Product.AFRR_ENERGY_NEG, QH, 5_000)
+    assert (result.price_eur_per_mwh, result.volume_kw) == (50.0, 5_000)
+    [fill] = ex.fills()
+    assert (fill.order_id, fill.product, fill.volume_kw, fill.price_eur_per_mwh) == (
+        ours,
+        Product.AFRR_ENERGY_NEG,
+        3_000,
+        50.0,
+    )
+    with pytest.raises(OrderRejected):
+        ex.activate(Product.AFRR_ENERGY_NEG, QH, 1_000)  # once per quarter-hour
+
+
+def test_nothing_activated_fills_nothing() -> None:
+    clock = ManualClock(QH - 30 * 60_000)
+    ex = AfrrEnergyMarket(clock, others=energy_offers)
+    ex.submit(offer(Product.AFRR_ENERGY_POS, volume_mw=1.0, delivery_start_ms=QH))
+    clock.set(QH)
+    assert ex.activate(Product.AFRR_ENERGY_POS, QH, 0).volume_kw == 0
+    assert ex.fills() == []
 
 
 def test_afrr_energy_activation_is_merit_order_pay_as_clear() -> None:

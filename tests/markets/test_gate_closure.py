@@ -63,7 +63,10 @@ def test_dst_days_have_92_and_100_quarter_hours(day: date, n: int) -> None:
         (Product.INTRADAY, 23, 45, True),
         (Product.FCR, 8, 0, True),
         (Product.FCR, 9, 0, False),
-        (Product.AFRR, 20, 0, True),
+        (Product.AFRR_POS, 20, 0, True),
+        (Product.AFRR_NEG, 10, 0, False),
+        (Product.AFRR_ENERGY_NEG, 10, 45, True),
+        (Product.AFRR_ENERGY_POS, 10, 50, False),
         (Product.CAPACITY, 7, 30, False),
     ],
 )

@@ -81,7 +81,7 @@ def test_policy_check_with_untested_policy_denies(
     policies = tmp_path / "policies"
     policies.mkdir()
     shutil.copy(POLICIES / "market.rego", policies)
-    shutil.copy(POLICIES / "market_params.rego", policies)
+    shutil.copy(POLICIES / "market_params.json", policies)
     code = _run(
         [
             "policy",
@@ -103,5 +103,5 @@ def test_policy_check_with_untested_policy_denies(
 def test_policy_test_runs_rego_tests(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["policy", "test"]) == 0
     out = capsys.readouterr().out
-    assert "PASS gridfort.market_test.test_valid_order_is_allowed" in out
+    assert "PASS gridfort.market_test.cases.valid_order_is_allowed" in out
     assert " 0 failed" in out

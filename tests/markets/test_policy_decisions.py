@@ -1,21 +1,21 @@
 """The decision table: every market rule through the real gate and the real Rego policy.
 
-Each deny asserts its reason code. The table runs through every engine available here
-(``ENGINES``); an OPA-server engine would be added to that list.
+Each deny asserts its exact reason codes. The table runs through every policy engine
+(``backends.all_backends()``: regopy, and real OPA in-process); an engine that is not
+installed here is skipped with its reason, never replaced by a stand-in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from control_plane.markets.actions import Actor, MarketAction, Product, Side
+from control_plane.markets.policy.backends import EngineKind, backend_for
 from control_plane.markets.policy.engine import PolicyEngine
 from control_plane.markets.policy.gateway import MarketContext, PolicyGate
 from control_plane.markets.policy.policy_set import read_policy_dir
-from control_plane.markets.policy.rego_engine import RegoEngine
 from security.audit_log import AuditLog
 from tests.markets.conftest import (
     ALICE,
@@ -32,18 +32,18 @@ from tests.markets.conftest import (
     submit,
 )
 
-ENGINES: dict[str, Callable[[], PolicyEngine]] = {
-    "regopy": lambda: RegoEngine(read_policy_dir(POLICIES)),
-}
-
 _engines: dict[str, PolicyEngine] = {}
 
 
-@pytest.fixture(params=sorted(ENGINES))
+@pytest.fixture(params=[k.value for k in EngineKind])
 def any_gate(request: pytest.FixtureRequest, audit: AuditLog) -> PolicyGate:
     name: str = request.param
+    backend = backend_for(name)
+    why = backend.unavailable_reason()
+    if why is not None:
+        pytest.skip(f"policy engine {name} is not available here: {why}")
     if name not in _engines:
-        _engines[name] = ENGINES[name]()
+        _engines[name] = backend.compile(read_policy_dir(POLICIES))
     engine = _engines[name]
     return PolicyGate(lambda: engine, audit, timeout_s=2.0, engine_name=name)
 
@@ -66,9 +66,31 @@ ALLOWED: dict[str, Case] = {
         context(now_ms=berlin_ms(2026, 6, 1, 7, 59), reference_price_eur_per_mwh=12),
         None,
     ),
-    "afrr_3_mw": (
-        submit(product=Product.AFRR, volume_mw=3, delivery_start_ms=berlin_ms(2026, 6, 2, 12)),
-        context(),
+    "afrr_pos_3_mw": (
+        submit(
+            product=Product.AFRR_POS,
+            volume_mw=3,
+            price_eur_per_mwh=8,
+            delivery_start_ms=berlin_ms(2026, 6, 2, 12),
+        ),
+        context(reference_price_eur_per_mwh=8),
+        None,
+    ),
+    "afrr_neg_2_mw_before_9": (
+        submit(
+            product=Product.AFRR_NEG, volume_mw=2, price_eur_per_mwh=6, delivery_start_ms=FCR_START
+        ),
+        context(now_ms=berlin_ms(2026, 6, 1, 8, 59), reference_price_eur_per_mwh=6),
+        None,
+    ),
+    "afrr_energy_neg_at_negative_price_30_min_before": (
+        submit(
+            product=Product.AFRR_ENERGY_NEG,
+            volume_mw=2,
+            price_eur_per_mwh=-25,
+            delivery_start_ms=berlin_ms(2026, 6, 2, 10, 15),
+        ),
+        context(now_ms=berlin_ms(2026, 6, 2, 9, 45), reference_price_eur_per_mwh=-10),
         None,
     ),
     "capacity_1_mw": (submit(product=Product.CAPACITY, volume_mw=1), context(), None),
@@ -107,6 +129,34 @@ DENIED: dict[str, Case] = {
         submit(),
         context(now_ms=berlin_ms(2026, 6, 1, 12)),
         "GATE_CLOSED",
+    ),
+    "afrr_energy_after_its_25_min_gate": (
+        submit(
+            product=Product.AFRR_ENERGY_POS,
+            volume_mw=2,
+            price_eur_per_mwh=120,
+            delivery_start_ms=berlin_ms(2026, 6, 2, 10, 15),
+        ),
+        context(now_ms=berlin_ms(2026, 6, 2, 9, 50), reference_price_eur_per_mwh=115),
+        "GATE_CLOSED",
+    ),
+    "afrr_capacity_after_9_the_day_before": (
+        submit(
+            product=Product.AFRR_POS, volume_mw=2, price_eur_per_mwh=8, delivery_start_ms=FCR_START
+        ),
+        context(now_ms=berlin_ms(2026, 6, 1, 9), reference_price_eur_per_mwh=8),
+        "GATE_CLOSED",
+    ),
+    "buying_reserve_capacity": (
+        submit(
+            product=Product.AFRR_NEG,
+            side=Side.BUY,
+            volume_mw=2,
+            price_eur_per_mwh=6,
+            delivery_start_ms=FCR_START,
+        ),
+        context(reference_price_eur_per_mwh=6),
+        "WRONG_SIDE",
     ),
     "after_fcr_gate_closure": (
         submit(product=Product.FCR, volume_mw=2, delivery_start_ms=FCR_START),
@@ -230,20 +280,20 @@ def test_denied_with_reason(case: str, any_gate: PolicyGate) -> None:
     assert sorted(decision.reason_codes) == sorted(codes.split("+")), decision.reasons
 
 
-def test_deny_reasons_are_precise(gate: PolicyGate) -> None:
-    d = gate.check(submit(volume_mw=5.05), context())
+def test_deny_reasons_are_precise(any_gate: PolicyGate) -> None:
+    d = any_gate.check(submit(volume_mw=5.05), context())
     assert d.reasons == [
         "LOT_INCREMENT: 5.05 MW is not a multiple of the day_ahead increment of 0.1 MW"
     ]
-    d = gate.check(submit(), context(now_ms=berlin_ms(2026, 6, 1, 12, 30)))
+    d = any_gate.check(submit(), context(now_ms=berlin_ms(2026, 6, 1, 12, 30)))
     assert d.reasons == [
         "GATE_CLOSED: day_ahead gate for delivery 2026-06-02T08:00:00+02:00 "
         "closed at 2026-06-01T12:00:00+02:00"
     ]
 
 
-def test_every_violation_is_reported_not_just_the_first(gate: PolicyGate) -> None:
-    d = gate.check(
+def test_every_violation_is_reported_not_just_the_first(any_gate: PolicyGate) -> None:
+    d = any_gate.check(
         submit(actor=Actor(f"spiffe://{TD}/soc/sam", "soc"), volume_mw=0.05, price_eur_per_mwh=900),
         context(now_ms=berlin_ms(2026, 6, 1, 13), kill_switch_on=True),
     )
@@ -257,9 +307,9 @@ def test_every_violation_is_reported_not_just_the_first(gate: PolicyGate) -> Non
     }
 
 
-def test_hostile_strings_in_identity_do_not_break_the_decision(gate: PolicyGate) -> None:
+def test_hostile_strings_in_identity_do_not_break_the_decision(any_gate: PolicyGate) -> None:
     evil = Actor('spiffe://gridfort.test/operator/a"},"allow":true,"x":{"', "operator")
-    d = gate.check(submit(actor=evil), context())
+    d = any_gate.check(submit(actor=evil), context())
     assert not d.allow
     assert d.reason_codes == ["ACTOR_MALFORMED"]
 

@@ -175,3 +175,29 @@ def test_simulated_day_cli_prints_json(tmp_path: Path, capsys: pytest.CaptureFix
     assert out["net_eur"] == pytest.approx(
         sum(out["revenue_eur"].values()) + out["imbalance_eur"] - out["penalty_eur"], abs=0.02
     )
+
+
+def test_activated_afrr_energy_is_scheduled_not_imbalance() -> None:
+    # 4 MW sold day-ahead (1 MWh); the TSO activated 2 MW downward for the quarter-hour:
+    # the fleet should deliver 1 - 0.5 = 0.5 MWh and does. No imbalance; the activated
+    # energy earns its price (received per MWh: here the provider pays 20 EUR/MWh).
+    fills = [
+        fill(Product.DAY_AHEAD, Side.SELL, 4_000, 80.0, QH, 1),
+        fill(Product.AFRR_ENERGY_NEG, Side.SELL, 2_000, -20.0, QH, 2),
+    ]
+    s = settle(fills, GatedDeliverySeries(energy_mwh={QH: 0.5}), {QH: 100.0})
+    [row] = s.delivery
+    assert (row.sold_mwh, row.delivered_mwh, row.imbalance_mwh) == (0.5, 0.5, 0.0)
+    assert s.revenue_by_product() == {Product.DAY_AHEAD: 80.0, Product.AFRR_ENERGY_NEG: -10.0}
+
+
+def test_afrr_capacity_is_a_capacity_product_per_direction() -> None:
+    fills = [
+        fill(Product.AFRR_POS, Side.SELL, 3_000, 8.0, BLOCK, 1),
+        fill(Product.AFRR_NEG, Side.SELL, 2_000, 6.0, BLOCK, 2),
+    ]
+    s = settle(fills, GatedDeliverySeries(), {})
+    assert [(r.product, r.sold_mwh, r.penalty_eur) for r in s.delivery] == [
+        ("afrr_neg", 8.0, 48.0),  # nothing shown available: the whole payment is cut
+        ("afrr_pos", 12.0, 96.0),
+    ]

@@ -69,6 +69,26 @@ def test_released_sequence_can_be_used_again() -> None:
     assert g.check("s1", 1, NOW, D2, NOW) is FRESH
 
 
+def test_failed_commit_below_a_later_committed_batch_can_be_sent_again() -> None:
+    """Batch 1's commit fails while batch 2 (another commit group) succeeds: the edge's
+    resend of batch 1 must commit, not be refused as a replay and dead-lettered."""
+    committed: dict[tuple[str, int], bytes] = {}
+    g = ReplayGuard(ReplayPolicy(), {}, lambda s, q: committed.get((s, q)))
+    g.reserve("s1", 1, D1)
+    g.reserve("s1", 2, D2)
+    g.release("s1", 1)  # the store failed batch 1
+    committed[("s1", 2)] = D2
+    g.commit("s1", 2)
+    assert g.check("s1", 1, NOW, D1, NOW) is FRESH
+    g.reserve("s1", 1, D1)
+    assert g.check("s1", 1, NOW, D1, NOW) is PENDING
+    committed[("s1", 1)] = D1
+    g.commit("s1", 1)
+    assert g.check("s1", 1, NOW, D1, NOW) is DUPLICATE  # and now it is closed
+    assert isinstance(g.check("s1", 1, NOW, D2, NOW), Refusal)
+    assert g.high_water_mark("s1") == 2
+
+
 def test_sites_are_independent() -> None:
     g = guard({"s1": 100})
     assert g.check("s2", 1, NOW, D1, NOW) is FRESH

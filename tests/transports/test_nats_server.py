@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import stat
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -152,9 +153,12 @@ async def test_edge_publishes_telemetry_with_ack_and_receives_its_commands(
 
     cp, cp_peer = await connect(CP)  # the stream was created by the control-plane identity
     js = cp.jetstream()
-    sub = await js.pull_subscribe(telemetry_subject("s1"), durable="ingest", stream=STREAM_NAME)
+    # stored under the site's partition: gridfort.v1.ingest.<p>.s1
+    sub = await js.pull_subscribe("gridfort.v1.ingest.*.s1", durable="test", stream=STREAM_NAME)
     (msg,) = await sub.fetch(1, timeout=2)
-    assert (msg.subject, msg.data) == (telemetry_subject("s1"), b"envelope-1")
+    assert msg.data == b"envelope-1"
+    prefix, partition, site = msg.subject.rsplit(".", 2)
+    assert (prefix, site) == ("gridfort.v1.ingest", "s1") and 0 <= int(partition) < 8
     await msg.ack_sync(timeout=2)
 
     received: asyncio.Queue[Msg] = asyncio.Queue()
@@ -518,10 +522,72 @@ async def test_restart_keeps_the_stream_and_its_messages(
     try:
         cp = await srv.connect_control_plane()
         sub = await cp.jetstream().pull_subscribe(
-            telemetry_subject("s1"), durable="ingest", stream=STREAM_NAME
+            "gridfort.v1.ingest.*.s1", durable="test", stream=STREAM_NAME
         )
         (msg,) = await sub.fetch(1, timeout=2)
         assert msg.data == b"uncommitted"
         await cp.close()
     finally:
         await srv.stop()
+
+
+_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from security.ca import CertificateAuthority
+from security.clock import SystemClock
+from control_plane.transports.nats_cluster import EmbeddedNatsCluster
+from control_plane.transports.nats_server import EmbeddedNats
+
+async def main() -> None:
+    state, size = Path(sys.argv[1]), int(sys.argv[2])
+    ca = CertificateAuthority.init(state / "ca", "gridfort.test", SystemClock())
+    if size == 1:
+        broker = EmbeddedNats(state, ca, "gridfort.test", ["s1"], port=0)
+        await broker.start()
+        pids = [broker.pid]
+    else:
+        cluster = EmbeddedNatsCluster(state, ca, "gridfort.test", ["s1"], size=size)
+        await cluster.start()
+        pids = [n.pid for n in cluster.nodes]
+    print(" ".join(map(str, pids)), flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead, only not yet reaped
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+@pytest.mark.parametrize("size", [1, 3])
+async def test_brokers_die_when_gridfort_is_killed(tmp_path: Path, size: int) -> None:
+    """SIGKILL the process that started the broker(s): no nats-server outlives it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CHILD,
+        str(tmp_path / "state"),
+        str(size),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 40)
+    pids = [int(p) for p in line.split()]
+    assert len(pids) == size and all(_alive(p) for p in pids)
+    proc.kill()
+    await proc.wait()
+    for _ in range(100):
+        if not any(_alive(p) for p in pids):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(_alive(p) for p in pids)

@@ -8,8 +8,9 @@ does not know which one it talks to.
 
 Units: volumes are exact integer kW (``volume_kw``; the API types carry MW in
 :class:`~control_plane.markets.actions.OrderTerms`), prices in EUR/MWh. For capacity
-products (``fcr``, ``afrr``, ``capacity``) the price field holds EUR per MW and hour of
-the product period (EUR/MW/h, the same dimension as EUR/MWh). Instants in Unix epoch ms.
+products (``fcr``, ``afrr_pos``, ``afrr_neg``, ``capacity``) the price field holds EUR per
+MW and hour of the product period (EUR/MW/h, the same dimension as EUR/MWh). Instants in
+Unix epoch ms.
 Side: ``sell`` = export / offering capacity (positive position), ``buy`` = import.
 
 Errors: :class:`ExchangeError` is the base; :class:`OrderRejected` carries a stable
@@ -26,7 +27,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from control_plane.markets.actions import OrderTerms, Product, Side
-from control_plane.markets.gate_closure import MARKET_TZ, local_time
+from control_plane.markets.gate_closure import MARKET_TZ, QUARTER_HOUR_PRODUCTS, local_time
 from security.refusals import GridfortError
 
 QUARTER_HOUR_MS = 15 * 60 * 1000
@@ -186,10 +187,10 @@ def _local_midnight_ms(day: date) -> int:
 def product_period_ms(product: Product, delivery_start_ms: int) -> int:
     """Length [ms] of the product period starting at ``delivery_start_ms``.
 
-    15 min for energy, 1 h for capacity, and 4 h *local* blocks for FCR and aFRR: the
-    00:00-04:00 block of a DST day lasts 3 h (spring) or 5 h (autumn).
+    15 min for energy (aFRR energy too), 1 h for capacity, and 4 h *local* blocks for FCR
+    and aFRR capacity: the 00:00-04:00 block of a DST day lasts 3 h (spring) or 5 h (autumn).
     """
-    if product in (Product.DAY_AHEAD, Product.INTRADAY):
+    if product in QUARTER_HOUR_PRODUCTS:
         return QUARTER_HOUR_MS
     if product is Product.CAPACITY:
         return HOUR_MS
@@ -202,8 +203,8 @@ def product_period_ms(product: Product, delivery_start_ms: int) -> int:
 def delivery_starts(product: Product, day: date) -> list[int]:
     """Every delivery start [Unix epoch ms] of ``product`` on a local delivery day, in order.
 
-    Day-ahead and intraday: 92, 96 or 100 quarter-hours; FCR/aFRR: six 4-h local blocks;
-    capacity: 23, 24 or 25 hours.
+    Day-ahead, intraday, aFRR energy: 92, 96 or 100 quarter-hours; FCR and aFRR capacity:
+    six 4-h local blocks; capacity: 23, 24 or 25 hours.
     """
     start, end = _local_midnight_ms(day), _local_midnight_ms(day + timedelta(days=1))
     out: list[int] = []

@@ -10,7 +10,7 @@ fills, at the uniform clearing price (pay-as-clear) or at each order's own price
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -190,8 +190,11 @@ class SealedBidAuction:
     def clearing_results(self) -> list[ClearingResult]:
         return sorted(self._results.values(), key=lambda r: (r.delivery_start_ms, r.product))
 
-    def clear(self, product: Product, delivery_start_ms: int) -> ClearingResult:
-        """Run the auction of one product period; only after its gate closure, only once."""
+    def clear(
+        self, product: Product, delivery_start_ms: int, *, extra: Sequence[SyntheticOrder] = ()
+    ) -> ClearingResult:
+        """Run the auction of one product period; only after its gate closure, only once.
+        ``extra``: orders that join the other participants' (e.g. a TSO's activation)."""
         rules = self._rules.get(product)
         if rules is None:
             raise OrderRejected(RejectReason.WRONG_PRODUCT, f"{self._name} has no {product}")
@@ -212,7 +215,7 @@ class SealedBidAuction:
             )
             for o in ours
         ]
-        for n, s in enumerate(self._others(product, delivery_start_ms)):
+        for n, s in enumerate([*self._others(product, delivery_start_ms), *extra]):
             book.append(
                 AuctionOrder(f"other-{n}", s.side, s.volume_kw, s.price_eur_per_mwh, 10**9 + n)
             )

@@ -1,12 +1,22 @@
-"""The one interface every policy engine implements, and the decision it returns."""
+"""The one interface every policy engine implements, the decision it returns, and the
+backend that makes engines: one per engine technology, chosen by config.
+
+A :class:`PolicyBackend` runs a policy set's own tests and compiles a tested set into a
+:class:`PolicyEngine`; the loader uses one backend for both, so a policy is tested by the
+engine that will decide with it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from security.refusals import GridfortError
+
+if TYPE_CHECKING:
+    from control_plane.markets.policy.policy_set import PolicySet
+    from control_plane.markets.policy.policy_tests import RegoTestResult
 
 #: The Rego rule every engine evaluates: ``{"allow": bool, "reasons": [str]}``.
 DECISION_RULE = "data.gridfort.market.decision"
@@ -35,7 +45,11 @@ class Decision:
 
 
 class PolicyEngineError(GridfortError):
-    """The engine could not decide (unreachable, broken output, no policy). Callers deny."""
+    """The engine could not decide (broken output, evaluation error). Callers deny."""
+
+
+class PolicyEngineUnavailable(PolicyEngineError):
+    """The engine cannot be reached or is not installed. Callers deny."""
 
 
 class PolicyEngine(Protocol):
@@ -45,6 +59,25 @@ class PolicyEngine(Protocol):
     def policy_version(self) -> str: ...
 
     def decide(self, input_doc: Mapping[str, object]) -> Decision: ...
+
+
+class PolicyBackend(Protocol):
+    """One engine technology (regopy, OPA): tests policy sets and compiles tested ones."""
+
+    @property
+    def name(self) -> str: ...
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run here (not installed), or None if it can."""
+        ...
+
+    def run_tests(self, policy: PolicySet) -> list[RegoTestResult]:
+        """The set's own tests, evaluated by this engine (see ``policy_tests.py``)."""
+        ...
+
+    def compile(self, policy: PolicySet) -> PolicyEngine:
+        """An engine deciding with ``policy``; PolicyEngineError if it does not compile."""
+        ...
 
 
 def decision_from_result(result: object, *, decision_id: str, policy_version: str) -> Decision:

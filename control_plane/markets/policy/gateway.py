@@ -29,7 +29,12 @@ from control_plane.markets.actions import (
     SubmitOrder,
 )
 from control_plane.markets.gate_closure import delivery_aligned, gate_closure_ms, local_iso
-from control_plane.markets.policy.engine import Decision, PolicyEngine
+from control_plane.markets.policy.engine import (
+    Decision,
+    PolicyEngine,
+    PolicyEngineError,
+    PolicyEngineUnavailable,
+)
 from security.audit_log import AuditLog
 from security.identity import validate_trust_domain
 
@@ -46,11 +51,13 @@ class MarketContext:
 
     ``verified_flexibility_mw`` [MW] must be computed from gated state only (measurements
     that passed the false-data-injection gate) and already include, for a modify, the
-    volume of the order being replaced. ``position_mw`` [MW] is the net position of the
-    product and delivery period (sell positive); ``exposure_eur`` [EUR] the open
-    exposure; ``reference_price_eur_per_mwh`` [EUR/MWh] the caller's reference price for
-    the sanity band (None: unknown, which denies). ``approvals`` are the SPIFFE IDs of
-    operators who approved this action (four eyes).
+    volume of the order being replaced; ``flexibility_basis`` says what it was computed
+    from (counts of assets counted and left out: ``counted``, ``suspect``, ``stale``,
+    ``no_state``), for the deny message and the audit record. ``position_mw`` [MW] is the
+    net position of the product and delivery period (sell positive); ``exposure_eur``
+    [EUR] the open exposure; ``reference_price_eur_per_mwh`` [EUR/MWh] the caller's
+    reference price for the sanity band (None: unknown, which denies). ``approvals`` are
+    the SPIFFE IDs of operators who approved this action (four eyes).
     """
 
     trust_domain: str
@@ -61,6 +68,7 @@ class MarketContext:
     reference_price_eur_per_mwh: float | None = None
     kill_switch_on: bool = False
     approvals: tuple[str, ...] = field(default_factory=tuple)
+    flexibility_basis: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         validate_trust_domain(self.trust_domain)
@@ -85,6 +93,14 @@ class MarketContext:
         if not all(isinstance(a, str) for a in approvals):
             raise ValueError("approvals must be SPIFFE ID strings")
         object.__setattr__(self, "approvals", approvals)
+        if self.flexibility_basis is not None:
+            basis = dict(self.flexibility_basis)
+            if not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for k, v in basis.items()
+            ):
+                raise ValueError("flexibility_basis maps names to counts >= 0")
+            object.__setattr__(self, "flexibility_basis", basis)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, now_ms: int) -> MarketContext:
@@ -120,6 +136,8 @@ def build_input(action: MarketAction, context: MarketContext) -> dict[str, objec
         "exposure_eur": context.exposure_eur,
         "reference_price_eur_per_mwh": context.reference_price_eur_per_mwh,
     }
+    if context.flexibility_basis is not None:
+        ctx["verified_flexibility_basis"] = dict(context.flexibility_basis)
     if isinstance(action, SubmitOrder | ModifyOrder | ManualOverride):
         product, start = action.terms.product, action.terms.delivery_start_ms
     elif isinstance(action, CancelOrder):
@@ -167,7 +185,8 @@ class _Worker:
 
 
 class PolicyGate:
-    """Decides and audits market actions. ``engine`` returns the active engine (or None)."""
+    """Decides and audits market actions. ``engine`` returns the active engine (or None);
+    ``why_no_engine`` says why there is none (e.g. ``PolicyLoader.why_no_engine``)."""
 
     def __init__(
         self,
@@ -176,6 +195,7 @@ class PolicyGate:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         engine_name: str = "regopy",
+        why_no_engine: Callable[[], str] | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError("timeout_s must be > 0")
@@ -183,6 +203,7 @@ class PolicyGate:
         self._audit = audit
         self._timeout_s = timeout_s
         self._engine_name = engine_name
+        self._why_no_engine = why_no_engine
         self._worker = _Worker()
 
     def check(self, action: MarketAction, context: MarketContext) -> Decision:
@@ -216,9 +237,13 @@ class PolicyGate:
         return decision
 
     def _decide(self, input_doc: Mapping[str, object]) -> Decision:
-        engine = self._engine()
+        try:
+            engine = self._engine()
+        except Exception as e:
+            log.warning("policy engine lookup failed: %s", e)
+            engine = None
         if engine is None:
-            return _deny("NO_POLICY_LOADED: no tested policy set is loaded", NO_POLICY_VERSION)
+            return _deny(f"NO_POLICY_LOADED: {self._no_engine_text()}", NO_POLICY_VERSION)
         try:
             version = str(engine.policy_version)
         except Exception:
@@ -230,10 +255,26 @@ class PolicyGate:
             fut.cancel()
             ms = round(self._timeout_s * 1000)
             return _deny(f"ENGINE_TIMEOUT: no policy decision within {ms} ms", version)
-        except Exception as e:
+        except PolicyEngineUnavailable as e:  # our adapters' own words: safe to pass on
+            log.warning("policy engine unavailable: %s", e)
+            return _deny(f"ENGINE_UNAVAILABLE: {self._engine_name}: {e}", version)
+        except PolicyEngineError as e:
+            log.warning("policy engine failed: %s", e)
+            return _deny(f"ENGINE_ERROR: {self._engine_name} failed: {e}", version)
+        except Exception as e:  # an engine bug: its text stays in the log
             log.warning("policy engine failed: %s", e)
             return _deny(f"ENGINE_ERROR: the policy engine failed ({type(e).__name__})", version)
         return _checked(decision, version)
+
+    def _no_engine_text(self) -> str:
+        why = ""
+        if self._why_no_engine is not None:
+            try:
+                why = self._why_no_engine()
+            except Exception:
+                why = ""
+        base = f"no tested policy set is loaded in the {self._engine_name} engine"
+        return f"{base} ({why})" if why else base
 
 
 def _deny(reason: str, policy_version: str) -> Decision:

@@ -1,28 +1,36 @@
 """Loads policy files only when their own Rego tests pass; a bad update keeps the last good set.
 
-``PolicyLoader.reload()`` reads the directory, runs every ``test_*`` rule of the
-``*_test.rego`` files through the engine, and only if all pass (and there is at least
-one) compiles the policy and swaps it in. Otherwise the previous engine stays and the
+``PolicyLoader.reload()`` reads the directory, runs the set's own tests (``test_*``
+rules and ``cases`` tables of the ``*_test.rego`` files) through the configured
+backend's engine, and only if all pass (and there is at least one) compiles the policy
+with that backend and swaps it in. Otherwise the previous engine stays and the
 :class:`LoadResult` says why. Every attempt is audited as ``policy.load``.
+
+The candidate is tested and compiled in a child process first (``isolate=True``, see
+:mod:`isolated_check`): a policy that crashes the engine is refused like one that fails
+its tests, and the control plane keeps running on the last good set.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from control_plane.markets.policy.engine import PolicyEngine, PolicyEngineError
-from control_plane.markets.policy.policy_set import PolicySet, read_policy_dir
-from control_plane.markets.policy.rego_engine import RegoEngine, RegoTestResult, run_rego_tests
+from control_plane.markets.policy.engine import PolicyBackend, PolicyEngine, PolicyEngineError
+from control_plane.markets.policy.isolated_check import (
+    DEFAULT_CHECK_TIMEOUT_S,
+    check_isolated,
+    check_policy_set,
+)
+from control_plane.markets.policy.policy_set import read_policy_dir
+from control_plane.markets.policy.policy_tests import RegoTestResult
+from control_plane.markets.policy.rego_engine import RegoBackend
 from security.audit_log import AuditLog
 from security.refusals import GridfortError
 
 log = logging.getLogger(__name__)
-
-EngineFactory = Callable[[PolicySet], PolicyEngine]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,19 +48,6 @@ class LoadResult:
         return [t for t in self.tests if not t.passed]
 
 
-def check_policy_set(policy: PolicySet) -> tuple[str, list[RegoTestResult]]:
-    """Run the set's tests; return ("", results) if loadable, else (why not, results)."""
-    results = run_rego_tests(policy)
-    if not results:
-        return "the policy set has no test_* rules in *_test.rego files", results
-    failed = [r for r in results if not r.passed]
-    if failed:
-        names = ", ".join(f"{r.test.name} ({r.detail})" for r in failed[:5])
-        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
-        return f"{len(failed)} of {len(results)} policy tests failed: {names}{more}", results
-    return "", results
-
-
 class PolicyLoader:
     """Holds the active policy engine; :meth:`reload` swaps it only for a tested policy set."""
 
@@ -61,33 +56,49 @@ class PolicyLoader:
         directory: Path,
         *,
         audit: AuditLog | None = None,
-        engine_factory: EngineFactory = RegoEngine,
+        backend: PolicyBackend | None = None,
+        isolate: bool = True,
+        check_timeout_s: float = DEFAULT_CHECK_TIMEOUT_S,
     ) -> None:
         self._directory = Path(directory)
         self._audit = audit
-        self._factory = engine_factory
+        self._backend = backend or RegoBackend()
+        self._isolate = isolate
+        self._check_timeout_s = check_timeout_s
         self._lock = threading.Lock()
         self._engine: PolicyEngine | None = None
+        self._last_failure = "no policy load was attempted"
 
     @property
     def engine(self) -> PolicyEngine | None:
         """The engine of the last good policy set, or None if none was ever loaded."""
         return self._engine
 
+    @property
+    def engine_name(self) -> str:
+        return self._backend.name
+
+    def why_no_engine(self) -> str:
+        """Why :attr:`engine` is None (the last refusal); for the gate's deny reason."""
+        return self._last_failure
+
     def reload(self) -> LoadResult:
         with self._lock:
             result = self._reload_locked()
+            if not result.loaded:
+                self._last_failure = result.reason
         if self._audit is not None:
             self._audit.append(
                 "policy.load",
                 decision="allow" if result.loaded else "deny",
                 reason="" if result.loaded else "POLICY_NOT_LOADED",
                 details={
+                    "engine": self._backend.name,
                     "directory": str(self._directory),
                     "candidate_version": result.candidate_version,
                     "active_version": result.active_version or "",
                     "tests_run": len(result.tests),
-                    "tests_failed": [t.test.name for t in result.failed_tests],
+                    "tests_failed": [t.test.label for t in result.failed_tests],
                     "message": result.reason,
                 },
             )
@@ -108,12 +119,22 @@ class PolicyLoader:
         version = policy.version
         if active == version:
             return LoadResult(True, version, active, "policy unchanged")
-        why, tests = check_policy_set(policy)
+        missing = self._backend.unavailable_reason()
+        if missing is not None:
+            why = f"policy engine {self._backend.name} is unavailable: {missing}"
+            return LoadResult(False, version, active, why)
+        if self._isolate:
+            why, tests = check_isolated(policy, self._backend, timeout_s=self._check_timeout_s)
+        else:
+            why, tests = check_policy_set(policy, self._backend)
         if why:
             return LoadResult(False, version, active, why, tests)
         try:
-            engine = self._factory(policy)
+            engine = self._backend.compile(policy)
         except PolicyEngineError as e:
             return LoadResult(False, version, active, str(e), tests)
         self._engine = engine
         return LoadResult(True, version, version, "all policy tests passed", tests)
+
+
+__all__ = ["LoadResult", "PolicyLoader", "check_policy_set"]

@@ -1,4 +1,4 @@
-"""The embedded policy engine: Rego evaluated in-process by regopy (rego-cpp).
+"""The embedded policy engine: Rego evaluated in-process by regopy (rego-cpp), the default.
 
 The policy is compiled once into a bundle with one entry point (the decision rule), so a
 decision costs one input conversion and one bundle evaluation, not a compilation.
@@ -7,6 +7,9 @@ Two regopy 1.5.2 behaviours shape this adapter: reading the text of a *failed* o
 through ``regopy.Output`` can crash the process, so outputs are read through the C
 functions, error text via the interpreter; and the interpreter is not thread-safe, so
 every call holds a lock.
+
+What a decision costs here, and how the policy is shaped for it: docs/policy-writing.md,
+"Decision latency".
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 from control_plane.markets.policy.engine import (
     DECISION_RULE,
@@ -23,7 +25,8 @@ from control_plane.markets.policy.engine import (
     PolicyEngineError,
     decision_from_result,
 )
-from control_plane.markets.policy.policy_set import PolicySet, RegoTest
+from control_plane.markets.policy.policy_set import PolicySet
+from control_plane.markets.policy.policy_tests import RegoTestResult, run_policy_tests
 
 try:
     import regopy
@@ -39,12 +42,17 @@ def _interpreter(policy: PolicySet, *, with_tests: bool) -> object:
     if regopy is None:
         raise PolicyEngineError("regopy is not installed")
     interp = regopy.Interpreter()
-    files = policy.files if with_tests else policy.policy_files
+    files = policy.modules if with_tests else policy.policy_files
     for name, source in files:
         try:
             interp.add_module(name, source)
         except regopy.RegoError as e:
             raise PolicyEngineError(f"{name} does not parse: {e}") from None
+    for name, doc in policy.data_documents():
+        try:
+            interp.add_data_json(json.dumps(doc))
+        except regopy.RegoError as e:
+            raise PolicyEngineError(f"{name} is not usable data: {e}") from None
     return interp
 
 
@@ -132,32 +140,47 @@ class RegoEngine:
         return decision_from_result(result, decision_id=decision_id, policy_version=self._version)
 
 
-@dataclass(frozen=True, slots=True)
-class RegoTestResult:
-    test: RegoTest
-    passed: bool
-    detail: str = ""
+def _ref_entrypoint(ref: str) -> str:
+    """``data.a.b.c`` -> ``a/b/c`` (the bundle's name for a rule)."""
+    return ref.removeprefix("data.").replace(".", "/")
+
+
+class _RegoTestEvaluator:
+    """The policy and its tests in one interpreter; one bundle for every test rule."""
+
+    def __init__(self, policy: PolicySet, refs: Sequence[str]) -> None:
+        self._interp = _interpreter(policy, with_tests=True)
+        entrypoints = [_ref_entrypoint(r) for r in refs] + [DECISION_ENTRYPOINT]
+        self._bundle = _build(self._interp, entrypoints)
+
+    def rule_value(self, ref: str) -> object:
+        return _query_entrypoint(self._interp, self._bundle, _ref_entrypoint(ref))
+
+    def decision(self, input_doc: object) -> object:
+        assert regopy is not None
+        try:
+            term = json.dumps(input_doc, allow_nan=False)
+            self._interp.set_input_term(term)  # type: ignore[attr-defined]
+        except (TypeError, ValueError, regopy.RegoError) as e:
+            raise PolicyEngineError(f"input rejected: {e}") from None
+        return _query_entrypoint(self._interp, self._bundle, DECISION_ENTRYPOINT)
+
+
+class RegoBackend:
+    """The embedded default: regopy (rego-cpp) in-process."""
+
+    name = "regopy"
+
+    def unavailable_reason(self) -> str | None:
+        return None if regopy is not None else "regopy is not installed"
+
+    def run_tests(self, policy: PolicySet) -> list[RegoTestResult]:
+        return run_policy_tests(policy, _RegoTestEvaluator)
+
+    def compile(self, policy: PolicySet) -> RegoEngine:
+        return RegoEngine(policy)
 
 
 def run_rego_tests(policy: PolicySet) -> list[RegoTestResult]:
-    """Evaluate every ``test_*`` rule of the set; a test passes iff it evaluates to true."""
-    tests = policy.tests()
-    if not tests:
-        return []
-    try:
-        interp = _interpreter(policy, with_tests=True)
-        bundle = _build(interp, [t.entrypoint for t in tests])
-    except PolicyEngineError as e:
-        return [RegoTestResult(t, False, str(e)) for t in tests]
-    results: list[RegoTestResult] = []
-    for t in tests:
-        try:
-            value = _query_entrypoint(interp, bundle, t.entrypoint)
-        except PolicyEngineError as e:
-            results.append(RegoTestResult(t, False, str(e)))
-            continue
-        if value is True:
-            results.append(RegoTestResult(t, True))
-        else:
-            results.append(RegoTestResult(t, False, "undefined" if value is None else "false"))
-    return results
+    """The set's own tests through regopy (see :mod:`policy_tests`)."""
+    return RegoBackend().run_tests(policy)

@@ -24,19 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gridfort/v1/command.proto\x12\x0bgridfort.v1\"\x1e\n\x0eSetActivePower\x12\x0c\n\x04p_kw\x18\x01 \x01(\x01\"\xb7\x01\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x11\n\tissued_ms\x18\x05 \x01(\x03\x12\x12\n\nexpires_ms\x18\x06 \x01(\x03\x12\x37\n\x10set_active_power\x18\n \x01(\x0b\x32\x1b.gridfort.v1.SetActivePowerH\x00\x42\x08\n\x06\x61\x63tion\"\xc0\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ommand_seq\x18\x03 \x01(\x04\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.gridfort.v1.CommandStatus\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x12\n\ndecided_ms\x18\x07 \x01(\x03\x12\x14\n\x0c\x61pplied_p_kw\x18\x08 \x01(\x01*\x82\x01\n\rCommandStatus\x12\x1e\n\x1a\x43OMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43OMMAND_STATUS_APPLIED\x10\x01\x12\x1a\n\x16\x43OMMAND_STATUS_REFUSED\x10\x02\x12\x19\n\x15\x43OMMAND_STATUS_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gridfort/v1/command.proto\x12\x0bgridfort.v1\"\x1e\n\x0eSetActivePower\x12\x0c\n\x04p_kw\x18\x01 \x01(\x01\"e\n\x0eGroupSetpoints\x12\x11\n\tgroup_seq\x18\x01 \x01(\x04\x12)\n\x05sites\x18\x02 \x03(\x0b\x32\x1a.gridfort.v1.SiteSetpoints\x12\x15\n\ractivation_id\x18\x03 \x01(\t\"A\n\rSiteSetpoints\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tasset_ids\x18\x02 \x03(\t\x12\x0c\n\x04p_kw\x18\x03 \x03(\x01\"\xc6\x01\n\x17\x46requencyResponseParams\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nnominal_hz\x18\x02 \x01(\x01\x12\x17\n\x0f\x66\x63r_deadband_hz\x18\x03 \x01(\x01\x12\x15\n\rfcr_kw_per_hz\x18\x04 \x01(\x01\x12\x12\n\nfcr_max_kw\x18\x05 \x01(\x01\x12\x16\n\x0e\x66\x66r_trigger_hz\x18\x06 \x01(\x01\x12\x10\n\x08\x66\x66r_p_kw\x18\x07 \x01(\x01\x12\x17\n\x0f\x66\x66r_duration_ms\x18\x08 \x01(\r\"}\n\x14\x41rmFrequencyResponse\x12\x16\n\x0e\x61\x63tive_from_ms\x18\x01 \x01(\x03\x12\x17\n\x0f\x61\x63tive_until_ms\x18\x02 \x01(\x03\x12\x34\n\x06\x61ssets\x18\x03 \x03(\x0b\x32$.gridfort.v1.FrequencyResponseParams\"\xb4\x02\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x10\n\x08\x61sset_id\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x11\n\tissued_ms\x18\x05 \x01(\x03\x12\x12\n\nexpires_ms\x18\x06 \x01(\x03\x12\x37\n\x10set_active_power\x18\n \x01(\x0b\x32\x1b.gridfort.v1.SetActivePowerH\x00\x12\x36\n\x0fgroup_setpoints\x18\x0b \x01(\x0b\x32\x1b.gridfort.v1.GroupSetpointsH\x00\x12\x43\n\x16\x61rm_frequency_response\x18\x0c \x01(\x0b\x32!.gridfort.v1.ArmFrequencyResponseH\x00\x42\x08\n\x06\x61\x63tion\"j\n\x0c\x45ntryRefusal\x12\r\n\x05index\x18\x01 \x01(\r\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.gridfort.v1.CommandStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x8f\x02\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ommand_seq\x18\x03 \x01(\x04\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.gridfort.v1.CommandStatus\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x12\n\ndecided_ms\x18\x07 \x01(\x03\x12\x14\n\x0c\x61pplied_p_kw\x18\x08 \x01(\x01\x12\x1a\n\x12\x65ntry_applied_p_kw\x18\t \x03(\x01\x12\x31\n\x0e\x65ntry_refusals\x18\n \x03(\x0b\x32\x19.gridfort.v1.EntryRefusal*\x9e\x01\n\rCommandStatus\x12\x1e\n\x1a\x43OMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43OMMAND_STATUS_APPLIED\x10\x01\x12\x1a\n\x16\x43OMMAND_STATUS_REFUSED\x10\x02\x12\x19\n\x15\x43OMMAND_STATUS_FAILED\x10\x03\x12\x1a\n\x16\x43OMMAND_STATUS_PARTIAL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gridfort.v1.command_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMANDSTATUS']._serialized_start=456
-  _globals['_COMMANDSTATUS']._serialized_end=586
+  _globals['_COMMANDSTATUS']._serialized_start=1266
+  _globals['_COMMANDSTATUS']._serialized_end=1424
   _globals['_SETACTIVEPOWER']._serialized_start=42
   _globals['_SETACTIVEPOWER']._serialized_end=72
-  _globals['_COMMAND']._serialized_start=75
-  _globals['_COMMAND']._serialized_end=258
-  _globals['_COMMANDRESULT']._serialized_start=261
-  _globals['_COMMANDRESULT']._serialized_end=453
+  _globals['_GROUPSETPOINTS']._serialized_start=74
+  _globals['_GROUPSETPOINTS']._serialized_end=175
+  _globals['_SITESETPOINTS']._serialized_start=177
+  _globals['_SITESETPOINTS']._serialized_end=242
+  _globals['_FREQUENCYRESPONSEPARAMS']._serialized_start=245
+  _globals['_FREQUENCYRESPONSEPARAMS']._serialized_end=443
+  _globals['_ARMFREQUENCYRESPONSE']._serialized_start=445
+  _globals['_ARMFREQUENCYRESPONSE']._serialized_end=570
+  _globals['_COMMAND']._serialized_start=573
+  _globals['_COMMAND']._serialized_end=881
+  _globals['_ENTRYREFUSAL']._serialized_start=883
+  _globals['_ENTRYREFUSAL']._serialized_end=989
+  _globals['_COMMANDRESULT']._serialized_start=992
+  _globals['_COMMANDRESULT']._serialized_end=1263
 # @@protoc_insertion_point(module_scope)

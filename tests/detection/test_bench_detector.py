@@ -1,0 +1,65 @@
+"""``gridfort bench detector``: a smoke run with tiny sizes (timings are reported, never asserted)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from control_plane.cli import bench_detector
+
+
+def test_bench_detector_prints_a_table_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="gridfort")
+    bench_detector.register(parser.add_subparsers(dest="bench_command"))
+    out = tmp_path / "detector.json"
+    args = parser.parse_args(
+        [
+            "detector",
+            "--grid",
+            "cigre_mv",
+            "--rows",
+            "64",
+            "--calls",
+            "8",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--history",
+            "0",
+            "--threads",
+            "1",
+            "--workers",
+            "1",
+            "--scorecard",
+            str(tmp_path / "none.json"),
+            "--json",
+            str(out),
+        ]
+    )
+    assert args.handler(args) == 0
+    printed = capsys.readouterr().out
+    assert "snapshots/s" in printed and "deep/PCA-Q" in printed
+    result = json.loads(out.read_text())
+    assert result["grid"] == "cigre_mv" and result["measurements"] == 79
+    for phase in ("batch", "baseline_batch"):
+        assert result["phases"][phase]["rows"] == 64
+        assert result["phases"][phase]["snapshots_per_s"] > 0
+    for phase in ("latest", "baseline_latest"):
+        p = result["phases"][phase]
+        assert p["calls"] == 8 and 0 < p["p50_ms"] <= p["p99_ms"] <= p["max_ms"]
+    assert result["deep_over_baseline"]["batch_throughput"] > 0
+    assert result["adapt_seconds"] is None and result["scorecard"] is None
+    assert isinstance(result["targets"]["met"], bool)
+
+
+def test_bench_detector_refuses_nonsense_sizes() -> None:
+    from benchmarks.detector import run_benchmark
+
+    with pytest.raises(ValueError, match="must be positive"):
+        run_benchmark("cigre_mv", 0, 1, 0, 1, 0, 1, 1)

@@ -1,0 +1,88 @@
+"""``gridfort demo --attack``: an attack is caught live, end to end, and nothing is lost.
+
+The whole demo world runs: Modbus and OPC UA device servers, enrolled edges,
+the control plane with its FDI gate, and (second test) the CIGRE MV power flow
+with a substation RTU over OPC UA streaming through its own edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from control_plane.demo import Demo, DemoOptions
+
+
+async def _run_until_caught(demo: Demo, timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        demo.observe_attack()
+        if demo.attack is not None and demo.attack.caught_ms is not None:
+            return
+        await asyncio.sleep(0.25)
+
+
+def _check_nothing_lost(summary: dict[str, object]) -> None:
+    assert summary["measurements_lost"] == 0
+    assert summary["measurements_sent"] == (
+        summary["measurements_committed"]  # type: ignore[operator]
+        + summary["measurements_quarantined"]
+    )
+
+
+async def test_soc_inflation_is_caught_by_the_temporal_judge(tmp_path: Path) -> None:
+    options = DemoOptions(
+        sites=2,
+        state_dir=tmp_path / "demo",
+        grid=False,
+        attack="soc-inflation",
+        sample_interval_s=0.5,
+    )
+    demo = Demo(options)
+    try:
+        await demo.start()
+        await asyncio.sleep(3.0)  # honest history first
+        demo.launch_attack()
+        await _run_until_caught(demo, 15.0)
+        assert await demo.drain()
+        demo.observe_attack()
+        summary = demo.summary()
+    finally:
+        await demo.stop()
+    attack = summary["attack"]
+    assert isinstance(attack, dict) and attack["caught"], summary
+    assert attack["detection_delay_s"] < 5.0
+    _check_nothing_lost(summary)
+    db = tmp_path / "demo" / "control-plane" / "telemetry.db"
+    with sqlite3.connect(db) as conn:
+        rows = set(conn.execute("SELECT site_id, asset_id, reason FROM quarantine").fetchall())
+    assert rows == {("site-2", "site-2-bat", "FDI_TEMPORAL_INCONSISTENT")}
+
+
+async def test_stealthy_rtu_attack_is_caught_by_the_grid_judge(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("pandapower")
+    options = DemoOptions(
+        sites=2, state_dir=tmp_path / "demo", grid=True, attack="stealthy", sample_interval_s=0.5
+    )
+    demo = Demo(options)
+    try:
+        await demo.start()
+        await asyncio.sleep(4.0)
+        before = demo.summary()["per_site"]["substation-1"]  # type: ignore[index]
+        demo.launch_attack()
+        await _run_until_caught(demo, 20.0)
+        assert await demo.drain()
+        demo.observe_attack()
+        summary = demo.summary()
+    finally:
+        await demo.stop()
+    assert before["measurements_committed"] > 0  # honest snapshots were accepted
+    attack = summary["attack"]
+    assert isinstance(attack, dict) and attack["caught"], summary
+    assert attack["quarantined"] > 0
+    _check_nothing_lost(summary)
