@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,7 @@ def initialize(db_path: Path, schema: str) -> None:
     with contextlib.suppress(FileExistsError):
         os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     with connect(db_path) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(conn)
         conn.executescript(schema)
 
 
@@ -81,6 +82,24 @@ def open_persistent(db_path: Path, *, synchronous: str = "FULL") -> sqlite3.Conn
         db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
     )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode=WAL")
+    _enable_wal(conn)
     conn.execute(f"PRAGMA synchronous={synchronous}")
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting out other processes doing the same to a new file.
+
+    Two processes opening one new database at once (ingest workers) can get
+    "database is locked" here without SQLite's busy handler being consulted, so
+    retry within the busy timeout; once any of them succeeded the mode is WAL.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)

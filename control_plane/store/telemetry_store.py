@@ -284,7 +284,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a store made by an older release up to this schema (columns added since)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(quarantine)")}
     if "evidence" not in columns:
-        conn.execute("ALTER TABLE quarantine ADD COLUMN evidence TEXT")
+        try:
+            conn.execute("ALTER TABLE quarantine ADD COLUMN evidence TEXT")
+        except sqlite3.OperationalError as e:  # another process added it just now
+            if "duplicate column" not in str(e):
+                raise
 
 
 def _resolve(future: asyncio.Future[CommitOutcome], result: CommitOutcome | BaseException) -> None:

@@ -243,9 +243,13 @@ def test_two_processes_committing_the_same_batches_store_each_exactly_once(
     ]
     for p in procs:
         p.start()
-    assert [parent.recv() for parent, _ in pipes] == ["ready", "ready"]
+    def receive(parent: Any) -> Any:  # a crashed child must fail the test, not hang it
+        assert parent.poll(60), "a committing process died or hung (see its stderr)"
+        return parent.recv()
+
+    assert [receive(parent) for parent, _ in pipes] == ["ready", "ready"]
     go_signal.set()
-    results = [parent.recv() for parent, _ in pipes]
+    results = [receive(parent) for parent, _ in pipes]
     for p in procs:
         p.join(30)
     assert all(len(r) == 300 for r in results)
