@@ -27,7 +27,8 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -375,49 +376,21 @@ class OpcUaEvChargerSimulator:
         return self._own_state_dir
 
     async def _build_server(self) -> Server:
-        if self._security == "none":
-            server = Server()
-        else:
-            trusted = frozenset(_load_der(p) for p in self._trusted_client_certs)
-            server = Server(user_manager=_TrustedCertificateUsers(trusted))
-        await server.init()
-        server.disable_clock(True)  # CurrentTime is written from the injected clock instead
-        server.set_server_name("Gridfort EV charger simulator")
-        await server.set_application_uri(SERVER_APPLICATION_URI)
-        server.set_endpoint(f"opc.tcp://{self._host}:{self._port}{ENDPOINT_PATH}")
-        if self._security == "none":
-            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        else:
-            await self._secure(server)
-        return server
-
-    async def _secure(self, server: Server) -> None:
-        files = self._files_dir()
-        if self._server_cert_path is None or self._server_key_path is None:
-            self._server_cert_path, self._server_key_path = await asyncio.to_thread(
-                generate_application_certificate,
-                files / "server",
-                name="ev-charger-sim",
-                application_uri=SERVER_APPLICATION_URI,
-                role="server",
-                now_ms=self._clock.now_ms(),
-            )
-            self._generated_cert = True
-        await server.load_certificate(str(self._server_cert_path))
-        await server.load_private_key(str(self._server_key_path))
-        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
-        server.set_identity_tokens([ua.AnonymousIdentityToken])
-        trusted_dir = files / "trusted"
-        shutil.rmtree(trusted_dir, ignore_errors=True)  # trust exactly the configured list
-        trusted_dir.mkdir(parents=True)
-        for i, path in enumerate(self._trusted_client_certs):
-            (trusted_dir / f"client-{i}.der").write_bytes(_load_der(path))
-        store = TrustStore([trusted_dir], [])
-        await store.load()
-        options = (
-            CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
+        built = await build_simulator_server(
+            server_name="Gridfort EV charger simulator",
+            application_uri=SERVER_APPLICATION_URI,
+            endpoint=f"opc.tcp://{self._host}:{self._port}{ENDPOINT_PATH}",
+            security=self._security,
+            trusted_client_certs=self._trusted_client_certs,
+            files_dir=self._files_dir,
+            cert=_cert_pair(self._server_cert_path, self._server_key_path),
+            cert_name="ev-charger-sim",
+            now_ms=self._clock.now_ms(),
         )
-        server.set_certificate_validator(CertificateValidator(options, store))
+        if built.generated_cert is not None:
+            self._server_cert_path, self._server_key_path = built.generated_cert
+            self._generated_cert = True
+        return built.server
 
     async def _build_address_space(self, server: Server) -> None:
         ns = await server.register_namespace(NAMESPACE_URI)
@@ -484,3 +457,77 @@ class OpcUaEvChargerSimulator:
         except ValueError:
             raise ServiceError(StatusCodes.BadOutOfRange) from None
         node.attributes[attr].value = dv
+
+
+def _cert_pair(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
+    return None if cert is None or key is None else (cert, key)
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltServer:
+    """A configured, not yet started simulator server; ``generated_cert`` if one was made."""
+
+    server: Server
+    generated_cert: tuple[Path, Path] | None
+
+
+async def build_simulator_server(
+    *,
+    server_name: str,
+    application_uri: str,
+    endpoint: str,
+    security: str,
+    trusted_client_certs: Sequence[Path],
+    files_dir: Callable[[], Path],
+    cert: tuple[Path, Path] | None,
+    cert_name: str,
+    now_ms: int,
+) -> BuiltServer:
+    """An asyncua server as Gridfort's simulators run it (the EV charger, the grid RTU).
+
+    ``security`` ``"sign_encrypt"``: Basic256Sha256 SignAndEncrypt only, anonymous
+    identity, and exactly the ``trusted_client_certs`` (PEM or DER) accepted: both as
+    application certificates (the validator's trust store, rebuilt in ``files_dir()``)
+    and as the session's users. Without ``cert`` (certificate, key) one is generated
+    in ``files_dir()`` with ``cert_name``. ``"none"``: no security, for tests only.
+    """
+    if security == "none":
+        server = Server()
+    else:
+        trusted = frozenset(_load_der(p) for p in trusted_client_certs)
+        server = Server(user_manager=_TrustedCertificateUsers(trusted))
+    await server.init()
+    server.disable_clock(True)  # CurrentTime is written from the injected clock instead
+    server.set_server_name(server_name)
+    await server.set_application_uri(application_uri)
+    server.set_endpoint(endpoint)
+    if security == "none":
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        return BuiltServer(server, None)
+    files = files_dir()
+    generated = None
+    if cert is None:
+        cert = generated = await asyncio.to_thread(
+            generate_application_certificate,
+            files / "server",
+            name=cert_name,
+            application_uri=application_uri,
+            role="server",
+            now_ms=now_ms,
+        )
+    await server.load_certificate(str(cert[0]))
+    await server.load_private_key(str(cert[1]))
+    server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+    server.set_identity_tokens([ua.AnonymousIdentityToken])
+    trusted_dir = files / "trusted"
+    shutil.rmtree(trusted_dir, ignore_errors=True)  # trust exactly the configured list
+    trusted_dir.mkdir(parents=True)
+    for i, path in enumerate(trusted_client_certs):
+        (trusted_dir / f"client-{i}.der").write_bytes(_load_der(path))
+    store = TrustStore([trusted_dir], [])
+    await store.load()
+    options = (
+        CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
+    )
+    server.set_certificate_validator(CertificateValidator(options, store))
+    return BuiltServer(server, generated)

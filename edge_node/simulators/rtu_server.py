@@ -35,8 +35,6 @@ from pathlib import Path
 
 from asyncua import ua
 from asyncua.common.node import Node
-from asyncua.crypto.truststore import TrustStore
-from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
@@ -52,9 +50,7 @@ from edge_node.devices.grid_rtu import (
 from edge_node.simulators.grid_sim import GridSimulationError, GridSimulator, GridSnapshot
 from edge_node.simulators.opcua_server import (
     SecurityMode,
-    _load_der,
-    _TrustedCertificateUsers,
-    generate_application_certificate,
+    build_simulator_server,
 )
 from security.clock import Clock
 
@@ -232,49 +228,23 @@ class GridRtuSimulator:
         return self._own_state_dir
 
     async def _build_server(self) -> Server:
-        if self._security == "none":
-            server = Server()
-        else:
-            trusted = frozenset(_load_der(p) for p in self._trusted_client_certs)
-            server = Server(user_manager=_TrustedCertificateUsers(trusted))
-        await server.init()
-        server.disable_clock(True)  # CurrentTime is written from the injected clock instead
-        server.set_server_name("Gridfort grid RTU simulator")
-        await server.set_application_uri(SERVER_APPLICATION_URI)
-        server.set_endpoint(f"opc.tcp://{self._host}:{self._port}{ENDPOINT_PATH}")
-        if self._security == "none":
-            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        else:
-            await self._secure(server)
-        return server
-
-    async def _secure(self, server: Server) -> None:
-        files = self._files_dir()
-        if self._server_cert_path is None or self._server_key_path is None:
-            self._server_cert_path, self._server_key_path = await asyncio.to_thread(
-                generate_application_certificate,
-                files / "server",
-                name="grid-rtu-sim",
-                application_uri=SERVER_APPLICATION_URI,
-                role="server",
-                now_ms=self._clock.now_ms(),
-            )
-            self._generated_cert = True
-        await server.load_certificate(str(self._server_cert_path))
-        await server.load_private_key(str(self._server_key_path))
-        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
-        server.set_identity_tokens([ua.AnonymousIdentityToken])
-        trusted_dir = files / "trusted"
-        shutil.rmtree(trusted_dir, ignore_errors=True)  # trust exactly the configured list
-        trusted_dir.mkdir(parents=True)
-        for i, path in enumerate(self._trusted_client_certs):
-            (trusted_dir / f"client-{i}.der").write_bytes(_load_der(path))
-        store = TrustStore([trusted_dir], [])
-        await store.load()
-        options = (
-            CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
+        built = await build_simulator_server(
+            server_name="Gridfort grid RTU simulator",
+            application_uri=SERVER_APPLICATION_URI,
+            endpoint=f"opc.tcp://{self._host}:{self._port}{ENDPOINT_PATH}",
+            security=self._security,
+            trusted_client_certs=self._trusted_client_certs,
+            files_dir=self._files_dir,
+            cert=None
+            if self._server_cert_path is None or self._server_key_path is None
+            else (self._server_cert_path, self._server_key_path),
+            cert_name="grid-rtu-sim",
+            now_ms=self._clock.now_ms(),
         )
-        server.set_certificate_validator(CertificateValidator(options, store))
+        if built.generated_cert is not None:
+            self._server_cert_path, self._server_key_path = built.generated_cert
+            self._generated_cert = True
+        return built.server
 
     async def _build_address_space(self, server: Server) -> None:
         ns = await server.register_namespace(NAMESPACE_URI)
