@@ -18,11 +18,27 @@ from security.refusals import Refusal
 
 
 @dataclass
-class _Bucket:
+class TokenBucket:
+    """One key's budget of audit records: ``burst`` at once, refilled at ``rate_per_s``."""
+
     tokens: float
     updated_ms: int
     suppressed: int = 0
     first_suppressed_ms: int = 0
+
+    def take(self, now_ms: int, burst: int, rate_per_s: float) -> bool:
+        """Spend one token (True), or count one suppressed record (False)."""
+        self.tokens = min(
+            float(burst), self.tokens + (now_ms - self.updated_ms) / 1000 * rate_per_s
+        )
+        self.updated_ms = now_ms
+        if self.tokens < 1.0:
+            if self.suppressed == 0:
+                self.first_suppressed_ms = now_ms
+            self.suppressed += 1
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 class ThrottledAudit:
@@ -35,7 +51,7 @@ class ThrottledAudit:
         self._clock = clock
         self._burst = burst
         self._rate = rate_per_s
-        self._buckets: dict[tuple[str, str, str], _Bucket] = {}
+        self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
         self.suppressed_total = 0
 
     def record_refusal(self, refusal: Refusal, *, event: str) -> bool:
@@ -44,18 +60,10 @@ class ThrottledAudit:
         key = (refusal.identity, refusal.reason.value, event)
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket(float(self._burst), now)
-        bucket.tokens = min(
-            float(self._burst), bucket.tokens + (now - bucket.updated_ms) / 1000 * self._rate
-        )
-        bucket.updated_ms = now
-        if bucket.tokens < 1.0:
-            if bucket.suppressed == 0:
-                bucket.first_suppressed_ms = now
-            bucket.suppressed += 1
+            bucket = self._buckets[key] = TokenBucket(float(self._burst), now)
+        if not bucket.take(now, self._burst, self._rate):
             self.suppressed_total += 1
             return False
-        bucket.tokens -= 1.0
         self._write_summary(key, bucket, now)
         self._audit.record_refusal(refusal, event=event)
         return True
@@ -68,7 +76,7 @@ class ThrottledAudit:
             if bucket.tokens >= self._burst - 1 and now - bucket.updated_ms > 60_000:
                 del self._buckets[key]
 
-    def _write_summary(self, key: tuple[str, str, str], bucket: _Bucket, now: int) -> None:
+    def _write_summary(self, key: tuple[str, str, str], bucket: TokenBucket, now: int) -> None:
         if bucket.suppressed == 0:
             return
         identity, reason, event = key

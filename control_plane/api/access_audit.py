@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from security.audit_log import AuditLog
+from security.audit_throttle import TokenBucket
 from security.clock import Clock
 
 EVENT = "api_request"
@@ -41,14 +42,6 @@ class AccessDecision:
     event: str = EVENT
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated_ms: int
-    suppressed: int = 0
-    first_suppressed_ms: int = 0
-
-
 _Key = tuple[str, str, str, str, str]
 
 
@@ -62,7 +55,7 @@ class AccessAudit:
         self._clock = clock
         self._burst = burst
         self._rate = rate_per_s
-        self._buckets: dict[_Key, _Bucket] = {}
+        self._buckets: dict[_Key, TokenBucket] = {}
         self.suppressed_total = 0
 
     def record(self, d: AccessDecision) -> bool:
@@ -72,18 +65,10 @@ class AccessAudit:
             key = (d.event, d.identity, d.decision, d.route, d.reason)
             bucket = self._buckets.get(key)
             if bucket is None:
-                bucket = self._buckets[key] = _Bucket(float(self._burst), now)
-            bucket.tokens = min(
-                float(self._burst), bucket.tokens + (now - bucket.updated_ms) / 1000 * self._rate
-            )
-            bucket.updated_ms = now
-            if bucket.tokens < 1.0:
-                if bucket.suppressed == 0:
-                    bucket.first_suppressed_ms = now
-                bucket.suppressed += 1
+                bucket = self._buckets[key] = TokenBucket(float(self._burst), now)
+            if not bucket.take(now, self._burst, self._rate):
                 self.suppressed_total += 1
                 return False
-            bucket.tokens -= 1.0
             self._write_summary(key, bucket, now)
         details: dict[str, object] = {"route": d.route, "status": d.status, "method": d.method}
         if d.target:
@@ -104,7 +89,7 @@ class AccessAudit:
             if bucket.tokens >= self._burst - 1 and now - bucket.updated_ms > 60_000:
                 del self._buckets[key]
 
-    def _write_summary(self, key: _Key, bucket: _Bucket, now: int) -> None:
+    def _write_summary(self, key: _Key, bucket: TokenBucket, now: int) -> None:
         if bucket.suppressed == 0:
             return
         event, identity, decision, route, reason = key
