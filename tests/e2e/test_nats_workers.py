@@ -243,6 +243,7 @@ def test_two_processes_committing_the_same_batches_store_each_exactly_once(
     ]
     for p in procs:
         p.start()
+
     def receive(parent: Any) -> Any:  # a crashed child must fail the test, not hang it
         assert parent.poll(60), "a committing process died or hung (see its stderr)"
         return parent.recv()
