@@ -75,6 +75,8 @@ class _Track:
     anchor_level: float
     last_ts_ms: int
     last_p_kw: float
+    level_ts_ms: int = -1  # the last accepted level sample: its time [ms] and value
+    level: float = 0.0
     signed_kwh: float = 0.0  # integral of P dt since the anchor (export positive) [kWh]
     abs_kwh: float = 0.0  # integral of |P| dt since the anchor [kWh]
     export_kwh: float = 0.0  # integral of max(P, 0) dt [kWh]
@@ -152,10 +154,12 @@ class TemporalJudge:
             pos, level = sample[level_q]
             track = self._tracks.get((asset.asset_id, level_q))
             flag: Flag | None = None
-            if (
-                track is not None
-                and track.last_ts_ms < ts_ms <= track.last_ts_ms + self.rules.max_gap_ms
-            ):
+            if track is not None and ts_ms <= track.last_ts_ms:
+                # Not after what was judged: only an exact repeat of an accepted sample is
+                # fine (a re-sent batch); anything else would dodge the balance check.
+                if not (ts_ms == track.level_ts_ms and level == track.level):
+                    flag = self._out_of_order(asset, level_q, track, ts_ms, pos)
+            elif track is not None and ts_ms <= track.last_ts_ms + self.rules.max_gap_ms:
                 trial = _Track(**{f: getattr(track, f) for f in _Track.__slots__})
                 trial.advance(ts_ms, p_kw)
                 flag = self._check(asset, level_q, trial, ts_ms, level, pos)
@@ -163,6 +167,23 @@ class TemporalJudge:
                 flags.append(flag)
             self._pending.append((asset.asset_id, level_q, ts_ms, level, p_kw, flag is None))
         return flags
+
+    def _out_of_order(
+        self, asset: Asset, level_q: int, track: _Track, ts_ms: int, pos: int
+    ) -> Flag:
+        behind_s = (track.last_ts_ms - ts_ms) / 1000
+        evidence = GateEvidence(
+            detector="temporal:sample_order",
+            model_version=VERSION,
+            score=behind_s,
+            threshold=0.0,
+            flagged=(f"{asset.asset_id}/{_qname(level_q)}",),
+            detail=(
+                f"{asset.asset_id}: a {_qname(level_q)} sample {behind_s:.1f} s older than the "
+                "last one judged, and not a repeat of an accepted one: it cannot be checked"
+            ),
+        )
+        return Flag(pos, Reason.FDI_TEMPORAL_INCONSISTENT, evidence)
 
     def _check(
         self,
@@ -225,13 +246,15 @@ class TemporalJudge:
             track = self._tracks.get(key)
             if track is None or ts_ms - track.last_ts_ms > self.rules.max_gap_ms:
                 if level_ok:
-                    self._tracks[key] = _Track(ts_ms, level, ts_ms, p_kw)
+                    self._tracks[key] = _Track(ts_ms, level, ts_ms, p_kw, ts_ms, level)
                 continue
             if ts_ms <= track.last_ts_ms:
                 continue
             track.advance(ts_ms, p_kw)
-            if level_ok and ts_ms - track.anchor_ts_ms >= self.rules.reanchor_ms:
-                track.reanchor(ts_ms, level)
+            if level_ok:
+                track.level_ts_ms, track.level = ts_ms, level
+                if ts_ms - track.anchor_ts_ms >= self.rules.reanchor_ms:
+                    track.reanchor(ts_ms, level)
         self._pending = []
 
     def tracked_assets(self) -> int:

@@ -161,3 +161,31 @@ def test_gate_keeps_validation_quarantine_and_orders_by_index() -> None:
     gated = gate.judge(v)
     assert gated.accepted == rows and gated.gate_version == "temporal-1"
     assert gate.stats.batches == 1 and gate.stats.measurements_judged == len(rows)
+
+
+def test_a_lie_sent_again_at_the_same_or_an_older_time_is_still_quarantined() -> None:
+    """The balance is checked against time: a sample not after the last one judged must not
+    slip through unchecked (a new batch carrying an old timestamp)."""
+    gate = FdiGate(TemporalJudge())
+    rows, soc = battery_samples(0, 13, -4.0, 40.0)
+    gate.judge(validated(rows))
+    t = T0 + 130_000
+    lie = [("s1-bat", P, t, -4.0), ("s1-bat", SOC, t, soc + 25)]
+    assert quarantined(gate.judge(validated(lie, 2))) == [
+        ("s1-bat", SOC, Reason.FDI_TEMPORAL_INCONSISTENT)
+    ]
+    again = gate.judge(validated(lie, 3))  # same sample time, new batch
+    assert quarantined(again) == [("s1-bat", SOC, Reason.FDI_TEMPORAL_INCONSISTENT)]
+    ev = again.quarantined[0].evidence
+    assert ev is not None and ev.detector == "temporal:sample_order"
+    older = [("s1-bat", P, t - 5_000, -4.0), ("s1-bat", SOC, t - 5_000, soc + 25)]
+    assert quarantined(gate.judge(validated(older, 4))) == [
+        ("s1-bat", SOC, Reason.FDI_TEMPORAL_INCONSISTENT)
+    ]
+
+
+def test_an_exact_resend_of_an_accepted_sample_is_accepted() -> None:
+    gate = FdiGate(TemporalJudge())
+    rows, _ = battery_samples(0, 13, -4.0, 40.0)
+    gate.judge(validated(rows))
+    assert quarantined(gate.judge(validated(rows[-2:], 2))) == []  # e.g. after a failed commit
