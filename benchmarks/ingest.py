@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import platform
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.baseline_pipeline import BaselinePipeline
+from benchmarks.child_pool import ChildPool
 from benchmarks.ingest_integrity import check_phase, store_snapshot
 from benchmarks.ingest_load import (
     MAX_PHASE_S,
@@ -159,24 +159,13 @@ async def _window_cpu(t_begin: float, t_end: float) -> tuple[float, float]:
     return proc, (machine - machine0 if machine0 >= 0 and machine >= 0 else -1.0)
 
 
-class LoadPool:
+class LoadPool(ChildPool):
     """Generator processes (spawned: no shared event loop, no inherited state)."""
 
-    def __init__(self, procs: int) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conns = []
-        self._procs = []
-        for i in range(procs):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=generator_main, args=(child,), name=f"bench-load-{i}")
-            p.daemon = True
-            p.start()
-            self._conns.append(parent)
-            self._procs.append(p)
+    what = "load generator"
 
-    @property
-    def size(self) -> int:
-        return len(self._conns)
+    def __init__(self, procs: int) -> None:
+        super().__init__(procs, generator_main, "bench-load")
 
     async def run(self, specs: list[LoadSpec]) -> tuple[list[LoadReport], tuple[float, float]]:
         """Run one phase on all generators: their reports, and the CPU time [s] of this
@@ -191,39 +180,18 @@ class LoadPool:
 
     async def prepare(self, specs: list[LoadSpec]) -> list[Connection]:
         """Hand each generator its spec and wait until all are connected."""
-        loop = asyncio.get_running_loop()
         conns = self._conns[: len(specs)]
-        for conn, spec in zip(conns, specs, strict=True):
-            conn.send(spec)
-        for conn in conns:
-            ready = await loop.run_in_executor(None, conn.recv)
-            if isinstance(ready, LoadReport):
-                raise RuntimeError(f"load generator failed:\n{ready.error}")
+        await self.hand_out(conns, specs)
         return conns
 
     @staticmethod
     def start(conns: list[Connection], start_wall: float) -> None:
         """Start the prepared generators at ``start_wall`` (time.time())."""
-        for conn in conns:
-            conn.send(start_wall)
+        ChildPool.start_at(conns, start_wall)
 
-    @staticmethod
-    async def results(conns: list[Connection]) -> list[LoadReport]:
-        loop = asyncio.get_running_loop()
-        reports: list[LoadReport] = [await loop.run_in_executor(None, c.recv) for c in conns]
-        for r in reports:
-            if r.error:
-                raise RuntimeError(f"load generator failed:\n{r.error}")
+    async def results(self, conns: list[Connection]) -> list[LoadReport]:
+        reports: list[LoadReport] = await self.collect(conns)
         return reports
-
-    def close(self) -> None:
-        for conn in self._conns:
-            with suppress(OSError):
-                conn.send(None)
-        for p in self._procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
 
 
 # -- one control plane under test ------------------------------------------------

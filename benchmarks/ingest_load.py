@@ -20,6 +20,7 @@ before signing) to the arrival of its COMMITTED receipt here, measured with
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import hashlib
 import random
@@ -154,7 +155,7 @@ def _bodies(site: SiteSpec, batch_size: int, base_ms: int, rng: random.Random) -
     return bodies
 
 
-class SiteLoadBase:
+class SiteLoadBase(abc.ABC):
     """One edge identity's bookkeeping, whatever the transport: the pre-built bodies, the
     batches in flight, the window, and what a receipt means for the report."""
 
@@ -171,17 +172,18 @@ class SiteLoadBase:
         self.drained = asyncio.Event()
         self.received = 0
 
-    async def ready(self) -> None:
+    async def ready(self) -> None:  # noqa: B027 (optional hook: nothing to wait for by default)
         """Connected and able to send."""
 
     async def receive(self, t_begin: float, t_end: float) -> None:
         """Read receipts until cancelled (transports with callbacks just wait)."""
         await asyncio.Event().wait()
 
+    @abc.abstractmethod
     async def send(self, t_begin: float, t_end: float, rate: float, offset_s: float) -> None:
-        raise NotImplementedError
+        """Send this site's batches for one phase (each transport its own way)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional hook: nothing to release by default)
         """Release the connection."""
 
     def seal(self, seq: int, n: int, t_begin: float, t_end: float) -> epb.SignedEnvelope:

@@ -32,19 +32,19 @@ import argparse
 import asyncio
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.child_pool import ChildPool
 from benchmarks.ingest import (
     SAMPLES_PER_DEVICE,
     TRUST_DOMAIN,
@@ -187,56 +187,26 @@ class WorkerProcess:
                 await self.proc.wait()
 
 
-class RawPool:
+class RawPool(ChildPool):
     """Raw consumer processes (spawned), one phase at a time."""
 
-    def __init__(self, procs: int) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conns = []
-        self._procs = []
-        for i in range(procs):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=raw_main, args=(child,), name=f"bench-raw-{i}")
-            p.daemon = True
-            p.start()
-            self._conns.append(parent)
-            self._procs.append(p)
+    what = "raw consumer"
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p.pid is not None]
+    def __init__(self, procs: int) -> None:
+        super().__init__(procs, raw_main, "bench-raw")
 
     async def prepare(self, specs: list[RawSpec]) -> None:
-        loop = asyncio.get_running_loop()
-        for conn, spec in zip(self._conns, specs, strict=True):
-            conn.send(spec)
-        for conn in self._conns:
-            ready = await loop.run_in_executor(None, conn.recv)
-            if isinstance(ready, RawReport):
-                raise RuntimeError(f"raw consumer failed:\n{ready.error}")
+        await self.hand_out(self._conns, specs)
 
     def start(self, start_wall: float) -> None:
-        for conn in self._conns:
-            conn.send(start_wall)
+        self.start_at(self._conns, start_wall)
 
     async def stop(self) -> list[RawReport]:
-        loop = asyncio.get_running_loop()
+        """Stop consuming; one report per consumer."""
         for conn in self._conns:
             conn.send("stop")
-        reports: list[RawReport] = [await loop.run_in_executor(None, c.recv) for c in self._conns]
-        for r in reports:
-            if r.error:
-                raise RuntimeError(f"raw consumer failed:\n{r.error}")
+        reports: list[RawReport] = await self.collect(self._conns)
         return reports
-
-    def close(self) -> None:
-        for conn in self._conns:
-            with suppress(OSError):
-                conn.send(None)
-        for p in self._procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
 
 
 # -- the control plane under test ----------------------------------------------------------------
