@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import multiprocessing
 import os
@@ -64,6 +65,7 @@ RATED_KW = 10.0
 HEADROOM = 0.5  # share of the rating offered for activation, both directions
 ACK_TIMEOUT_S = 30.0
 ENROLL_CONCURRENCY = 16
+PROFILE_ENV = "GRIDFORT_BENCH_PROFILE"
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,15 @@ async def _per_asset(
     return Run(activation, len(clock_sites), t0, t1, True, signatures, payload)
 
 
+def _profiler() -> cProfile.Profile | None:
+    """``GRIDFORT_BENCH_PROFILE=FILE``: profile the control plane during the fan-out phase."""
+    if not os.environ.get(PROFILE_ENV):
+        return None
+    profile = cProfile.Profile()
+    profile.enable()
+    return profile
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     if not values:
         return {"n": 0}
@@ -401,11 +412,15 @@ async def run_activation(params: FanoutParams, root: Path, runtime: Path) -> dic
             await _activate(full, clock, "warmup", 0)  # first use of every stream
             await pool.reports()
             phases: dict[str, list[Run]] = defaultdict(list)
+            profile = _profiler()
             cpu0, busy0, wall0 = time.process_time(), machine_busy_s(), time.perf_counter()
             for k in range(params.activations):
                 phases["fanout"].append(await _activate(full, clock, "fanout", k))
                 await asyncio.sleep(params.pause_s)
             cp_cpu_s = time.process_time() - cpu0
+            if profile is not None:
+                profile.disable()
+                profile.dump_stats(os.environ[PROFILE_ENV])
             busy_s, wall_s = machine_busy_s() - busy0, time.perf_counter() - wall0
             fanout_reports = await pool.reports()
             edge_cpu_s = sum(r.cpu_s for r in fanout_reports)

@@ -130,24 +130,50 @@ def generator_main(conn: Connection) -> None:
         conn.send(report)
 
 
+#: Quantities the gate's temporal judge checks against the power sampled with them.
+_LEVELS = frozenset(
+    {tpb.QUANTITY_STATE_OF_CHARGE, tpb.QUANTITY_ENERGY_EXPORTED, tpb.QUANTITY_ENERGY_IMPORTED}
+)
+
+
 def _bodies(site: SiteSpec, batch_size: int, base_ms: int, rng: random.Random) -> list[bytes]:
-    """Pre-serialized measurement bodies: every channel in turn, values inside its bounds."""
+    """Pre-serialized measurement bodies: every channel in turn, values inside its bounds.
+
+    The bodies are re-sent with their sample times, so a device's level (SOC, energy
+    counters) and the active power sampled with it are one fixed sample in every body:
+    the gate accepts the exact repeat of an accepted sample, as it must a level sampled
+    with its power; everything else varies from body to body."""
+
+    def value(low: float, high: float, unit: int) -> float:
+        if unit == tpb.UNIT_BOOL:
+            return float(rng.random() < 0.5)
+        return low + (high - low) * (0.05 + 0.9 * rng.random())
+
+    with_levels = {c[0] for c in site.channels if c[1] in _LEVELS}
+    fixed_ts = {a: base_ms - rng.randrange(0, 1000) for a in sorted(with_levels)}
+    fixed = {
+        (a, q): (fixed_ts[a], value(low, high, unit))
+        for a, q, unit, low, high in site.channels
+        if a in with_levels and (q in _LEVELS or q == tpb.QUANTITY_ACTIVE_POWER)
+    }
     bodies = []
     for _ in range(BODY_VARIANTS):
         measurements = []
+        used: set[tuple[str, int]] = set()
         for i in range(batch_size):
             asset_id, quantity, unit, low, high = site.channels[i % len(site.channels)]
-            if unit == tpb.UNIT_BOOL:
-                value = float(rng.random() < 0.5)
-            else:
-                value = low + (high - low) * (0.05 + 0.9 * rng.random())
-            ts_ms = base_ms - rng.randrange(0, 1000)  # sampled during the last second
+            key = (asset_id, quantity)
+            if key in fixed and key not in used:
+                used.add(key)
+                ts_ms, v = fixed[key]
+            else:  # sampled during the last second
+                ts_ms, v = base_ms - rng.randrange(0, 1000), value(low, high, unit)
             measurements.append(
                 tpb.Measurement(
                     asset_id=asset_id,
                     quantity=quantity,  # type: ignore[arg-type]
                     unit=unit,  # type: ignore[arg-type]
-                    value=value,
+                    value=v,
                     ts_ms=ts_ms,
                 )
             )

@@ -15,9 +15,12 @@ through :meth:`CommandDispatcher.add_result_router`.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from google.protobuf.message import DecodeError
 
@@ -33,6 +36,11 @@ from security.envelope import EnvelopeSigner, check_envelope_shape, verify_signa
 from security.identity import Role, SpiffeId
 from security.refusals import Reason, Refusal
 from security.signing_keys import EnrolledKey
+
+#: Results queued behind a fan-out at most (:meth:`CommandDispatcher.hold_results`).
+MAX_HELD_RESULTS = 100_000
+#: Held results handled per event-loop turn once the fan-out is done.
+DRAIN_CHUNK = 64
 
 CommandSink = Callable[[str, lpb.ControlMessage], bool]
 #: Claims a verified result (returns True) that is not for a single-site command.
@@ -65,6 +73,11 @@ class CommandDispatcher:
         self._fallback_sinks: list[CommandSink] = []
         self._routers: list[ResultRouter] = []
         self._edge_uris: dict[str, str] = {}
+        # Results that arrived during a time-critical fan-out (see hold_results).
+        self._held: deque[tuple[Peer, epb.SignedEnvelope, Mapping[str, EnrolledKey]]] = deque()
+        self._holds = 0
+        self._drain_scheduled = False
+        self.max_held_results = MAX_HELD_RESULTS
 
     def send_active_power(
         self, site_id: str, asset_id: str, p_kw: float, *, ttl_s: float = 30.0
@@ -179,10 +192,69 @@ class CommandDispatcher:
         that claims them (group messages)."""
         self._routers.append(router)
 
+    @contextmanager
+    def hold_results(self) -> Iterator[None]:
+        """While a fan-out signs and hands out commands, the results of the first sites
+        (a signature check each, ~0.1 ms) wait, so the CPU goes to the sites still waiting
+        for their setpoints. When the last hold ends they are verified and recorded in
+        arrival order, ``DRAIN_CHUNK`` at a time between other work on the event loop
+        (results arriving meanwhile queue behind them). At most ``max_held_results``
+        wait; beyond that they are handled at once. Holds nest."""
+        self._holds += 1
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if self._holds == 0 and self._held:
+                self._schedule_drain()
+
+    def _schedule_drain(self) -> None:
+        if self._drain_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop: a synchronous caller, handle them now
+            self.release_held_results()
+            return
+        self._drain_scheduled = True
+        loop.call_soon(self._drain_chunk)
+
+    def _drain_chunk(self) -> None:
+        self._drain_scheduled = False
+        if self._holds:
+            return  # a new fan-out began: its end schedules the rest
+        for _ in range(min(DRAIN_CHUNK, len(self._held))):
+            self._handle_result(*self._held.popleft())
+        if self._held:
+            self._schedule_drain()
+
+    def release_held_results(self) -> int:
+        """Handle every held result now; returns how many there were."""
+        n = 0
+        while self._held:
+            self._handle_result(*self._held.popleft())
+            n += 1
+        return n
+
+    @property
+    def held_results(self) -> int:
+        return len(self._held)
+
     def on_result(
         self, peer: Peer, envelope: epb.SignedEnvelope, keys: Mapping[str, EnrolledKey]
     ) -> Refusal | None:
-        """Verify and record an edge's signed CommandResult. Returns a refusal if it is bad."""
+        """Verify and record an edge's signed CommandResult. Returns a refusal if it is bad,
+        None if it was accepted or queued behind a fan-out (:meth:`hold_results`)."""
+        if (self._holds or self._held) and len(self._held) < self.max_held_results:
+            self._held.append((peer, envelope, keys))
+            if not self._holds:
+                self._schedule_drain()
+            return None
+        return self._handle_result(peer, envelope, keys)
+
+    def _handle_result(
+        self, peer: Peer, envelope: epb.SignedEnvelope, keys: Mapping[str, EnrolledKey]
+    ) -> Refusal | None:
         refusal = self._check_result(peer, envelope, keys)
         if refusal is not None:
             self._audit.record_refusal(refusal, event="command_result")

@@ -150,11 +150,14 @@ class GroupDispatcher:
         self, sections: Sequence[SiteSetpoints], *, ttl_s: float, activation_id: str
     ) -> GroupSend:
         """:meth:`send` for a time-critical fan-out: after every chunk of groups it yields
-        to the event loop, so the streams carry the first groups while the next are signed."""
+        to the event loop, so the streams carry the first groups while the next are signed;
+        the results of the first sites wait until every group is out
+        (:meth:`CommandDispatcher.hold_results`)."""
         report, packed = self._prepare(sections, ttl_s, activation_id)
-        for i in range(0, len(packed), AUDIT_CHUNK):
-            self._issue(packed[i : i + AUDIT_CHUNK], report)
-            await asyncio.sleep(0)
+        with self._commands.hold_results():  # the CPU to the sites still waiting
+            for i in range(0, len(packed), AUDIT_CHUNK):
+                self._issue(packed[i : i + AUDIT_CHUNK], report)
+                await asyncio.sleep(0)
         self._finish(report)
         return report
 

@@ -12,6 +12,11 @@ over time against the asset's own accepted history; none needs a model of "norma
   reported SOC, or a slow drift away from the integral, breaks it.
 * **Energy counters** (lifetime ``ENERGY_EXPORTED`` / ``ENERGY_IMPORTED``): never
   decrease, and grow as the integral of the exported / imported power.
+* **Sample order and pairing** (default deny): a level (a checked SOC or a counter)
+  must come with the active power sampled at the same instant, and after the last
+  sample judged unless it exactly repeats an accepted one; otherwise it could not be
+  checked and is quarantined (``temporal:level_without_power``,
+  ``temporal:sample_order``). Gridfort's edges always sample them together.
 
 Limits, stated plainly: re-anchoring every ``reanchor_ms`` bounds the integration
 error, so a drift slower than ``soc_abs_tol_pct`` per ``reanchor_ms`` (0.1 %-point per
@@ -131,24 +136,28 @@ class TemporalJudge:
         self._pending = []
         for key in sorted(samples):  # per asset, in time order
             sample = samples[key]
-            if _P not in sample or len(sample) == 1:
-                continue  # nothing to check without power and a level sampled together
             asset = assets.get(key[0])
-            if asset is not None:
-                flags.extend(self._judge_sample(asset, key[1], sample))
+            if asset is None or (_P in sample and len(sample) == 1):
+                continue  # power alone: nothing of the asset's own to check it against
+            flags.extend(self._judge_sample(asset, key[1], sample))
         return flags
 
-    def _judge_sample(self, asset: Asset, ts_ms: int, sample: _Sample) -> list[Flag]:
-        flags: list[Flag] = []
-        p = sample.get(_P)
+    def _levels(self, asset: Asset, sample: _Sample) -> list[int]:
+        """The level quantities of ``sample`` that the balance checks (SOC of a storage
+        asset with a known capacity and, for a charger, a vehicle; any energy counter)."""
         storage = asset.kind in (AssetKind.BATTERY, AssetKind.EV_CHARGER) and asset.e_kwh > 0
         no_vehicle = _EV_CONNECTED in sample and sample[_EV_CONNECTED][1] < 0.5
         if asset.kind is AssetKind.EV_CHARGER and no_vehicle:  # its SOC means nothing
             self._tracks.pop((asset.asset_id, _SOC), None)
             storage = False
-        levels = [q for q in (_SOC, _EXP, _IMP) if q in sample and (q != _SOC or storage)]
-        if p is None:
-            return flags  # a level without the power sampled with it cannot be checked
+        return [q for q in (_SOC, _EXP, _IMP) if q in sample and (q != _SOC or storage)]
+
+    def _judge_sample(self, asset: Asset, ts_ms: int, sample: _Sample) -> list[Flag]:
+        levels = self._levels(asset, sample)
+        p = sample.get(_P)
+        if p is None:  # default deny: a level nothing can be checked against
+            return [self._without_power(asset, q, ts_ms, sample[q][0]) for q in levels]
+        flags: list[Flag] = []
         p_kw = p[1]
         for level_q in levels:
             pos, level = sample[level_q]
@@ -167,6 +176,20 @@ class TemporalJudge:
                 flags.append(flag)
             self._pending.append((asset.asset_id, level_q, ts_ms, level, p_kw, flag is None))
         return flags
+
+    def _without_power(self, asset: Asset, level_q: int, ts_ms: int, pos: int) -> Flag:
+        evidence = GateEvidence(
+            detector="temporal:level_without_power",
+            model_version=VERSION,
+            score=1.0,
+            threshold=0.0,
+            flagged=(f"{asset.asset_id}/{_qname(level_q)}",),
+            detail=(
+                f"{asset.asset_id}: a {_qname(level_q)} sample at {ts_ms} ms without the "
+                "active power sampled at the same instant: the energy balance cannot check it"
+            ),
+        )
+        return Flag(pos, Reason.FDI_TEMPORAL_INCONSISTENT, evidence)
 
     def _out_of_order(
         self, asset: Asset, level_q: int, track: _Track, ts_ms: int, pos: int

@@ -189,3 +189,33 @@ def test_an_exact_resend_of_an_accepted_sample_is_accepted() -> None:
     rows, _ = battery_samples(0, 13, -4.0, 40.0)
     gate.judge(validated(rows))
     assert quarantined(gate.judge(validated(rows[-2:], 2))) == []  # e.g. after a failed commit
+
+
+def test_a_level_without_the_power_sampled_with_it_is_quarantined() -> None:
+    """Default deny: a SOC or a counter reported alone cannot be checked by the balance,
+    so a gateway that drops the power to dodge the check gains nothing."""
+    gate = FdiGate(TemporalJudge())
+    rows, soc = battery_samples(0, 7, -4.0, 40.0)
+    assert quarantined(gate.judge(validated(rows))) == []
+    t = T0 + 70_000
+    alone = [("s1-bat", SOC, t, soc + 30), ("s1-pv", EXP, t, 12.5), ("s1-pv", P, t + 1, 3.0)]
+    gated = gate.judge(validated(alone, 2))
+    assert quarantined(gated) == [
+        ("s1-bat", SOC, Reason.FDI_TEMPORAL_INCONSISTENT),
+        ("s1-pv", EXP, Reason.FDI_TEMPORAL_INCONSISTENT),
+    ]
+    assert {q.evidence.detector for q in gated.quarantined if q.evidence} == {
+        "temporal:level_without_power"
+    }
+    assert [r[1] for r in gated.accepted] == [P]  # the power alone is accepted
+
+
+def test_an_ev_soc_alone_is_refused_only_while_a_vehicle_is_plugged_in() -> None:
+    gate = FdiGate(TemporalJudge())
+    t = T0
+    unplugged = [("s1-ev", CONN, t, 0.0), ("s1-ev", SOC, t, 0.0)]
+    assert quarantined(gate.judge(validated(unplugged))) == []  # its SOC means nothing
+    plugged = [("s1-ev", CONN, t + 1000, 1.0), ("s1-ev", SOC, t + 1000, 55.0)]
+    assert quarantined(gate.judge(validated(plugged, 2))) == [
+        ("s1-ev", SOC, Reason.FDI_TEMPORAL_INCONSISTENT)
+    ]

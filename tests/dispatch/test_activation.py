@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +121,41 @@ async def test_an_activation_reaches_every_site_signed_once_per_group(tmp_path: 
     assert s1.setpoint("s1-b2") == pytest.approx(-1.0)  # back to base
     control.groups.flush()
     assert control.log.group_status_counts() == {"applied": 4, "lost": 2}  # s3: no sink took it
+
+
+async def test_results_arriving_during_a_fan_out_wait_for_its_end_and_are_all_recorded(
+    tmp_path: Path,
+) -> None:
+    """The first sites' results are held while the fan-out still signs for the others
+    (the CPU goes to the sites still waiting), then every one is verified and recorded,
+    in arrival order, and a forged one is still refused."""
+    clock = ManualClock(NOW)
+    control = build_control(tmp_path, clock)
+    for site in ("s1", "s2"):
+        assets = {a: AssetKind.BATTERY for a in participants().asset_ids if a.startswith(site)}
+        add_site(control, tmp_path, clock, site, assets)
+    event = ActivationEvent("ffr-7", 2.0, 60.0)
+    setpoints, _ = allocate(participants(), event.delta_kw)
+    await control.groups.send_async(
+        sections(participants(), setpoints), ttl_s=60.0, activation_id="first"
+    )
+    answers = []
+    for site_id, message in control.outbox:
+        site = control.sites[site_id]
+        answers.append((site, await site.executor.handle(message.command)))
+    commands = control.commands
+    with commands.hold_results():
+        for site, answer in answers:
+            assert commands.on_result(site.peer, answer, {site.key.key_id: site.key}) is None
+        forged = answers[0][1].__deepcopy__()
+        forged.signature = bytes(64)
+        s1 = answers[0][0]
+        assert commands.on_result(s1.peer, forged, {s1.key.key_id: s1.key}) is None  # held
+        assert commands.held_results == 3 and control.acks == []
+    assert commands.held_results == 3  # drained on the event loop, a chunk per turn
+    await asyncio.sleep(0)
+    assert commands.held_results == 0
+    assert [(a.site_id, a.status) for a in control.acks] == [("s1", "applied"), ("s2", "applied")]
+    records = [json.loads(line) for line in control.audit.path.read_text().splitlines()]
+    denied = [r for r in records if r["event"] == "command_result" and r["decision"] == "deny"]
+    assert [r["reason"] for r in denied] == ["BAD_SIGNATURE"]
