@@ -141,12 +141,12 @@ async def test_results_arriving_during_a_fan_out_wait_for_its_end_and_are_all_re
     )
     answers = []
     for site_id, message in control.outbox:
-        site = control.sites[site_id]
-        answers.append((site, await site.executor.handle(message.command)))
+        edge = control.sites[site_id]
+        answers.append((edge, await edge.executor.handle(message.command)))
     commands = control.commands
     with commands.hold_results():
-        for site, answer in answers:
-            assert commands.on_result(site.peer, answer, {site.key.key_id: site.key}) is None
+        for edge, answer in answers:
+            assert commands.on_result(edge.peer, answer, {edge.key.key_id: edge.key}) is None
         forged = answers[0][1].__deepcopy__()
         forged.signature = bytes(64)
         s1 = answers[0][0]
