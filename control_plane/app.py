@@ -58,6 +58,7 @@ from security.tasks import reap
 
 if TYPE_CHECKING:
     from control_plane.markets.service import MarketService
+    from control_plane.planning import PlanningCycle
     from control_plane.transports.nats_cluster import EmbeddedNatsCluster
     from control_plane.transports.nats_ingest import NatsIngest
     from control_plane.transports.nats_server import EmbeddedNats, PermissionViolation
@@ -231,6 +232,27 @@ class ControlPlane:
             audit=self.audit,
             clock=clock_,
         )
+        self.planning: PlanningCycle | None = None  # gated state -> plan -> dispatch
+        self._planning_task: asyncio.Task[None] | None = None
+        if config.planning is not None:
+            from control_plane.dispatch.plan_dispatcher import PlanDispatcher
+            from control_plane.planning import PlanningCycle
+
+            self.planning = PlanningCycle(
+                config.planning,
+                registry=self.registry,
+                state=self.pipeline.state,
+                audit=self.audit,
+                clock=clock_,
+                identity=str(self.spiffe_id),
+                dispatcher=PlanDispatcher(
+                    groups=self.groups,
+                    state=self.pipeline.state,
+                    audit=self.audit,
+                    clock=clock_,
+                    identity=str(self.spiffe_id),
+                ),
+            )
         dns = (control_plane_dns_name(config.trust_domain), "localhost", *config.extra_dns_names)
         self.server_identity = ServerIdentity(
             self.ca, self.spiffe_id, clock_, dns_names=dns, ttl_s=config.workload_ttl_s
@@ -302,6 +324,8 @@ class ControlPlane:
             await self.api.start()
         if self.config.nats_port is not None:
             await self._start_nats(self.config.nats_port)
+        if self.planning is not None:
+            self._planning_task = asyncio.ensure_future(self.planning.run())
         self.audit.append(
             "control_plane_started",
             decision="info",
@@ -412,6 +436,7 @@ class ControlPlane:
     async def stop(self) -> None:
         if self.api is not None:
             await self.api.stop()
+        await reap(self._planning_task)
         await reap(self._nats_sync)
         if self.nats_ingest is not None:
             await self.nats_ingest.stop()

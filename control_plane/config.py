@@ -12,6 +12,7 @@ from security.refusals import ConfigError
 
 if TYPE_CHECKING:
     from control_plane.markets.service import MarketConfig
+    from control_plane.planning import PlanningConfig
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class ControlPlaneConfig:
     gate_grids: tuple[str, ...] = field(default=())
     # The market layer ([control_plane.markets]); absent: no market gateway runs.
     markets: MarketConfig | None = None
+    # The planning cycle ([control_plane.planning]); absent: nothing is planned or dispatched.
+    planning: PlanningConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.link_addresses:
@@ -111,6 +114,16 @@ class ControlPlaneConfig:
                 values["markets"] = MarketConfig.from_mapping(markets, base)
             elif not isinstance(markets, MarketConfig):
                 raise ConfigError("markets: must be a table")
+        if "planning" in values:
+            from control_plane.planning import PlanningConfig
+
+            planning = values["planning"]
+            if planning is None:
+                del values["planning"]
+            elif isinstance(planning, dict):
+                values["planning"] = PlanningConfig.from_mapping(planning)
+            elif not isinstance(planning, PlanningConfig):
+                raise ConfigError("planning: must be a table")
         try:
             return cls(**values)
         except TypeError as e:

@@ -1,0 +1,368 @@
+"""The planning cycle: gated state -> fleet -> day-ahead schedule -> dispatch, on a timer.
+
+The running control plane's receding-horizon loop (``[control_plane.planning]``):
+
+1. every ``interval_s`` (and at start) it builds the optimizer's fleet from *gated* state
+   only (:func:`control_plane.optimizer.from_state.fleet_from_gated_state`: suspect,
+   stale and unknown assets are left out, with reasons), over a rolling horizon of 96
+   quarter-hours that starts at the current quarter-hour (UTC steps, so a DST day needs
+   no special case here); EV owners' deadlines ("80 % by 07:00") are local times turned
+   into steps of that horizon;
+2. it solves the schedule off the event loop (the exact per-asset MILP up to
+   ``exact_max_assets``, the aggregated model above) with a time limit; an infeasible
+   problem gets a diagnosis and the safe fallback plan (:mod:`control_plane.optimizer`);
+3. at every quarter-hour boundary it sends that step of the newest plan as signed group
+   setpoints (:class:`~control_plane.dispatch.plan_dispatcher.PlanDispatcher`) and
+   every ``follow_interval_s`` it judges plan-vs-actual (flags audited there).
+
+Every plan is audited (``plan``: status, assets planned and excluded, objective, the
+binding constraints of a diagnosis). Inputs the telemetry does not carry come from
+providers the composition root passes in: prices for the horizon (the reference curve
+of the market simulator by default), PV forecasts, extra constraints (OpenADR events).
+A provider that fails costs that cycle, never the loop: the failure is logged and
+audited and the previous plan stays in force until it runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from control_plane.assets.model import AssetKind
+from control_plane.assets.registry import AssetRegistry
+from control_plane.dispatch.plan_dispatcher import PlanDispatcher
+from control_plane.dispatch.plan_setpoints import QUARTER_HOUR_MS
+from control_plane.optimizer.aggregation import schedule_aggregated
+from control_plane.optimizer.assets import STEPS, FleetState, OptimizerInputError
+from control_plane.optimizer.from_state import EvOwnerConstraint, GatedFleet, fleet_from_gated_state
+from control_plane.optimizer.market import MarketPrices, MarketRules
+from control_plane.optimizer.plan import Plan
+from control_plane.optimizer.schedule import schedule
+from control_plane.state import GatedStateView
+from security.audit_log import AuditLog
+from security.clock import Clock
+from security.refusals import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Prices for the horizon that starts at the given instant [ms since epoch].
+PriceSource = Callable[[int], MarketPrices]
+#: PV forecasts [kW per step] per PV asset for the horizon that starts at the instant.
+PvForecastSource = Callable[[int], Mapping[str, tuple[float, ...]]]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanningConfig:
+    """The ``[planning]`` config section.
+
+    ``interval_s`` [s]: how often the fleet is re-planned from fresh gated state.
+    ``dispatch``: send each quarter-hour of the plan as signed setpoints (else plan only).
+    ``follow_interval_s`` [s]: how often plan-vs-actual is judged. ``time_limit_s`` [s]:
+    the solver's budget per plan. ``exact_max_assets``: up to this many assets the exact
+    per-asset MILP, above it the aggregated model. ``max_age_s`` [s]: oldest gated state
+    planned on. ``ev_deadline`` / ``ev_departure``: the owners' default "by" and
+    departure times, local ``HH:MM`` in ``timezone``. ``energy_increment_kw`` /
+    ``reserve_increment_kw`` [kW]: the market lots the portfolio's position is planned in
+    (0.1 MW day-ahead, 1 MW FCR); 0 = continuous, for a fleet too small to bid that plans
+    for its owners' constraints and self-consumption only.
+    """
+
+    interval_s: float = 900.0
+    dispatch: bool = True
+    follow_interval_s: float = 60.0
+    time_limit_s: float = 20.0
+    exact_max_assets: int = 2000
+    max_age_s: float = 900.0
+    ev_deadline: str = "07:00"
+    ev_departure: str = "08:00"
+    timezone: str = "Europe/Berlin"
+    energy_increment_kw: float = 100.0
+    reserve_increment_kw: float = 1000.0
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.interval_s <= 86_400:
+            raise ConfigError("planning.interval_s: must be between 60 and 86400 s")
+        if not 1 <= self.follow_interval_s <= 3600:
+            raise ConfigError("planning.follow_interval_s: must be between 1 and 3600 s")
+        if not 0.5 <= self.time_limit_s <= 600:
+            raise ConfigError("planning.time_limit_s: must be between 0.5 and 600 s")
+        if not 1 <= self.exact_max_assets <= 1_000_000:
+            raise ConfigError("planning.exact_max_assets: must be between 1 and 1000000")
+        if not 60 <= self.max_age_s <= 86_400:
+            raise ConfigError("planning.max_age_s: must be between 60 and 86400 s")
+        deadline = _local_time("planning.ev_deadline", self.ev_deadline)
+        departure = _local_time("planning.ev_departure", self.ev_departure)
+        if departure < deadline:
+            raise ConfigError("planning.ev_departure: must not be before ev_deadline")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"planning.timezone: unknown time zone {self.timezone!r}") from None
+        for name in ("energy_increment_kw", "reserve_increment_kw"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1e6:
+                raise ConfigError(f"planning.{name}: must be a number of kW in [0, 1e6]")
+
+    def market_rules(self) -> MarketRules:
+        return MarketRules(
+            energy_increment_kw=float(self.energy_increment_kw),
+            reserve_increment_kw=float(self.reserve_increment_kw),
+        )
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> PlanningConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"planning: unknown field(s): {', '.join(sorted(unknown))}")
+        try:
+            return cls(**dict(raw))
+        except TypeError as e:
+            raise ConfigError(f"planning: {e}") from e
+
+
+def _local_time(name: str, text: str) -> time:
+    try:
+        hh, mm = text.split(":")
+        return time(int(hh), int(mm))
+    except (ValueError, AttributeError):
+        raise ConfigError(f"{name}: expected a local time HH:MM, got {text!r}") from None
+
+
+def horizon_start_ms(now_ms: int) -> int:
+    """The start of the quarter-hour holding ``now_ms`` [ms]: step 0 of the rolling plan."""
+    return now_ms - now_ms % QUARTER_HOUR_MS
+
+
+def steps_until(start_ms: int, local: time, tz: ZoneInfo) -> int:
+    """Whole quarter-hours from ``start_ms`` to the next ``local`` wall-clock time, in
+    [1, STEPS]: a deadline is never the current step (nothing could be done for it)."""
+    start = datetime.fromtimestamp(start_ms / 1000, UTC).astimezone(tz)
+    target = start.replace(hour=local.hour, minute=local.minute, second=0, microsecond=0)
+    while target <= start:
+        # next day, then re-localized: the wall-clock time keeps across a DST change
+        day = (target + timedelta(days=1)).date()
+        target = datetime.combine(day, local, tz)
+    seconds = (target.astimezone(UTC) - start.astimezone(UTC)).total_seconds()
+    return max(1, min(STEPS, math.floor(seconds / 900)))
+
+
+def ev_owner_steps(start_ms: int, config: PlanningConfig) -> EvOwnerConstraint:
+    """The owners' default deadline and departure as steps of the horizon at ``start_ms``."""
+    tz = ZoneInfo(config.timezone)
+    deadline = steps_until(start_ms, _local_time("", config.ev_deadline), tz)
+    departure = steps_until(start_ms, _local_time("", config.ev_departure), tz)
+    if departure < deadline:  # the departure time passed, the deadline is still ahead
+        departure = STEPS
+    return EvOwnerConstraint(deadline_step=deadline, departure_step=max(departure, deadline))
+
+
+def reference_prices(start_ms: int) -> MarketPrices:
+    """The market simulator's reference curve for the horizon at ``start_ms``: energy per
+    quarter-hour [EUR/MWh] and the FCR capacity price per 4-h block [EUR/MW/h]."""
+    from control_plane.markets.actions import Product
+    from control_plane.markets.exchanges.day_ahead import reference_price_eur_per_mwh
+    from control_plane.markets.exchanges.reserves import reference_capacity_price
+
+    energy = tuple(
+        reference_price_eur_per_mwh(start_ms + k * QUARTER_HOUR_MS) for k in range(STEPS)
+    )
+    blocks = MarketRules().blocks
+    return MarketPrices(energy, (reference_capacity_price(Product.FCR),) * blocks)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRecord:
+    """One planning round: when, over which horizon, what came out, what was left out."""
+
+    planned_ms: int
+    horizon_start_ms: int
+    plan: Plan
+    fleet: FleetState
+    excluded: Mapping[str, str]
+    method: str  # "exact" or "aggregated"
+
+    def summary(self) -> dict[str, Any]:
+        plan = self.plan
+        portfolio = plan.portfolio_kw()
+        return {
+            "planned_ms": self.planned_ms,
+            "horizon_start_ms": self.horizon_start_ms,
+            "method": self.method,
+            "status": plan.status,
+            "assets_planned": len(plan.asset_ids),
+            "assets_excluded": len(self.excluded),
+            "objective_eur": None if math.isnan(plan.objective_eur) else plan.objective_eur,
+            "wall_s": round(plan.wall_s, 3),
+            "first_step_kw": round(float(portfolio[0]), 3) if len(portfolio) else 0.0,
+            "diagnosis": [
+                {"constraint": d.constraint, "subjects": list(d.subjects[:8]), "message": d.message}
+                for d in plan.diagnosis[:8]
+            ],
+        }
+
+
+class PlanningCycle:
+    """The timer loop described in the module docstring. ``run`` until cancelled."""
+
+    def __init__(
+        self,
+        config: PlanningConfig,
+        *,
+        registry: AssetRegistry,
+        state: GatedStateView,
+        audit: AuditLog,
+        clock: Clock,
+        identity: str,
+        dispatcher: PlanDispatcher | None = None,
+        prices: PriceSource = reference_prices,
+        pv_forecast: PvForecastSource | None = None,
+        rules: MarketRules | None = None,
+    ) -> None:
+        self.config = config
+        self._registry = registry
+        self._state = state
+        self._audit = audit
+        self._clock = clock
+        self._identity = identity
+        self._dispatcher = dispatcher if config.dispatch else None
+        self._prices = prices
+        self._pv_forecast = pv_forecast
+        self.rules = rules or config.market_rules()
+        self.latest: PlanRecord | None = None
+        self.rounds = 0
+        self.failures = 0
+        self.dispatched_steps = 0
+        self._last_step: tuple[int, int] | None = None
+
+    # -- one round -----------------------------------------------------------
+    def gated_fleet(self, now_ms: int) -> tuple[int, GatedFleet]:
+        """The horizon start and the fleet built from gated state at ``now_ms``."""
+        start = horizon_start_ms(now_ms)
+        forecasts = self._pv_forecast(start) if self._pv_forecast is not None else {}
+        snapshot = self._registry.snapshot()
+        owner = ev_owner_steps(start, self.config)
+        evs = [a.asset_id for a in snapshot.assets.values() if a.kind is AssetKind.EV_CHARGER]
+        fleet = fleet_from_gated_state(
+            snapshot,
+            self._state,
+            now_ms=now_ms,
+            max_age_ms=int(self.config.max_age_s * 1000),
+            ev_owner=dict.fromkeys(evs, owner),
+            pv_forecast_kw=forecasts,
+        )
+        return start, fleet
+
+    def solve(self, now_ms: int, start_ms: int, gated: GatedFleet) -> PlanRecord:
+        """Price the horizon and solve it (blocking, touches no database: run it off the
+        event loop)."""
+        prices = self._prices(start_ms)
+        fleet = gated.fleet
+        if len(fleet) <= self.config.exact_max_assets:
+            method = "exact"
+            plan = schedule(fleet, prices, self.rules, time_limit_s=self.config.time_limit_s)
+        else:
+            method = "aggregated"
+            plan = schedule_aggregated(
+                fleet, prices, self.rules, time_limit_s=self.config.time_limit_s
+            )
+        excluded = {e.asset_id: e.reason for e in gated.excluded}
+        return PlanRecord(now_ms, start_ms, plan, fleet, excluded, method)
+
+    async def plan_now(self) -> PlanRecord | None:
+        """One round: the fleet from gated state here, the solve in a worker thread;
+        audited. None (and audited) when it failed."""
+        now_ms = self._clock.now_ms()
+        self.rounds += 1
+        try:
+            start, gated = self.gated_fleet(now_ms)
+            record = await asyncio.to_thread(self.solve, now_ms, start, gated)
+        except (OptimizerInputError, ValueError, OSError) as e:
+            self.failures += 1
+            log.warning("planning round failed: %s", e)
+            self._audit.append(
+                "plan",
+                decision="deny",
+                identity=self._identity,
+                reason="PLANNING_FAILED",
+                details={"error": str(e)[:300], "kept_previous": self.latest is not None},
+            )
+            return None
+        self.latest = record
+        summary = record.summary()
+        excluded = sorted(record.excluded.items())[:16]
+        self._audit.append(
+            "plan",
+            decision="info",
+            identity=self._identity,
+            details={**summary, "excluded": [f"{a}: {why}" for a, why in excluded]},
+        )
+        log.info(
+            "plan %s (%s): %d assets, %d left out, %.1f s",
+            record.plan.status,
+            record.method,
+            summary["assets_planned"],
+            summary["assets_excluded"],
+            record.plan.wall_s,
+        )
+        return record
+
+    def dispatch_current(self) -> bool:
+        """Send the current quarter-hour of the newest plan, once per step. True if sent."""
+        record = self.latest
+        if self._dispatcher is None or record is None or not record.plan.asset_ids:
+            return False
+        now_ms = self._clock.now_ms()
+        step = (now_ms - record.horizon_start_ms) // QUARTER_HOUR_MS
+        if not 0 <= step < STEPS:
+            return False  # the plan ran out: nothing stale is sent
+        key = (record.planned_ms, int(step))
+        if key == self._last_step:
+            return False
+        rated = {a.asset_id: a.rated_p_kw for a in self._registry.snapshot().assets.values()}
+        sent = self._dispatcher.dispatch(
+            record.plan, record.fleet, day_start_ms=record.horizon_start_ms, rated_kw=rated
+        )
+        if sent is None:
+            return False
+        self._last_step = key
+        self.dispatched_steps += 1
+        return True
+
+    # -- the loop ------------------------------------------------------------
+    async def run(self) -> None:
+        """Plan at start and every ``interval_s``; dispatch each quarter-hour; judge
+        plan-vs-actual every ``follow_interval_s``. Runs until cancelled."""
+        next_plan = next_follow = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            if now >= next_plan:
+                next_plan = now + self.config.interval_s
+                await self.plan_now()
+            try:
+                self.dispatch_current()
+                if self._dispatcher is not None and loop.time() >= next_follow:
+                    next_follow = loop.time() + self.config.follow_interval_s
+                    self._dispatcher.evaluate()
+            except (OptimizerInputError, ValueError) as e:  # a bad plan costs one step
+                log.warning("plan dispatch failed: %s", e)
+            now_ms = self._clock.now_ms()
+            to_step_s = (QUARTER_HOUR_MS - now_ms % QUARTER_HOUR_MS) / 1000 + 0.05
+            wake = min(next_plan - loop.time(), to_step_s, self.config.follow_interval_s)
+            await asyncio.sleep(max(0.05, wake))
+
+    def status(self) -> dict[str, Any]:
+        """For operators: the newest plan's summary and the loop's counters."""
+        return {
+            "rounds": self.rounds,
+            "failures": self.failures,
+            "dispatched_steps": self.dispatched_steps,
+            "latest": None if self.latest is None else self.latest.summary(),
+        }

@@ -1,0 +1,233 @@
+"""The planning cycle: gated state -> plan -> signed setpoints at the sites, on a timer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from control_plane.assets.model import Asset, AssetKind
+from control_plane.assets.registry import AssetRegistry
+from control_plane.config import ControlPlaneConfig
+from control_plane.dispatch.plan_dispatcher import PlanDispatcher
+from control_plane.optimizer.assets import STEPS
+from control_plane.optimizer.market import MarketPrices
+from control_plane.planning import (
+    PlanningConfig,
+    PlanningCycle,
+    ev_owner_steps,
+    horizon_start_ms,
+    reference_prices,
+    steps_until,
+)
+from control_plane.state import FleetState
+from edge_node.devices.base import AssetKind as EdgeKind
+from gridfort.v1 import telemetry_pb2 as tpb
+from security.clock import ManualClock
+from security.refusals import ConfigError
+from tests.dispatch.sites import Control, add_site, build_control
+from tests.markets.gated_fleet import SOC, gated_batch
+
+BERLIN = ZoneInfo("Europe/Berlin")
+T0 = int(datetime(2026, 6, 1, 10, 5, tzinfo=UTC).timestamp() * 1000)
+ASSETS = (
+    Asset("s1-b1", "s1", AssetKind.BATTERY, rated_p_kw=5.0, e_kwh=20.0),
+    Asset("s2-b1", "s2", AssetKind.BATTERY, rated_p_kw=5.0, e_kwh=20.0),
+    Asset("s2-ev", "s2", AssetKind.EV_CHARGER, rated_p_kw=11.0, e_kwh=60.0),
+)
+#: Expensive now, cheap afterwards: the batteries discharge in the first quarter-hour.
+PEAK_NOW = MarketPrices((300.0,) + (20.0,) * (STEPS - 1), (0.0,) * 6)
+CONTINUOUS = PlanningConfig(energy_increment_kw=0, reserve_increment_kw=0)
+
+
+def ms(year: int, month: int, day: int, hour: int, minute: int) -> int:
+    """Berlin wall-clock time -> epoch ms."""
+    return int(datetime(year, month, day, hour, minute, tzinfo=BERLIN).timestamp() * 1000)
+
+
+def test_owner_deadlines_are_local_times_and_follow_dst() -> None:
+    """07:00 local from local midnight: 28 steps, 24 on the spring DST day, 32 in autumn."""
+    seven = datetime(2026, 1, 1, 7, 0).time()
+    assert steps_until(ms(2026, 6, 1, 0, 0), seven, BERLIN) == 28
+    assert steps_until(ms(2026, 3, 29, 0, 0), seven, BERLIN) == 24
+    assert steps_until(ms(2026, 10, 25, 0, 0), seven, BERLIN) == 32
+    assert steps_until(ms(2026, 6, 1, 7, 0), seven, BERLIN) == 96  # now: the next one
+    owner = ev_owner_steps(ms(2026, 6, 1, 6, 0), PlanningConfig())
+    assert (owner.deadline_step, owner.departure_step) == (4, 8)
+    late = ev_owner_steps(ms(2026, 6, 1, 7, 30), PlanningConfig())  # departure passed
+    assert (late.deadline_step, late.departure_step) == (94, 96)
+    assert horizon_start_ms(T0) == T0 - 5 * 60_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"interval_s": 5}, "planning.interval_s"),
+        ({"ev_deadline": "7 o'clock"}, "planning.ev_deadline"),
+        ({"ev_deadline": "09:00", "ev_departure": "08:00"}, "planning.ev_departure"),
+        ({"timezone": "Mars/Olympus"}, "planning.timezone"),
+        ({"energy_increment_kw": -1}, "planning.energy_increment_kw"),
+        ({"tick": 1}, "unknown field"),
+    ],
+)
+def test_a_bad_planning_section_is_refused_naming_the_field(
+    raw: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ConfigError, match=field):
+        ControlPlaneConfig.from_mapping({"state_dir": ".", "planning": raw}, Path("/tmp"))
+
+
+def test_a_planning_section_is_parsed() -> None:
+    cfg = ControlPlaneConfig.from_mapping(
+        {"state_dir": ".", "planning": {"interval_s": 300, "dispatch": False}}, Path("/tmp")
+    )
+    assert cfg.planning == PlanningConfig(interval_s=300, dispatch=False)
+    assert len(reference_prices(T0).energy_eur_per_mwh) == STEPS
+
+
+def fleet(tmp_path: Path, clock: ManualClock) -> tuple[Control, AssetRegistry, FleetState]:
+    control = build_control(tmp_path, clock)
+    add_site(control, tmp_path, clock, "s1", {"s1-b1": EdgeKind.BATTERY})
+    add_site(control, tmp_path, clock, "s2", {"s2-b1": EdgeKind.BATTERY})
+    registry = AssetRegistry(tmp_path / "registry.db")
+    for site in ("s1", "s2"):
+        registry.add_site(site, T0)
+    registry.add_assets(ASSETS)
+    state = FleetState()
+    rows = [("s1-b1", SOC, T0 - 1000, 60.0), ("s2-b1", SOC, T0 - 1000, 40.0)]
+    state.apply(gated_batch(ASSETS, rows, now_ms=T0))
+    return control, registry, state
+
+
+def cycle_for(
+    control: Control,
+    registry: AssetRegistry,
+    state: FleetState,
+    clock: ManualClock,
+    config: PlanningConfig = CONTINUOUS,
+    prices: Any = lambda start: PEAK_NOW,
+) -> PlanningCycle:
+    dispatcher = PlanDispatcher(
+        groups=control.groups,
+        state=state,
+        audit=control.audit,
+        clock=clock,
+        identity=control.signer.signer,
+    )
+    return PlanningCycle(
+        config,
+        registry=registry,
+        state=state,
+        audit=control.audit,
+        clock=clock,
+        identity=control.signer.signer,
+        dispatcher=dispatcher,
+        prices=prices,
+    )
+
+
+def audit_records(control: Control, event: str) -> list[dict[str, Any]]:
+    lines = control.audit.path.read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+async def test_a_round_plans_only_gated_assets_and_each_step_reaches_the_sites_once(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(T0)
+    control, registry, state = fleet(tmp_path, clock)
+    cycle = cycle_for(control, registry, state, clock)
+    record = await cycle.plan_now()
+    assert record is not None and record.plan.status == "optimal"
+    assert record.plan.asset_ids == ("s1-b1", "s2-b1")
+    assert "no gated" in record.excluded["s2-ev"]  # never reported: not planned on
+    first = record.plan.p_kw[:, 0]
+    assert first.tolist() == pytest.approx([5.0, 5.0])  # the peak is now: full discharge
+    (audited,) = audit_records(control, "plan")
+    assert audited["details"]["status"] == "optimal"
+    assert audited["details"]["assets_excluded"] == 1
+
+    assert cycle.dispatch_current() is True
+    assert cycle.dispatch_current() is False  # once per quarter-hour
+    assert await control.deliver() == 2
+    assert control.sites["s1"].setpoint("s1-b1") == pytest.approx(5.0)
+    assert control.sites["s2"].setpoint("s2-b1") == pytest.approx(5.0)
+
+    clock.advance(15 * 60_000)  # the next step of the same plan: cheap, no discharge
+    assert cycle.dispatch_current() is True
+    await control.deliver()
+    expected = record.plan.p_kw[0, 1]
+    assert control.sites["s1"].setpoint("s1-b1") == pytest.approx(expected, abs=1e-6)
+    assert cycle.status()["dispatched_steps"] == 2
+
+
+async def test_a_suspect_battery_is_left_out_of_the_plan(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    control, registry, state = fleet(tmp_path, clock)
+    lie = [("s2-b1", SOC, T0 - 500, 95.0)]
+    state.apply(gated_batch(ASSETS, [], lie, now_ms=T0))
+    record = await cycle_for(control, registry, state, clock).plan_now()
+    assert record is not None and record.plan.asset_ids == ("s1-b1",)
+    assert record.excluded["s2-b1"].startswith("suspect")
+
+
+async def test_a_failing_input_costs_the_round_keeps_the_plan_and_is_audited(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(T0)
+    control, registry, state = fleet(tmp_path, clock)
+    answers: list[Any] = [PEAK_NOW, ValueError("price feed returned 95 values")]
+
+    def prices(start: int) -> MarketPrices:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[no-any-return]
+
+    cycle = cycle_for(control, registry, state, clock, prices=prices)
+    first = await cycle.plan_now()
+    assert await cycle.plan_now() is None
+    assert cycle.latest is first and cycle.failures == 1
+    failed = [r for r in audit_records(control, "plan") if r["decision"] == "deny"]
+    assert failed[0]["reason"] == "PLANNING_FAILED"
+    assert "95 values" in failed[0]["details"]["error"]
+
+
+async def test_an_impossible_owner_deadline_gives_a_diagnosed_fallback(tmp_path: Path) -> None:
+    """An EV needing 50 kWh within the quarter-hour before 07:00: no plan can deliver it;
+    the round still ends with the safe fallback and a diagnosis naming the deadline."""
+    clock = ManualClock(ms(2026, 6, 1, 6, 46))
+    control, registry, state = fleet(tmp_path, clock)
+    now = clock.now_ms()
+    rows = [
+        ("s1-b1", SOC, now - 1000, 60.0),
+        ("s2-b1", SOC, now - 1000, 40.0),
+        ("s2-ev", tpb.QUANTITY_EV_CONNECTED, now - 1000, 1.0),
+        ("s2-ev", SOC, now - 1000, 10.0),
+        ("s2-ev", tpb.QUANTITY_EV_TARGET_SOC, now - 1000, 95.0),
+    ]
+    state.apply(gated_batch(ASSETS, rows, now_ms=now))
+    record = await cycle_for(control, registry, state, clock).plan_now()
+    assert record is not None and record.plan.status == "fallback"
+    assert any("s2-ev" in d.subjects for d in record.plan.diagnosis)
+
+
+async def test_the_loop_plans_at_start_dispatches_and_stops_cleanly(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    control, registry, state = fleet(tmp_path, clock)
+    cycle = cycle_for(control, registry, state, clock)
+    task = asyncio.ensure_future(cycle.run())
+    try:
+        async with asyncio.timeout(20):
+            while cycle.dispatched_steps < 1:
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert cycle.rounds == 1 and len(control.outbox) == 2
