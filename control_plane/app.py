@@ -196,6 +196,22 @@ class ControlPlane:
             loaded = self.markets.load_policy()  # audited; until loaded every action is denied
             if not loaded.loaded:
                 log.warning("market policy not loaded: %s", loaded.reason)
+        # --- OpenADR 2.0b VEN (issue #6): demand-response events -> planner constraints ---
+        from control_plane.markets.openadr_service import OpenAdrService
+
+        self.openadr: OpenAdrService | None = None  # started/stopped in start()/stop()
+        if config.openadr is not None:
+            from control_plane.markets.service import RegistryAssets
+
+            self.openadr = OpenAdrService(
+                config.openadr,
+                db_path=self.paths.root / "openadr.db",  # accepted events survive a restart
+                state=self.pipeline.state,  # gated state only: opt-in and the baseline
+                assets=RegistryAssets(self.registry),
+                audit=self.audit,
+                clock=clock_,
+            )
+        # --- end OpenADR ---
         self.authority = EnrollmentAuthority(
             self.ca,
             self.tokens,
@@ -301,6 +317,7 @@ class ControlPlane:
                         telemetry_db=self.paths.telemetry_db,
                         audit_log=self.paths.audit_log,
                         clock=clock_,
+                        planning=self.planning,
                     )
                 ),
             )
@@ -326,6 +343,8 @@ class ControlPlane:
             await self._start_nats(self.config.nats_port)
         if self.planning is not None:
             self._planning_task = asyncio.ensure_future(self.planning.run())
+        if self.openadr is not None:  # OpenADR VEN: registers in the background
+            await self.openadr.start()
         self.audit.append(
             "control_plane_started",
             decision="info",
@@ -434,6 +453,8 @@ class ControlPlane:
         return () if self.nats is None else self.nats.urls
 
     async def stop(self) -> None:
+        if self.openadr is not None:  # OpenADR VEN
+            await self.openadr.stop()
         if self.api is not None:
             await self.api.stop()
         await reap(self._planning_task)

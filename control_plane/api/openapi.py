@@ -173,6 +173,37 @@ SCHEMAS: dict[str, Schema] = {
             },
         }
     ),
+    "PlanSummary": _object(
+        {
+            "planned_ms": _MS,
+            "horizon_start_ms": _MS,
+            "method": {"type": "string", "enum": ["exact", "aggregated"]},
+            "status": {"type": "string", "enum": ["optimal", "feasible", "fallback"]},
+            "assets_planned": _INT,
+            "assets_excluded": _INT,
+            "objective_eur": _nullable(_NUM),
+            "wall_s": _NUM,
+            "first_step_kw": _NUM,
+            "diagnosis": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "constraint": _STR,
+                        "subjects": {"type": "array", "items": _STR},
+                        "message": _STR,
+                    }
+                ),
+            },
+        }
+    ),
+    "PlanStatus": _object(
+        {
+            "rounds": _INT,
+            "failures": _INT,
+            "dispatched_steps": _INT,
+            "latest": _nullable(_ref("PlanSummary")),
+        }
+    ),
     "OpenApiDocument": {"type": "object"},
 }
 
@@ -186,6 +217,7 @@ RESPONSES: dict[str, str] = {
     "getStatus": "Status",
     "listSites": "SiteList",
     "getAssetState": "AssetState",
+    "getPlan": "PlanStatus",
     "getOpenApi": "OpenApiDocument",
 }
 

@@ -49,6 +49,10 @@ class TransportPorts(Protocol):
     def nats_url(self) -> str | None: ...
 
 
+class HasStatus(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+
 class HasGateStats(Protocol):
     version: str
     stats: GateStats
@@ -67,6 +71,7 @@ class ApiSources:
     telemetry_db: Path
     audit_log: Path
     clock: Clock
+    planning: HasStatus | None = None  # the planning cycle, when configured
 
 
 def jsonable(value: Any) -> Any:
@@ -261,6 +266,12 @@ class ApiOperations:
                 ]
             }
         )
+
+    def plan(self) -> Json | ApiRefusal:
+        """The planning cycle's status; 404 when this control plane does not plan."""
+        if self._s.planning is None:
+            return not_found("no planning cycle runs here ([control_plane.planning] is absent)")
+        return jsonable(self._s.planning.status())  # type: ignore[no-any-return]
 
     def asset_state(self, asset_id: str) -> Json | ApiRefusal:
         """Gated values only (what the optimizer may see) and whether the asset is suspect."""

@@ -393,6 +393,8 @@ class RestApi:
             result = ops.sites()
         elif op == "getAssetState":
             result = ops.asset_state(p["asset_id"])
+        elif op == "getPlan":
+            result = ops.plan()
         elif op == "getOpenApi":
             return self._openapi, {}
         else:  # a route without an operation is a bug: refuse, never guess

@@ -120,6 +120,13 @@ ROUTES: tuple[Route, ...] = (
         OPERATOR,
         "An asset's latest gated values and whether it is suspect",
     ),
+    Route(
+        "GET",
+        "/v1/plan",
+        "getPlan",
+        OPERATOR,
+        "The planning cycle: the newest plan's summary and the loop's counters",
+    ),
     Route("GET", "/v1/openapi.json", "getOpenApi", HUMANS, "This API's OpenAPI 3.1 document"),
 )
 

@@ -57,3 +57,10 @@ async def test_operator_reads_status_sites_and_gated_state(
 async def test_unknown_asset_is_not_found(system: EmbeddedSystem, clients: Clients) -> None:
     answer = await clients(Role.OPERATOR, "bob").get("/v1/state/no-such-asset")
     assert (answer.status, answer.reason) == (404, "NOT_FOUND")
+
+
+async def test_plan_is_not_found_where_no_planning_cycle_runs(
+    system: EmbeddedSystem, clients: Clients
+) -> None:
+    answer = await clients(Role.OPERATOR, "bob").get("/v1/plan")
+    assert (answer.status, answer.reason) == (404, "NOT_FOUND")
