@@ -16,6 +16,7 @@ from control_plane.cli import alerts as alerts_cli
 from control_plane.cli import bench as bench
 from control_plane.cli import demo_cmd as demo_cmd
 from control_plane.cli import detect as detect_cli
+from control_plane.cli import forecast as forecast_cli
 from control_plane.cli import market as market_cli
 from control_plane.cli import nats as nats_cli
 from control_plane.cli import optimize as optimize_cli
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect_cli.register(sub)
     market_cli.register(sub)
     optimize_cli.register(sub)
+    forecast_cli.register(sub)
     alerts_cli.register(sub)
     return parser
 
