@@ -34,6 +34,7 @@ from control_plane.demo_grid import (
     observe_attack,
 )
 from control_plane.embedded import EmbeddedSystem
+from control_plane.planning import PlanningConfig, PlanningCycle
 from edge_node.app import EdgeNode
 from edge_node.config import DeviceConfig, EdgeConfig
 from edge_node.devices.base import AssetKind as EdgeKind
@@ -47,6 +48,7 @@ from security.clock import Clock, SystemClock
 from security.refusals import GridfortError
 
 DRAIN_TIMEOUT_S = 20.0
+PLAN_AFTER_S = 6.0  # the demo plans once its sites have reported [s]
 OPCUA_CLIENT_URI = "urn:gridfort:edge:opcua-client"
 Q = tpb.Quantity
 
@@ -162,6 +164,9 @@ class Demo:
             nats_port=0 if options.transport != "grpc" else None,
             nats_cluster_size=options.nats_cluster,
             gate_grids=(GRID,) if options.grid else (),
+            # Plan only: the demo's command rounds drive the devices. Continuous lots: three
+            # home batteries cannot bid the markets' 0.1 MW; the plan serves their owners.
+            planning=PlanningConfig(dispatch=False, energy_increment_kw=0, reserve_increment_kw=0),
         )
         self.sites: list[Site] = []
         self.command_round = 0
@@ -391,6 +396,7 @@ class Demo:
             "gate_quarantined": dict(cp.gate.stats.by_detector),
             "alerts": len(cp.alerts.list()),
             "attack": self.attack.to_json() if self.attack is not None else None,
+            "plan": _plan(cp.planning),
             "per_site": per_site,
         }
 
@@ -407,6 +413,7 @@ class Demo:
                 f"{s['batches_duplicate']}, rejected {s['batches_rejected']}; commands sent "
                 f"{s['commands_sent']}, applied {s['commands_applied']}, refused "
                 f"{s['commands_refused'] + s['commands_failed']}; FDI gate: {s['gate']}"
+                + _plan_line(s["plan"])
                 + _attack_line(s["attack"], s["alerts"])
             ),
         )
@@ -473,6 +480,21 @@ class Demo:
         return t
 
 
+def _plan(planning: PlanningCycle | None) -> dict[str, Any] | None:
+    latest = None if planning is None else planning.latest
+    return None if latest is None else latest.summary()
+
+
+def _plan_line(plan: dict[str, Any] | None) -> str:
+    if plan is None:
+        return ""
+    return (
+        f"\nplan ({plan['method']}, from gated state): {plan['status']}, "
+        f"{plan['assets_planned']} assets planned, {plan['assets_excluded']} left out, "
+        f"first quarter-hour {plan['first_step_kw']:+.1f} kW, solved in {plan['wall_s']:.2f} s"
+    )
+
+
 def _attack_line(attack: dict[str, Any] | None, alerts: int) -> str:
     if attack is None:
         return f"; alerts {alerts}"
@@ -508,6 +530,8 @@ async def _run(options: DemoOptions) -> dict[str, Any]:
         started = loop.time()
         next_command = started + 2.0
         attack_at = started + options.attack_after_s if options.attack else None
+        plan_at: float | None = started + PLAN_AFTER_S  # once gated state has arrived
+        planning: asyncio.Future[Any] | None = None
         with Live(
             demo.table(), console=console, refresh_per_second=2, transient=not sys.stdout.isatty()
         ) as live:
@@ -518,6 +542,9 @@ async def _run(options: DemoOptions) -> dict[str, Any]:
                 if now >= next_command:
                     demo.send_commands()
                     next_command = now + options.command_interval_s
+                if plan_at is not None and now >= plan_at and cp.planning is not None:
+                    planning = asyncio.ensure_future(cp.planning.plan_now())
+                    plan_at = None
                 if attack_at is not None and now >= attack_at:
                     demo.launch_attack()
                     attack_at = None
@@ -526,6 +553,8 @@ async def _run(options: DemoOptions) -> dict[str, Any]:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
                         await stop.wait()
+        if planning is not None:
+            await planning
         console.print("stopping sampling and draining outboxes ...")
         drained = await demo.drain()
         await asyncio.sleep(1.0)  # last command results
