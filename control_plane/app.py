@@ -256,6 +256,7 @@ class ControlPlane:
 
             self.planning = PlanningCycle(
                 config.planning,
+                pv_forecast=config.planning.pv_source(),
                 registry=self.registry,
                 state=self.pipeline.state,
                 audit=self.audit,

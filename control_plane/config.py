@@ -11,6 +11,7 @@ from detection.grid import GRID_NAMES
 from security.refusals import ConfigError
 
 if TYPE_CHECKING:
+    from control_plane.markets.openadr_service import OpenAdrConfig
     from control_plane.markets.service import MarketConfig
     from control_plane.planning import PlanningConfig
 
@@ -43,6 +44,8 @@ class ControlPlaneConfig:
     gate_grids: tuple[str, ...] = field(default=())
     # The market layer ([control_plane.markets]); absent: no market gateway runs.
     markets: MarketConfig | None = None
+    # The OpenADR 2.0b VEN ([control_plane.openadr]); absent: no VEN runs.
+    openadr: OpenAdrConfig | None = None
     # The planning cycle ([control_plane.planning]); absent: nothing is planned or dispatched.
     planning: PlanningConfig | None = None
 
@@ -114,6 +117,16 @@ class ControlPlaneConfig:
                 values["markets"] = MarketConfig.from_mapping(markets, base)
             elif not isinstance(markets, MarketConfig):
                 raise ConfigError("markets: must be a table")
+        if "openadr" in values:
+            from control_plane.markets.openadr_service import OpenAdrConfig
+
+            openadr = values["openadr"]
+            if openadr is None:
+                del values["openadr"]
+            elif isinstance(openadr, dict):
+                values["openadr"] = OpenAdrConfig.from_mapping(openadr, base)
+            elif not isinstance(openadr, OpenAdrConfig):
+                raise ConfigError("openadr: must be a table")
         if "planning" in values:
             from control_plane.planning import PlanningConfig
 

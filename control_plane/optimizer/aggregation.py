@@ -9,29 +9,35 @@ flexibility, disaggregate to every asset, verify every asset.
 2. **Clusters.** Assets of one kind and one feeder with similar parameters: batteries by
    efficiencies (exact), C-rate and initial state-of-charge bin (:func:`soc_bin_pct`); EV
    sessions and loads by window, deadline and power-to-energy ratio bin; PV by curtailment
-   cost.
+   cost. Where demand-response caps name a subset of sites, assets are also clustered by
+   which caps cover their site, so every virtual device lies wholly inside or outside each
+   cap's group.
 3. **Inner approximation (homothetic).** A cluster is one virtual device whose every feasible
    trajectory, split by fixed weights, is feasible for each member: batteries by energy
    (w_i = e_i / E) with the tightest per-unit power and relative energy bounds of the members;
    demands by required energy (w_i = e_req_i / E_req) with the tightest power per required kWh;
    PV by available power per step. The split is exact for identical members and conservative
    otherwise, never optimistic.
-4. **Optimize** the virtual fleet with the same model as the exact schedule (feeder limits
-   and market rules act on the virtual devices), **disaggregate** by the weights, and check
-   every asset with :func:`control_plane.optimizer.check.check_plan` (target: 0 violations).
+4. **Optimize** the virtual fleet with the same model as the exact schedule (feeder limits,
+   demand-response caps and market rules act on the virtual devices; a cap on a sum is exact
+   because the weights of a cluster's members sum to one), **disaggregate** by the weights,
+   and check every asset with :func:`control_plane.optimizer.check.check_plan` (target: 0
+   violations).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from control_plane.optimizer.assets import STEPS, FleetState
 from control_plane.optimizer.constraints import (
+    DR_PREFIX,
     DemandTable,
     FloatArray,
     GroupLimit,
@@ -139,7 +145,8 @@ def aggregate(
     for j, fd in enumerate(fleet.feeders):
         for s in fd.site_ids:
             feeder_of_site.setdefault(s, j)
-    fs = [feeder_of_site.get(b.site_id, -1) for b in fleet.batteries]
+    covered = _dr_cover(fleet)
+    fs = [(feeder_of_site.get(b.site_id, -1), covered(b.site_id)) for b in fleet.batteries]
     e = np.array([b.e_kwh for b in fleet.batteries])
     c_rate = np.array([b.p_max_kw / b.e_kwh for b in fleet.batteries])
     soc0 = np.array([b.soc_init_pct for b in fleet.batteries])
@@ -164,6 +171,7 @@ def aggregate(
         degradation_eur_per_kwh=_sum_at(gs, ns, e * st.degradation_eur_per_kwh) / big_e,
     )
     demand_sites = [x.site_id for x in fleet.evs] + [x.site_id for x in fleet.loads]
+    dr_d = [covered(site) for site in demand_sites]
     windows = [(x.arrival_step, x.departure_step) for x in fleet.evs] + [
         (x.window_start_step, x.window_end_step) for x in fleet.loads
     ]
@@ -173,7 +181,7 @@ def aggregate(
     rbin = np.floor(np.log(np.maximum(ratio, 1e-9)) / np.log(RATIO_BIN)).astype(np.int64)
     keys_d = [
         (feeder_of_site.get(demand_sites[i], -1), dm.kinds[i], windows[i],
-         int(dm.deadline_step[i]), int(rbin[i]))
+         int(dm.deadline_step[i]), int(rbin[i]), dr_d[i])
         for i in range(len(dm))
     ]  # fmt: skip
     gd = np.full(len(dm), -1, dtype=np.int64)
@@ -194,14 +202,17 @@ def aggregate(
         e_max_kwh=big_r * _min_at(gd[sel], nd, dm.e_max_kwh[sel] / req[sel]),
     )
     fp = [feeder_of_site.get(x.site_id, -1) for x in fleet.pvs]
-    gp, npv = _group([(fp[i], float(pv.curtailment_eur_per_kwh[i, 0])) for i in range(len(pv))])
+    dr_p = [covered(x.site_id) for x in fleet.pvs]
+    gp, npv = _group(
+        [(fp[i], float(pv.curtailment_eur_per_kwh[i, 0]), dr_p[i]) for i in range(len(pv))]
+    )
     avail = _sum_at(gp, npv, pv.p_avail_kw)
     wp = pv.p_avail_kw / np.maximum(avail[gp], 1e-12) if len(pv) else np.zeros((0, STEPS))
     curt = np.zeros((npv, STEPS))
     curt[gp] = pv.curtailment_eur_per_kwh
     vp = PvTable([f"cluster-pv-{k}" for k in range(npv)], avail, avail, curt)
     agg = Tables(vs, vd, vp)
-    feeder_s = _first(gs, ns, np.array(fs, dtype=np.int64))
+    feeder_s = _first(gs, ns, np.array([f for f, _ in fs], dtype=np.int64))
     feeder_d = _first(gd[sel], nd, np.array([k[0] for k in keys_d], dtype=np.int64)[sel])
     feeder_p = _first(gp, npv, np.array(fp, dtype=np.int64))
     for j, fd in enumerate(fleet.feeders):
@@ -215,7 +226,43 @@ def aggregate(
                 np.full(STEPS, fd.export_max_kw),
             )
         )
+    # Demand-response caps: a virtual device is in a cap's group iff its members are.
+    caps = [g for g in tables.limits if g.name.startswith(DR_PREFIX)]
+    in_s = _members(gs, ns, [c for _, c in fs], len(caps))
+    in_d = _members(gd[sel], nd, [dr_d[i] for i in sel], len(caps))
+    in_p = _members(gp, npv, dr_p, len(caps))
+    for j, g in enumerate(caps):
+        agg.limits.append(
+            GroupLimit(
+                g.name,
+                np.flatnonzero(in_s[:, j]),
+                np.flatnonzero(in_d[:, j]),
+                np.flatnonzero(in_p[:, j]),
+                g.import_max_kw,
+                g.export_max_kw,
+            )
+        )
     return agg, Clusters(gs, ws, gd, wd, gp, wp)
+
+
+def _dr_cover(fleet: FleetState) -> Callable[[str], tuple[int, ...]]:
+    """``site -> tuple`` of the indices of the demand-response caps whose group holds it."""
+    drs = fleet.demand_response
+
+    def covered(site_id: str) -> tuple[int, ...]:
+        return tuple(j for j, d in enumerate(drs) if not d.site_ids or site_id in d.site_ids)
+
+    return covered
+
+
+def _members(
+    g: IntArray, n: int, covers: Sequence[tuple[int, ...]], n_caps: int
+) -> NDArray[np.bool_]:
+    """(virtual devices, caps): True where a virtual device's members lie in a cap's group."""
+    out = np.zeros((n, n_caps), dtype=bool)
+    for i, c in enumerate(covers):
+        out[g[i], list(c)] = True
+    return out
 
 
 def _first(g: IntArray, n: int, values: IntArray) -> IntArray:

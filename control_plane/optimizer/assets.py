@@ -13,6 +13,7 @@ reaches a constraint table or a solver.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +22,8 @@ from security.refusals import GridfortError
 
 STEPS = 96  #: quarter-hours in the day-ahead horizon
 DT_H = 0.25  #: length of one step [h]
+#: Demand-response event ids: OpenADR event ids are free text; the optimizer takes a safe subset.
+EVENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class OptimizerInputError(GridfortError):
@@ -232,6 +235,48 @@ class FeederLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class DemandResponse:
+    """A demand-response commitment (an accepted OpenADR event) as a cap on net import.
+
+    In step ``start_step + k`` the net import of the assets at ``site_ids`` (empty: every
+    asset of the fleet) may not exceed ``import_max_kw[k]`` [kW]. Net import is minus the
+    summed asset power (sign convention: + export), so a negative cap means the group must
+    *export* at least that much. Steps outside ``[start_step, end_step)`` are not capped.
+    Only the assets the optimizer schedules count (no inflexible site load is modelled).
+    """
+
+    event_id: str
+    start_step: int
+    import_max_kw: tuple[float, ...]
+    site_ids: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.event_id, str) or not EVENT_ID_PATTERN.match(self.event_id):
+            raise OptimizerInputError(
+                f"demand response {str(self.event_id)[:64]!r}: event_id must match "
+                f"{EVENT_ID_PATTERN.pattern}"
+            )
+        who = f"demand response {self.event_id}"
+        _step(who, "start_step", self.start_step, 0, STEPS - 1)
+        n = len(self.import_max_kw)
+        if not 1 <= n <= STEPS - self.start_step:
+            raise OptimizerInputError(
+                f"{who}: import_max_kw needs 1 to {STEPS - self.start_step} values "
+                f"(start_step {self.start_step}), got {n}"
+            )
+        for k, v in enumerate(self.import_max_kw):
+            _finite(who, f"import_max_kw[{k}]", v, -1e7, 1e7)
+        for site in self.site_ids:
+            if not isinstance(site, str) or not ID_PATTERN.match(site):
+                raise OptimizerInputError(f"{who}: site_ids entry {site!r} is not a site id")
+
+    @property
+    def end_step(self) -> int:
+        """First step after the capped window [step]."""
+        return self.start_step + len(self.import_max_kw)
+
+
+@dataclass(frozen=True, slots=True)
 class FleetState:
     """Everything the optimizer knows about the fleet at planning time.
 
@@ -241,6 +286,8 @@ class FleetState:
     :func:`control_plane.optimizer.from_state.fleet_from_gated_state`, which leaves out
     suspect, stale and unknown assets; tests and benchmarks build synthetic fleets.
     ``as_of_ts_ms`` is the time [ms since epoch] of the state it was built from.
+    ``demand_response`` holds accepted demand-response caps (see :class:`DemandResponse`);
+    the OpenADR service supplies them (``OpenAdrService.active_constraints``).
     """
 
     batteries: tuple[Battery, ...] = ()
@@ -250,6 +297,7 @@ class FleetState:
     sites: tuple[SiteLimits, ...] = ()
     feeders: tuple[FeederLimit, ...] = ()
     as_of_ts_ms: int = 0
+    demand_response: tuple[DemandResponse, ...] = ()
     _ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -268,6 +316,9 @@ class FleetState:
         site_ids = [s.site_id for s in self.sites]
         if len(set(site_ids)) != len(site_ids):
             raise OptimizerInputError("fleet: sites lists a site_id twice")
+        events = [d.event_id for d in self.demand_response]
+        if len(set(events)) != len(events):
+            raise OptimizerInputError("fleet: demand_response lists an event_id twice")
         object.__setattr__(self, "_ids", ids)
 
     @property

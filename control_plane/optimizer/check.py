@@ -3,7 +3,10 @@
 Reads the typed assets of :class:`FleetState` directly (not the solver's tables or values),
 recomputes each battery's state of charge from its net power alone (a device receives one
 setpoint, so charge and discharge never overlap), and reports every violation beyond
-``tol`` (absolute, in kW or kWh). An empty list means the plan is deliverable as written.
+``tol`` (absolute, in kW or kWh). Demand-response caps are checked like grid limits
+(``demand_response.import_max_kw``, subject ``demand_response <event_id>``), also for a
+fallback plan, which does not try to honour them. An empty list means the plan is
+deliverable as written.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ def check_plan(
     sink.over(ids, "pv.no_import", -pv)
     sink.over(ids, "pv.forecast", pv - fc)
     _check_grid(fleet, p, sink)
+    _check_demand_response(fleet, p, sink)
     if plan.bids:
         _check_market(plan, rules, sink)
     return sink.out
@@ -165,13 +169,30 @@ def _check_loads(fleet: FleetState, p: FloatArray, sink: _Sink) -> None:
     sink.over(ids, "load.energy_in_window", np.abs(got - np.array([x.energy_kwh for x in ld])))
 
 
-def _check_grid(fleet: FleetState, p: FloatArray, sink: _Sink) -> None:
-    site_of = (
+def _site_of(fleet: FleetState) -> list[str]:
+    """Each plan row's site, in row order (batteries, EVs, loads, PVs)."""
+    return (
         [x.site_id for x in fleet.batteries]
         + [x.site_id for x in fleet.evs]
         + [x.site_id for x in fleet.loads]
         + [x.site_id for x in fleet.pvs]
     )
+
+
+def _check_demand_response(fleet: FleetState, p: FloatArray, sink: _Sink) -> None:
+    """Each demand-response cap: the group's net import (minus summed power) per covered step."""
+    site_of = _site_of(fleet)
+    for dr in fleet.demand_response:
+        rows = [i for i, s in enumerate(site_of) if not dr.site_ids or s in dr.site_ids]
+        net_import = -p[rows].sum(axis=0) if rows else np.zeros(STEPS)
+        excess = np.full(STEPS, -np.inf)
+        window = slice(dr.start_step, dr.end_step)
+        excess[window] = net_import[window] - np.asarray(dr.import_max_kw)
+        sink.over([f"demand_response {dr.event_id}"], "demand_response.import_max_kw", excess[None])
+
+
+def _check_grid(fleet: FleetState, p: FloatArray, sink: _Sink) -> None:
+    site_of = _site_of(fleet)
     index: dict[str, int] = {}
     rows = np.array([index.setdefault(s, len(index)) for s in site_of], dtype=np.int64)
     net = np.zeros((len(index), STEPS))

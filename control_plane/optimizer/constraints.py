@@ -9,7 +9,9 @@ so the model builder (:mod:`control_plane.optimizer.model`) only reads arrays. T
   or outside the window), cumulative grid-side energy required by a deadline and a cap.
 * :class:`PvTable` — PV: available power per step, curtailment cost per step.
 
-Coupling limits (sites, feeders) are :class:`GroupLimit` rows over devices. :func:`validate`
+Coupling limits (sites, feeders) are :class:`GroupLimit` rows over devices; so is each
+demand-response cap (named ``demand_response <event_id>``, an import limit only in the steps
+the event covers, ``inf`` elsewhere and for export). :func:`validate`
 diagnoses owner constraints that no schedule can meet (an EV target beyond what the charger
 can deliver before the deadline, a final state of charge out of reach) with a precise message.
 """
@@ -27,6 +29,8 @@ from control_plane.optimizer.assets import DT_H, STEPS, FleetState
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 TOL = 1e-6
+#: Name prefix of the :class:`GroupLimit` of a demand-response cap.
+DR_PREFIX = "demand_response "
 
 
 @dataclass(slots=True)
@@ -80,7 +84,8 @@ class PvTable:
 
 @dataclass(slots=True)
 class GroupLimit:
-    """A net-power limit on a group of devices (row indices into each table) [kW] per step."""
+    """A net-power limit on a group of devices (row indices into each table) [kW] per step;
+    ``inf`` means no limit (only demand-response caps, see :data:`DR_PREFIX`, use it)."""
 
     name: str
     storage_rows: IntArray
@@ -189,6 +194,16 @@ def build_tables(fleet: FleetState) -> Tables:
                 np.full(STEPS, fd.export_max_kw),
             )
         )
+    for dr in fleet.demand_response:
+        parts = [m for s, m in sorted(members.items()) if not dr.site_ids or s in dr.site_ids]
+        rows = [np.concatenate([x[k] for x in parts]) if parts else empty for k in range(3)]
+        cap = np.full(STEPS, np.inf)
+        cap[dr.start_step : dr.end_step] = dr.import_max_kw
+        tables.limits.append(
+            GroupLimit(
+                DR_PREFIX + dr.event_id, rows[0], rows[1], rows[2], cap, np.full(STEPS, np.inf)
+            )
+        )
     return tables
 
 
@@ -241,6 +256,31 @@ def validate(tables: Tables) -> list[Finding]:
                     f"{dm.kinds[i]}.capacity",
                     f"required {dm.e_required_kwh[i]:.3f} kWh exceeds the room of "
                     f"{dm.e_max_kwh[i]:.3f} kWh",
+                )
+            )
+    out += _demand_response_findings(tables)
+    return out
+
+
+def _demand_response_findings(tables: Tables) -> list[Finding]:
+    """Demand-response caps below the least net import the group could reach in a step
+    (every battery discharging and every PV generating at full power, no demand)."""
+    out: list[Finding] = []
+    st, pv = tables.storage, tables.pv
+    for g in tables.limits:
+        if not g.name.startswith(DR_PREFIX):
+            continue
+        least = -(st.p_discharge_max_kw[g.storage_rows].sum(0) + pv.p_avail_kw[g.pv_rows].sum(0))
+        short = np.flatnonzero(g.import_max_kw + TOL < least)
+        if len(short):
+            t = int(short[0])
+            out.append(
+                Finding(
+                    g.name,
+                    "demand_response.import_max",
+                    f"caps net import at {g.import_max_kw[t]:.3f} kW in step {t} ({_clock(t)}) "
+                    f"but the group's assets can bring it down to {least[t]:.3f} kW at best "
+                    f"({len(short)} step(s) out of reach)",
                 )
             )
     return out

@@ -10,7 +10,8 @@ Maximize, in EUR over the horizon (``dt`` = step length [h], prices per MWh henc
 
 subject to every table row: power bounds, stored energy (with efficiencies) within bounds
 after every step and at the end, demand energy by its deadline and under its cap, site and
-feeder net-power limits, FCR headroom in both directions and ``fcr_energy_h`` of energy in
+feeder net-power limits, demand-response caps on a group's net import in the steps an
+event covers (``-net <= cap``), FCR headroom in both directions and ``fcr_energy_h`` of energy in
 both directions while a block is offered, and the integral market rules
 ``P_t = energy_increment * n_t`` and ``sum R_b = reserve_increment * k_b`` (n, k integer).
 
@@ -22,7 +23,8 @@ and discharge never overlap (used in the small lot repair, where a time-limited 
 could otherwise burn energy through simultaneous flows).
 
 With ``elastic=True`` the economic objective is replaced by the sum of nonnegative slacks on
-each relaxable constraint group (and integrality is dropped): the groups whose slack is
+each relaxable constraint group (final SOC, demand energy, grid export/import limits,
+``demand_response.import_max``; integrality is dropped): the groups whose slack is
 positive are the ones that make the problem infeasible (see :mod:`.diagnosis`).
 """
 
@@ -36,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from control_plane.optimizer.assets import DT_H, STEPS
-from control_plane.optimizer.constraints import FloatArray, GroupLimit, Tables
+from control_plane.optimizer.constraints import DR_PREFIX, FloatArray, GroupLimit, Tables
 from control_plane.optimizer.market import MarketPrices, MarketRules
 
 cp: Any = _cvxpy  # cvxpy ships partial type information; treat it as untyped
@@ -169,15 +171,26 @@ def build(
             total = total + _incidence([g.pv_rows for g in groups], len(pv)) @ gen
         return total
 
-    if tables.limits:
-        names = [g.name for g in tables.limits]
-        gnet = group_net(tables.limits)
-        exp_max = np.stack([g.export_max_kw for g in tables.limits])
-        imp_max = np.stack([g.import_max_kw for g in tables.limits])
+    grid = [g for g in tables.limits if not g.name.startswith(DR_PREFIX)]
+    if grid:
+        names = [g.name for g in grid]
+        gnet = group_net(grid)
+        exp_max = np.stack([g.export_max_kw for g in grid])
+        imp_max = np.stack([g.import_max_kw for g in grid])
         if isinstance(gnet, int):
             gnet = np.zeros_like(exp_max)
         cons.append(relax("grid.export_max", exp_max - gnet, names))
         cons.append(relax("grid.import_max", gnet + imp_max, names))
+    caps = [g for g in tables.limits if g.name.startswith(DR_PREFIX)]
+    cap = np.stack([g.import_max_kw for g in caps]) if caps else np.zeros((0, STEPS))
+    r, c = np.nonzero(np.isfinite(cap))  # only the steps an event covers
+    if len(r):
+        gnet = group_net(caps)
+        if isinstance(gnet, int):
+            gnet = cp.Constant(np.zeros_like(cap))
+        cons.append(
+            relax("demand_response.import_max", gnet[r, c] + cap[r, c], [caps[i].name for i in r])
+        )
     if tables.sites and rules.self_consumption_eur_per_mwh > 0 and gen is not None:
         sites = tables.sites
         sc = cp.Variable((len(sites), STEPS), nonneg=True, name="self_consumption_kw")

@@ -164,7 +164,9 @@ def diagnose(
 
     First the continuous relaxation: feasible means only the integral market rules bind.
     Otherwise every relaxable group (final state of charge, demand energy by deadline, site and
-    feeder import/export limits) gets a nonnegative slack and the total slack is minimized; the
+    feeder import/export limits, demand-response caps: ``demand_response.import_max`` with the
+    subject ``demand_response <event_id>``) gets a nonnegative slack and the total slack is
+    minimized; the
     groups, assets and sites that need slack are reported with the largest amount needed.
     """
     relaxed = solve_tables(tables, prices, rules, time_limit_s=time_limit_s, integral=False)
@@ -192,7 +194,7 @@ def diagnose(
         if name == "demand.energy_by_deadline":
             kinds = {tables.demand.kinds[i] for i in rows}
             label = "ev.target_by_deadline" if kinds == {"ev"} else name
-        subjects = tuple(ids[i] for i in rows)
+        subjects = tuple(dict.fromkeys(ids[i] for i in rows))  # a cap's id repeats per step
         out.append(
             Diagnosis(
                 label,

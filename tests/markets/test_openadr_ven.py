@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +33,8 @@ def free_port() -> int:
 def test_simple_levels_map_to_fractions_of_the_flexible_load() -> None:
     ev = DemandResponseEvent("e", "SIMPLE", "level", (DrInterval(0, 60_000, 2.0),))
     c = constraint_for(ev, 300.0)
-    assert c == FleetConstraint("e", 0, 60_000, pytest.approx(200.0))
+    assert c is not None and (c.event_id, c.start_ms, c.end_ms) == ("e", 0, 60_000)
+    assert c.reduce_load_kw == pytest.approx(200.0)
     assert opt_for(c, 250.0) == OPT_IN
     assert opt_for(c, 150.0) == OPT_OUT
 
@@ -111,11 +113,18 @@ async def test_ven_registers_receives_an_event_opts_in_and_reports() -> None:
         callback=on_event_response,
     )
     constraints: list[FleetConstraint] = []
+
+    def decide(raw: Mapping[str, Any]) -> str:
+        c = constraint_for(event_from_openleadr(raw), 300.0)
+        opt = opt_for(c, 300.0)
+        if opt == OPT_IN and c is not None:
+            constraints.append(c)
+        return opt
+
     ven = GridfortVen(
         "gridfort",
         f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b",
-        flexible_load_kw=lambda: 300.0,
-        on_constraint=constraints.append,
+        decide=decide,
         fleet_power_w=lambda: 123_000.0,
         report_sampling=timedelta(seconds=1),
         client_options={"ven_id": "ven-gridfort"},
