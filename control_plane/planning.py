@@ -35,7 +35,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from control_plane.assets.model import AssetKind
-from control_plane.assets.registry import AssetRegistry
+from control_plane.assets.registry import AssetRegistry, RegistrySnapshot
 from control_plane.dispatch.plan_dispatcher import PlanDispatcher
 from control_plane.dispatch.plan_setpoints import QUARTER_HOUR_MS
 from control_plane.optimizer.aggregation import schedule_aggregated
@@ -53,8 +53,9 @@ log = logging.getLogger(__name__)
 
 #: Prices for the horizon that starts at the given instant [ms since epoch].
 PriceSource = Callable[[int], MarketPrices]
-#: PV forecasts [kW per step] per PV asset for the horizon that starts at the instant.
-PvForecastSource = Callable[[int], Mapping[str, tuple[float, ...]]]
+#: PV forecasts [kW per step] per PV asset of the registry snapshot, for the horizon that
+#: starts at the instant (e.g. :class:`control_plane.forecast.live.PvForecastSource`).
+PvForecastSource = Callable[[int, RegistrySnapshot], Mapping[str, tuple[float, ...]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,10 @@ class PlanningConfig:
     departure times, local ``HH:MM`` in ``timezone``. ``energy_increment_kw`` /
     ``reserve_increment_kw`` [kW]: the market lots the portfolio's position is planned in
     (0.1 MW day-ahead, 1 MW FCR); 0 = continuous, for a fleet too small to bid that plans
-    for its owners' constraints and self-consumption only.
+    for its owners' constraints and self-consumption only. ``pv_forecast``: plan PV
+    plants on the climatological forecast at ``latitude_deg`` / ``longitude_deg`` [deg]
+    (:mod:`control_plane.forecast.live`), at the ``pv_quantile`` of the clear-sky index
+    (0.1: P10, the margin rule); false: PV plants are left out of the plan.
     """
 
     interval_s: float = 900.0
@@ -84,6 +88,10 @@ class PlanningConfig:
     timezone: str = "Europe/Berlin"
     energy_increment_kw: float = 100.0
     reserve_increment_kw: float = 1000.0
+    pv_forecast: bool = True
+    latitude_deg: float = 52.52
+    longitude_deg: float = 13.40
+    pv_quantile: float = 0.1
 
     def __post_init__(self) -> None:
         if not 60 <= self.interval_s <= 86_400:
@@ -108,6 +116,30 @@ class PlanningConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1e6:
                 raise ConfigError(f"planning.{name}: must be a number of kW in [0, 1e6]")
+
+        for name, lo, hi in (
+            ("latitude_deg", -90.0, 90.0),
+            ("longitude_deg", -180.0, 180.0),
+            ("pv_quantile", 0.01, 0.99),
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+                raise ConfigError(f"planning.{name}: must be a number in [{lo:g}, {hi:g}]")
+
+    def pv_source(self) -> PvForecastSource | None:
+        """The PV forecast the cycle plans on (learned here, ~0.4 s), or None."""
+        if not self.pv_forecast:
+            return None
+        from control_plane.forecast.live import ClimatologicalPv
+        from control_plane.forecast.live import PvForecastSource as Climatological
+        from control_plane.forecast.site import ForecastSite
+
+        site = ForecastSite(
+            latitude_deg=float(self.latitude_deg),
+            longitude_deg=float(self.longitude_deg),
+            tz=self.timezone,
+        )
+        return Climatological(ClimatologicalPv.learn(site, quantile=float(self.pv_quantile)))
 
     def market_rules(self) -> MarketRules:
         return MarketRules(
@@ -245,8 +277,8 @@ class PlanningCycle:
     def gated_fleet(self, now_ms: int) -> tuple[int, GatedFleet]:
         """The horizon start and the fleet built from gated state at ``now_ms``."""
         start = horizon_start_ms(now_ms)
-        forecasts = self._pv_forecast(start) if self._pv_forecast is not None else {}
         snapshot = self._registry.snapshot()
+        forecasts = self._pv_forecast(start, snapshot) if self._pv_forecast is not None else {}
         owner = ev_owner_steps(start, self.config)
         evs = [a.asset_id for a in snapshot.assets.values() if a.kind is AssetKind.EV_CHARGER]
         fleet = fleet_from_gated_state(

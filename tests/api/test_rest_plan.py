@@ -47,7 +47,7 @@ async def test_operator_reads_the_newest_plan_and_the_soc_role_may_not(
     assert plan["rounds"] >= 2 and plan["failures"] == 0
     latest = plan["latest"]
     assert latest["status"] == "optimal" and latest["method"] == "exact"
-    assert latest["assets_planned"] == 1  # the battery; PV (no forecast) and EV left out
-    assert latest["assets_excluded"] == 2
+    assert latest["assets_planned"] == 2  # the battery and the PV plant (climatological P10)
+    assert latest["assets_excluded"] == 1  # the EV charger: it never reported
     denied = await clients(Role.SOC, "alice").get("/v1/plan")
     assert (denied.status, denied.reason) == (403, "ROLE_NOT_ALLOWED")
