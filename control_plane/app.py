@@ -257,6 +257,7 @@ class ControlPlane:
             self.planning = PlanningCycle(
                 config.planning,
                 pv_forecast=config.planning.pv_source(),
+                constraints=None if self.openadr is None else self.openadr.active_constraints,
                 registry=self.registry,
                 state=self.pipeline.state,
                 audit=self.audit,

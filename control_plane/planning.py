@@ -29,7 +29,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -39,7 +39,12 @@ from control_plane.assets.registry import AssetRegistry, RegistrySnapshot
 from control_plane.dispatch.plan_dispatcher import PlanDispatcher
 from control_plane.dispatch.plan_setpoints import QUARTER_HOUR_MS
 from control_plane.optimizer.aggregation import schedule_aggregated
-from control_plane.optimizer.assets import STEPS, FleetState, OptimizerInputError
+from control_plane.optimizer.assets import (
+    STEPS,
+    DemandResponse,
+    FleetState,
+    OptimizerInputError,
+)
 from control_plane.optimizer.from_state import EvOwnerConstraint, GatedFleet, fleet_from_gated_state
 from control_plane.optimizer.market import MarketPrices, MarketRules
 from control_plane.optimizer.plan import Plan
@@ -53,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: Prices for the horizon that starts at the given instant [ms since epoch].
 PriceSource = Callable[[int], MarketPrices]
+#: Extra caps for the horizon that starts at the instant (accepted OpenADR events).
+ConstraintSource = Callable[[int], tuple[DemandResponse, ...]]
 #: PV forecasts [kW per step] per PV asset of the registry snapshot, for the horizon that
 #: starts at the instant (e.g. :class:`control_plane.forecast.live.PvForecastSource`).
 PvForecastSource = Callable[[int, RegistrySnapshot], Mapping[str, tuple[float, ...]]]
@@ -233,6 +240,7 @@ class PlanRecord:
             "objective_eur": None if math.isnan(plan.objective_eur) else plan.objective_eur,
             "wall_s": round(plan.wall_s, 3),
             "first_step_kw": round(float(portfolio[0]), 3) if len(portfolio) else 0.0,
+            "demand_response": [d.event_id for d in self.fleet.demand_response],
             "diagnosis": [
                 {"constraint": d.constraint, "subjects": list(d.subjects[:8]), "message": d.message}
                 for d in plan.diagnosis[:8]
@@ -255,6 +263,7 @@ class PlanningCycle:
         dispatcher: PlanDispatcher | None = None,
         prices: PriceSource = reference_prices,
         pv_forecast: PvForecastSource | None = None,
+        constraints: ConstraintSource | None = None,
         rules: MarketRules | None = None,
     ) -> None:
         self.config = config
@@ -266,6 +275,7 @@ class PlanningCycle:
         self._dispatcher = dispatcher if config.dispatch else None
         self._prices = prices
         self._pv_forecast = pv_forecast
+        self._constraints = constraints
         self.rules = rules or config.market_rules()
         self.latest: PlanRecord | None = None
         self.rounds = 0
@@ -289,6 +299,10 @@ class PlanningCycle:
             ev_owner=dict.fromkeys(evs, owner),
             pv_forecast_kw=forecasts,
         )
+        if self._constraints is not None:
+            caps = self._constraints(start)
+            if caps:
+                fleet = replace(fleet, fleet=replace(fleet.fleet, demand_response=caps))
         return start, fleet
 
     def solve(self, now_ms: int, start_ms: int, gated: GatedFleet) -> PlanRecord:

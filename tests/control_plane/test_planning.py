@@ -15,7 +15,7 @@ from control_plane.assets.model import Asset, AssetKind
 from control_plane.assets.registry import AssetRegistry
 from control_plane.config import ControlPlaneConfig
 from control_plane.dispatch.plan_dispatcher import PlanDispatcher
-from control_plane.optimizer.assets import STEPS
+from control_plane.optimizer.assets import STEPS, DemandResponse
 from control_plane.optimizer.market import MarketPrices
 from control_plane.planning import (
     PlanningConfig,
@@ -111,6 +111,7 @@ def cycle_for(
     clock: ManualClock,
     config: PlanningConfig = CONTINUOUS,
     prices: Any = lambda start: PEAK_NOW,
+    constraints: Any = None,
 ) -> PlanningCycle:
     dispatcher = PlanDispatcher(
         groups=control.groups,
@@ -128,6 +129,7 @@ def cycle_for(
         identity=control.signer.signer,
         dispatcher=dispatcher,
         prices=prices,
+        constraints=constraints,
     )
 
 
@@ -231,3 +233,26 @@ async def test_the_loop_plans_at_start_dispatches_and_stops_cleanly(tmp_path: Pa
         with pytest.raises(asyncio.CancelledError):
             await task
     assert cycle.rounds == 1 and len(control.outbox) == 2
+
+
+async def test_accepted_demand_response_caps_reach_the_plan(tmp_path: Path) -> None:
+    """Cheap energy now: the batteries would charge at full power (10 kW of import); an
+    accepted OpenADR event caps the fleet's import at 2 kW for the first hour."""
+    clock = ManualClock(T0)
+    control, registry, state = fleet(tmp_path, clock)
+    cheap_now = MarketPrices((5.0,) * 4 + (200.0,) * (STEPS - 4), (0.0,) * 6)
+    free = await cycle_for(control, registry, state, clock, prices=lambda s: cheap_now).plan_now()
+    assert free is not None and -free.plan.portfolio_kw()[0] == pytest.approx(10.0)
+    seen: list[int] = []
+
+    def caps(start_ms: int) -> tuple[DemandResponse, ...]:
+        seen.append(start_ms)
+        return (DemandResponse("utility-evt-1", 0, (2.0,) * 4),)
+
+    # as the composition root passes OpenAdrService.active_constraints
+    cycle = cycle_for(control, registry, state, clock, prices=lambda s: cheap_now, constraints=caps)
+    record = await cycle.plan_now()
+    assert record is not None and record.plan.status == "optimal"
+    assert seen == [horizon_start_ms(T0)]
+    assert (-record.plan.portfolio_kw()[:4] <= 2.0 + 1e-6).all()
+    assert record.summary()["demand_response"] == ["utility-evt-1"]
