@@ -184,6 +184,7 @@ SCHEMAS: dict[str, Schema] = {
             "objective_eur": _nullable(_NUM),
             "wall_s": _NUM,
             "first_step_kw": _NUM,
+            "demand_response": {"type": "array", "items": _STR},
             "diagnosis": {
                 "type": "array",
                 "items": _object(
