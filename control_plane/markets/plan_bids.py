@@ -17,21 +17,35 @@ from the optimizer. It never invents volume:
   quarter-hour, EUR/MW/h per FCR block);
 - a fallback plan (``Plan.bids`` False) places no bids.
 
-The optimizer's horizon is 96 quarter-hours from local midnight and 16-step FCR blocks:
-a DST day (92 or 100 quarter-hours) or other block lengths are refused with
-:class:`PlanNotBiddable`, not mapped approximately.
+The optimizer's horizon is 96 quarter-hours (UTC-uniform) from local midnight with
+16-step FCR blocks; each market product is mapped onto the plan steps it covers, never
+approximately:
+
+- a normal day: quarter-hour ``t`` is plan step ``t``, FCR block ``b`` is plan block ``b``;
+- the spring DST day (92 quarter-hours, the 00-04 block lasts 3 h): the first 92 steps
+  are the day (steps 92-95 are the next day's, a lookahead, not bid); an FCR block is
+  offered at the *smallest* reserve the plan holds over the steps it covers (the plan's
+  blocks do not line up with the market's after the clock change), at the highest price
+  the plan assumed over them;
+- the autumn DST day (100 quarter-hours, the 00-04 block lasts 5 h): the plan ends at
+  23:00 local, so the last four quarter-hours and the last FCR block are not bid (the
+  plan holds nothing for them).
+
+Any other mismatch (block lengths other than 16 steps, a plan of another length) is
+refused with :class:`PlanNotBiddable`.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 
 from control_plane.markets.actions import Product, Side
 from control_plane.markets.exchanges.base import delivery_starts
 from control_plane.markets.gateway import BidSchedule, ScheduledBid
+from control_plane.optimizer.assets import STEPS
 from control_plane.optimizer.market import MarketPrices, MarketRules
 from control_plane.optimizer.plan import Plan
 from security.refusals import GridfortError
@@ -39,6 +53,7 @@ from security.refusals import GridfortError
 #: Float noise tolerated above a whole kW before rounding down [kW].
 KW_TOLERANCE = 1e-6
 FCR_BLOCK_STEPS = 16
+QUARTER_HOUR_MS = 900_000
 
 
 class PlanNotBiddable(GridfortError):
@@ -50,6 +65,11 @@ def whole_kw(x_kw: float) -> int:
     if not math.isfinite(x_kw):
         raise PlanNotBiddable(f"plan volume {x_kw!r} kW is not finite")
     return math.floor(abs(x_kw) + KW_TOLERANCE)
+
+
+def _day_end_ms(day: date) -> int:
+    """Local midnight after ``day`` [epoch ms]."""
+    return delivery_starts(Product.DAY_AHEAD, day + timedelta(days=1))[0]
 
 
 def bid_schedule_from_plan(
@@ -65,14 +85,16 @@ def bid_schedule_from_plan(
         return BidSchedule(schedule_id, ())
     energy_starts = delivery_starts(Product.DAY_AHEAD, day)
     net_kw = plan.portfolio_kw()
-    if len(energy_starts) != net_kw.shape[0]:
-        raise PlanNotBiddable(
-            f"the plan has {net_kw.shape[0]} quarter-hours, delivery day {day} has "
-            f"{len(energy_starts)} (a DST day is not planned yet)"
-        )
+    steps = net_kw.shape[0]
+    if steps != STEPS:
+        raise PlanNotBiddable(f"the plan has {steps} quarter-hours, not {STEPS}")
+    day_start, day_end = energy_starts[0], _day_end_ms(day)
     energy_prices = prices.energy()
     bids: list[ScheduledBid] = []
-    for t, start in enumerate(energy_starts):
+    for start in energy_starts:
+        t = (start - day_start) // QUARTER_HOUR_MS
+        if t >= steps:
+            break  # the 25-h day's last hour: the plan holds nothing for it
         kw = whole_kw(float(net_kw[t]))
         if kw == 0:
             continue
@@ -84,17 +106,23 @@ def bid_schedule_from_plan(
     if (reserve_kw < -KW_TOLERANCE).any():
         raise PlanNotBiddable("the plan holds negative FCR reserve")
     if reserve_kw.size and reserve_kw.max(initial=0.0) > 0:
-        fcr_starts = delivery_starts(Product.FCR, day)
-        if rules.fcr_block_steps != FCR_BLOCK_STEPS or len(fcr_starts) != reserve_kw.shape[0]:
+        if rules.fcr_block_steps != FCR_BLOCK_STEPS or reserve_kw.shape[0] != rules.blocks:
             raise PlanNotBiddable(
                 f"the plan has {reserve_kw.shape[0]} FCR blocks of {rules.fcr_block_steps} "
-                f"quarter-hours; the FCR market on {day} has {len(fcr_starts)} 4-h blocks"
+                f"quarter-hours; bids need {rules.blocks} blocks of {FCR_BLOCK_STEPS}"
             )
         fcr_prices = prices.fcr(rules)
+        per_step = np.repeat(reserve_kw, FCR_BLOCK_STEPS)  # the reserve held in each step
+        price_per_step = np.repeat(fcr_prices, FCR_BLOCK_STEPS)
+        fcr_starts = delivery_starts(Product.FCR, day)
         for b, start in enumerate(fcr_starts):
-            kw = whole_kw(float(reserve_kw[b]))
+            stop = fcr_starts[b + 1] if b + 1 < len(fcr_starts) else day_end
+            first = (start - day_start) // QUARTER_HOUR_MS
+            last = (stop - day_start) // QUARTER_HOUR_MS
+            if last > steps:
+                continue  # part of the block lies beyond the plan: nothing is held there
+            kw = whole_kw(float(per_step[first:last].min()))
             if kw:
-                bids.append(
-                    ScheduledBid(Product.FCR, Side.SELL, start, kw / 1000, float(fcr_prices[b]))
-                )
+                price = float(price_per_step[first:last].max())
+                bids.append(ScheduledBid(Product.FCR, Side.SELL, start, kw / 1000, price))
     return BidSchedule(schedule_id, tuple(bids))

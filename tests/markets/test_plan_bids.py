@@ -60,12 +60,62 @@ def test_fallback_plan_places_no_bids() -> None:
     assert s.bids == ()
 
 
-def test_dst_day_is_refused_not_approximated() -> None:
+def _bids(s: object) -> list[tuple[Product, int, float, float]]:
+    return [
+        (b.product, b.delivery_start_ms, b.volume_mw, b.price_limit_eur_per_mwh)
+        for b in s.bids  # type: ignore[attr-defined]
+    ]
+
+
+def test_spring_dst_day_bids_its_92_quarter_hours_and_the_smallest_reserve_per_block() -> None:
+    """2026-03-29: 23 h. Plan steps 0-91 are the day (92-95 belong to the next one); the
+    market's 00-04 block is 3 h (steps 0-11), so it straddles no plan block, while the
+    04-08 block (steps 12-27) spans plan blocks 0 and 1: offered at the smaller reserve."""
+    day = date(2026, 3, 29)
     p = np.full((1, STEPS), 1000.0)
-    with pytest.raises(PlanNotBiddable, match="92"):
+    reserve = np.array([[3000.0, 2000.0, 0.0, 0.0, 0.0, 5000.0]])
+    got = _bids(
         bid_schedule_from_plan(
-            plan(p), day=date(2026, 3, 29), prices=PRICES, rules=RULES, schedule_id="dst"
+            plan(p, reserve), day=day, prices=PRICES, rules=RULES, schedule_id="d"
         )
+    )
+    energy = [g for g in got if g[0] is Product.DAY_AHEAD]
+    starts = delivery_starts(Product.DAY_AHEAD, day)
+    assert len(starts) == 92 and [g[1] for g in energy] == starts  # every quarter-hour, once
+    assert energy[91][3] == PRICES.energy_eur_per_mwh[91]
+    fcr = {g[1]: (g[2], g[3]) for g in got if g[0] is Product.FCR}
+    blocks = delivery_starts(Product.FCR, day)
+    f = PRICES.fcr_eur_per_mw_h
+    assert fcr[blocks[0]] == (3.0, f[0])  # steps 0-11: inside plan block 0
+    assert fcr[blocks[1]] == (2.0, max(f[0], f[1]))  # steps 12-27: min over blocks 0 and 1
+    assert blocks[2] not in fcr and blocks[3] not in fcr  # no reserve planned there
+    # 20-24 local = steps 76-91, within plan blocks 4 (0 kW) and 5: the minimum is 0
+    assert blocks[5] not in fcr
+
+
+def test_autumn_dst_day_leaves_the_hour_beyond_the_plan_unbid() -> None:
+    """2026-10-25: 25 h. The plan's 96 steps end at 23:00 local: the last four
+    quarter-hours and the last FCR block (partly beyond the plan) get no bid."""
+    day = date(2026, 10, 25)
+    p = np.full((1, STEPS), -2000.0)
+    reserve = np.full((1, 6), 1000.0)
+    got = _bids(
+        bid_schedule_from_plan(
+            plan(p, reserve), day=day, prices=PRICES, rules=RULES, schedule_id="d"
+        )
+    )
+    starts = delivery_starts(Product.DAY_AHEAD, day)
+    energy = [g for g in got if g[0] is Product.DAY_AHEAD]
+    assert len(starts) == 100 and [g[1] for g in energy] == starts[:96]
+    blocks = delivery_starts(Product.FCR, day)
+    fcr = [g[1] for g in got if g[0] is Product.FCR]
+    assert fcr == blocks[:5]  # 00-04 (5 h: steps 0-19) ... 16-20; not 20-24 (steps 84-99)
+
+
+def test_a_plan_of_another_length_is_refused() -> None:
+    p = np.full((1, STEPS - 4), 1000.0)
+    with pytest.raises(PlanNotBiddable, match="92 quarter-hours"):
+        bid_schedule_from_plan(plan(p), day=DAY, prices=PRICES, rules=RULES, schedule_id="x")
 
 
 def test_negative_reserve_is_refused() -> None:
