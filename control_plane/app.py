@@ -6,6 +6,9 @@ State directory layout::
     registry.db      sites and assets, bootstrap tokens, signing keys, revocations
     telemetry.db     committed batches, measurements, quarantine
     commands.db      issued commands and the edges' results
+    alerts.db        the FDI gate's alert episodes (SOC analysts)
+    gate_state.db    the temporal judge's last accepted levels (restored at start)
+    openadr.db       accepted demand-response events (when OpenADR is configured)
     audit.jsonl      hash-chained audit log (``gridfort audit verify``)
     control-plane/   the control plane's Ed25519 command/receipt signing key
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +31,7 @@ from control_plane.commands.dispatcher import CommandDispatcher
 from control_plane.commands.group_dispatcher import GroupDispatcher
 from control_plane.config import ControlPlaneConfig
 from control_plane.gate.gate import FdiGate
+from control_plane.gate.state_file import load_levels, save_levels
 from control_plane.ingest.pipeline import IngestPipeline
 from control_plane.store.telemetry_store import TelemetryStore
 from control_plane.tls_identity import ServerIdentity, control_plane_dns_name
@@ -64,6 +69,8 @@ if TYPE_CHECKING:
     from control_plane.transports.nats_server import EmbeddedNats, PermissionViolation
 
 log = logging.getLogger(__name__)
+#: How often the gate's temporal tracks are saved for the next start [s].
+GATE_SAVE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,10 @@ class StatePaths:
     @property
     def alerts_db(self) -> Path:
         return self.root / "alerts.db"
+
+    @property
+    def gate_state_db(self) -> Path:
+        return self.root / "gate_state.db"
 
     @property
     def audit_log(self) -> Path:
@@ -165,6 +176,10 @@ class ControlPlane:
         )
         self.signer = load_or_create_signer(self.paths.signing_key, str(self.spiffe_id))
         self.gate = _build_gate(config.gate_grids)
+        restored = self.gate.temporal.restore_levels(load_levels(self.paths.gate_state_db))
+        if restored:
+            log.info("gate: %d temporal tracks restored from the last run", restored)
+        self._gate_saver: asyncio.Task[None] | None = None
         self.alerts = AlertBook(self.paths.alerts_db, clock_, self.audit)
         self.pipeline = pipeline_cls(
             trust_domain=config.trust_domain,
@@ -324,6 +339,19 @@ class ControlPlane:
                 ),
             )
 
+    async def save_gate_state(self) -> None:
+        """Write the temporal judge's last accepted levels (off the event loop)."""
+        levels = self.gate.temporal.export_levels()
+        try:
+            await asyncio.to_thread(save_levels, self.paths.gate_state_db, levels)
+        except (OSError, sqlite3.Error) as e:  # costs the restart protection, not the run
+            log.warning("gate state not saved: %s", e)
+
+    async def _save_gate_state_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.save_gate_state()
+
     @property
     def api_port(self) -> int | None:
         """The REST API's bound port (useful with port 0), or None when the API is off."""
@@ -345,6 +373,7 @@ class ControlPlane:
             await self._start_nats(self.config.nats_port)
         if self.planning is not None:
             self._planning_task = asyncio.ensure_future(self.planning.run())
+        self._gate_saver = asyncio.ensure_future(self._save_gate_state_every(GATE_SAVE_S))
         if self.openadr is not None:  # OpenADR VEN: registers in the background
             await self.openadr.start()
         self.audit.append(
@@ -460,6 +489,8 @@ class ControlPlane:
         if self.api is not None:
             await self.api.stop()
         await reap(self._planning_task)
+        await reap(self._gate_saver)
+        await self.save_gate_state()
         await reap(self._nats_sync)
         if self.nats_ingest is not None:
             await self.nats_ingest.stop()

@@ -18,17 +18,28 @@ over time against the asset's own accepted history; none needs a model of "norma
   checked and is quarantined (``temporal:level_without_power``,
   ``temporal:sample_order``). Gridfort's edges always sample them together.
 
+* **Reachable after a gap**: after more than ``max_gap_ms`` without samples (a link
+  outage, a restart of the control plane) the power in between is unknown, so the
+  balance cannot be integrated; the level may still have moved at most as far as the
+  asset's rating allows over the gap (``temporal:reachable``). Going silent for a minute
+  does not buy a free re-anchor.
+
 Limits, stated plainly: re-anchoring every ``reanchor_ms`` bounds the integration
 error, so a drift slower than ``soc_abs_tol_pct`` per ``reanchor_ms`` (0.1 %-point per
-minute by default) passes; a lie that starts with the very first sample the control
+minute by default) passes; within what the rating allows over a gap, a lie passes the
+reachability check; a lie that starts with the very first sample the control
 plane sees becomes the anchor (the grid judge and the operator's own records are
 the defence there); a liar who falsifies power and SOC (or counter) consistently
 passes these checks: that is what the grid judge is for, where the asset's bus is
-metered. State is in memory: after a restart the first sample re-anchors.
+metered. State is in memory; the last accepted level of each track is saved
+(:mod:`control_plane.gate.state_file`) so that after a restart the first sample is
+judged by the reachability rule instead of re-anchoring blindly.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from control_plane.assets.model import Asset, AssetKind
@@ -172,6 +183,10 @@ class TemporalJudge:
                 trial = _Track(**{f: getattr(track, f) for f in _Track.__slots__})
                 trial.advance(ts_ms, p_kw)
                 flag = self._check(asset, level_q, trial, ts_ms, level, pos)
+            elif track is not None and track.level_ts_ms >= 0:
+                # After a gap (link down, restart) the power in between is unknown: the
+                # level may still not have moved faster than the asset's rating allows.
+                flag = self._check_reachable(asset, level_q, track, ts_ms, level, pos)
             if flag is not None:
                 flags.append(flag)
             self._pending.append((asset.asset_id, level_q, ts_ms, level, p_kw, flag is None))
@@ -249,6 +264,41 @@ class TemporalJudge:
         # The level is what is quarantined: the power is the grid judge's to doubt.
         return Flag(pos, Reason.FDI_TEMPORAL_INCONSISTENT, evidence)
 
+    def _check_reachable(
+        self, asset: Asset, level_q: int, t: _Track, ts_ms: int, level: float, pos: int
+    ) -> Flag | None:
+        """A level after a gap: within what the asset's rating can move it since the last
+        accepted level sample (SOC: at most ``rated_p x gap / E`` at the worst efficiency
+        of the band; counters: never down, up at most rated power over the gap)."""
+        r = self.rules
+        gap_h = (ts_ms - t.level_ts_ms) / MS_PER_H
+        change = level - t.level
+        if level_q == _SOC:
+            reach = 100.0 * asset.rated_p_kw * gap_h / asset.e_kwh * (1.0 + r.efficiency_band)
+            tol = r.soc_abs_tol_pct + reach
+            ok, unit, what = abs(change) <= tol, "%", "state of charge"
+        else:
+            reach = asset.rated_p_kw * gap_h * (1.0 + r.counter_band)
+            tol = r.counter_abs_tol_kwh + reach
+            ok = -r.counter_abs_tol_kwh <= change <= tol
+            unit = "kWh"
+            what = "exported energy" if level_q == _EXP else "imported energy"
+        if ok:
+            return None
+        evidence = GateEvidence(
+            detector="temporal:reachable",
+            model_version=VERSION,
+            score=abs(change),
+            threshold=tol,
+            flagged=(f"{asset.asset_id}/{_qname(level_q)}",),
+            detail=(
+                f"{asset.asset_id}: {what} changed by {change:+.3f} {unit} over a "
+                f"{gap_h * 60:.1f} min gap; at its {asset.rated_p_kw:g} kW rating it can "
+                f"move at most {tol:.3f} {unit}"
+            ),
+        )
+        return Flag(pos, Reason.FDI_TEMPORAL_INCONSISTENT, evidence)
+
     # -- learning ------------------------------------------------------------
     def learn(self, site_id: str, accepted: list[MeasurementRow]) -> None:
         """Advance the tracks with the accepted power; re-anchor only on accepted levels.
@@ -268,7 +318,7 @@ class TemporalJudge:
             key = (asset_id, level_q)
             track = self._tracks.get(key)
             if track is None or ts_ms - track.last_ts_ms > self.rules.max_gap_ms:
-                if level_ok:
+                if level_ok:  # a refused level keeps the old track (and its last level)
                     self._tracks[key] = _Track(ts_ms, level, ts_ms, p_kw, ts_ms, level)
                 continue
             if ts_ms <= track.last_ts_ms:
@@ -279,6 +329,35 @@ class TemporalJudge:
                 if ts_ms - track.anchor_ts_ms >= self.rules.reanchor_ms:
                     track.reanchor(ts_ms, level)
         self._pending = []
+
+    # -- persistence -----------------------------------------------------------
+    def export_levels(self) -> list[tuple[str, int, int, float]]:
+        """The last accepted level of every track: (asset, level quantity, ts [ms], level)."""
+        return [
+            (asset_id, level_q, t.level_ts_ms, t.level)
+            for (asset_id, level_q), t in self._tracks.items()
+            if t.level_ts_ms >= 0
+        ]
+
+    def restore_levels(self, rows: Iterable[tuple[str, int, int, float]]) -> int:
+        """Seed tracks from :meth:`export_levels` of an earlier run (after a restart). The
+        power since then is unknown, so the first new sample of each is judged by the
+        reachability rule; a track this run already has is kept. Returns how many."""
+        n = 0
+        for asset_id, level_q, ts_ms, level in rows:
+            key = (asset_id, level_q)
+            if key in self._tracks or level_q not in (_SOC, _EXP, _IMP):
+                continue
+            if not math.isfinite(level) or ts_ms < 0:
+                continue
+            # last_ts = level_ts: the next sample is at least max_gap_ms later (a restart)
+            # or integrated from a zero-power assumption within tolerance; either way the
+            # level must be reachable from this one.
+            track = _Track(ts_ms, level, ts_ms, 0.0, ts_ms, level)
+            track.last_ts_ms = ts_ms - self.rules.max_gap_ms - 1  # force the gap rule
+            self._tracks[key] = track
+            n += 1
+        return n
 
     def tracked_assets(self) -> int:
         return len({a for a, _ in self._tracks})

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from control_plane.assets.model import Asset, AssetKind
 from control_plane.gate.gate import FdiGate
+from control_plane.gate.state_file import load_levels, save_levels
 from control_plane.gate.temporal import TemporalJudge
 from control_plane.ingest.types import (
     AuthorizedBatch,
@@ -219,3 +221,48 @@ def test_an_ev_soc_alone_is_refused_only_while_a_vehicle_is_plugged_in() -> None
     assert quarantined(gate.judge(validated(plugged, 2))) == [
         ("s1-ev", SOC, Reason.FDI_TEMPORAL_INCONSISTENT)
     ]
+
+
+def test_going_silent_does_not_buy_a_free_re_anchor() -> None:
+    """After a gap the power in between is unknown; the SOC may still have moved no more
+    than the 5 kW rating allows (10 kWh: 1 %-point per 72 s at full power)."""
+    gate = FdiGate(TemporalJudge())
+    rows, soc = battery_samples(0, 7, -4.0, 40.0)
+    gate.judge(validated(rows))
+    t = T0 + 60_000 + 120_000  # two minutes of silence after the last sample
+    lie = [("s1-bat", P, t, 0.0), ("s1-bat", SOC, t, soc + 30)]
+    gated = gate.judge(validated(lie, 2))
+    assert quarantined(gated) == [("s1-bat", SOC, Reason.FDI_TEMPORAL_INCONSISTENT)]
+    ev = gated.quarantined[0].evidence
+    assert ev is not None and ev.detector == "temporal:reachable"
+    honest = [("s1-bat", P, t + 1000, 0.0), ("s1-bat", SOC, t + 1000, soc + 1.5)]
+    assert quarantined(gate.judge(validated(honest, 3))) == []  # reachable at 5 kW in 2 min
+    # and the honest level is the new anchor: the balance holds again from there
+    follow = [("s1-bat", P, t + 11_000, 0.0), ("s1-bat", SOC, t + 11_000, soc + 1.5)]
+    assert quarantined(gate.judge(validated(follow, 4))) == []
+
+
+def test_a_restart_restores_the_last_levels_so_the_first_sample_is_judged(
+    tmp_path: Path,
+) -> None:
+    before = FdiGate(TemporalJudge())
+    rows, soc = battery_samples(0, 7, -4.0, 40.0)
+    before.judge(validated(rows))
+    db = tmp_path / "gate_state.db"
+    assert save_levels(db, before.temporal.export_levels()) == 1
+    after = FdiGate(TemporalJudge())  # a new process
+    assert after.temporal.restore_levels(load_levels(db)) == 1
+    t = T0 + 90_000  # 30 s after the last sample, across the restart
+    lie = [("s1-bat", P, t, -4.0), ("s1-bat", SOC, t, soc + 30)]
+    assert quarantined(after.judge(validated(lie))) == [
+        ("s1-bat", SOC, Reason.FDI_TEMPORAL_INCONSISTENT)
+    ]
+    fresh = FdiGate(TemporalJudge())  # without the file: the lie would be the anchor
+    assert quarantined(fresh.judge(validated(lie))) == []
+
+
+def test_an_unreadable_gate_state_file_costs_only_the_protection(tmp_path: Path) -> None:
+    db = tmp_path / "gate_state.db"
+    db.write_bytes(b"not a database at all" * 100)
+    assert load_levels(db) == []
+    assert load_levels(tmp_path / "missing.db") == []
