@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import math
+import os
 import resource
 import time
 import traceback
@@ -243,8 +245,16 @@ async def _serve(spec: EdgeProcSpec, conn: Connection) -> None:
             )
         conn.send(("ready", len(edges)))
         cpu0 = time.process_time()
+        profile_to = os.environ.get("GRIDFORT_BENCH_PROFILE")
+        profile = cProfile.Profile() if profile_to else None
+        if profile is not None:
+            profile.enable()
         while True:
             request = await loop.run_in_executor(None, conn.recv)
+            if request == "report" and profile is not None:
+                profile.disable()
+                profile.dump_stats(f"{profile_to}.edges-{os.getpid()}")
+                profile = None
             if request == "report":
                 report.cpu_s = time.process_time() - cpu0
                 conn.send(("report", report))
