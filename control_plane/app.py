@@ -273,6 +273,8 @@ class ControlPlane:
                 config.planning,
                 pv_forecast=config.planning.pv_source(),
                 constraints=None if self.openadr is None else self.openadr.active_constraints,
+                markets=self.markets,
+                trust_domain=config.trust_domain,
                 registry=self.registry,
                 state=self.pipeline.state,
                 audit=self.audit,

@@ -28,16 +28,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from control_plane.assets.model import AssetKind
+from control_plane.assets.model import ID_PATTERN, AssetKind
 from control_plane.assets.registry import AssetRegistry, RegistrySnapshot
 from control_plane.dispatch.plan_dispatcher import PlanDispatcher
 from control_plane.dispatch.plan_setpoints import QUARTER_HOUR_MS
+from control_plane.markets.actions import Actor, Product
+from control_plane.markets.exchanges.base import delivery_starts
+from control_plane.markets.gate_closure import local_time
 from control_plane.optimizer.aggregation import schedule_aggregated
 from control_plane.optimizer.assets import (
     STEPS,
@@ -52,7 +56,11 @@ from control_plane.optimizer.schedule import schedule
 from control_plane.state import GatedStateView
 from security.audit_log import AuditLog
 from security.clock import Clock
-from security.refusals import ConfigError
+from security.identity import Role, SpiffeId
+from security.refusals import ConfigError, GridfortError
+
+if TYPE_CHECKING:
+    from control_plane.markets.service import MarketService
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,11 @@ class PlanningConfig:
     plants on the climatological forecast at ``latitude_deg`` / ``longitude_deg`` [deg]
     (:mod:`control_plane.forecast.live`), at the ``pv_quantile`` of the clear-sky index
     (0.1: P10, the margin rule); false: PV plants are left out of the plan.
+    ``bid_day_ahead``: once a day at ``bid_at`` (local, before the 12:00 gate closure)
+    plan tomorrow's local day and submit its bids through the market gateway as the
+    operator identity ``bidder`` (``spiffe://<domain>/operator/<bidder>``): every bid is
+    decided by the same Rego policy as a human trader's (lots, gate closure, verified
+    flexibility, price band, four-eyes above the threshold, kill switch) and audited.
     """
 
     interval_s: float = 900.0
@@ -99,6 +112,9 @@ class PlanningConfig:
     latitude_deg: float = 52.52
     longitude_deg: float = 13.40
     pv_quantile: float = 0.1
+    bid_day_ahead: bool = False
+    bidder: str = "auto-bidder"
+    bid_at: str = "07:30"  # before the FCR gate (08:00 the day before) and the DA gate (12:00)
 
     def __post_init__(self) -> None:
         if not 60 <= self.interval_s <= 86_400:
@@ -124,6 +140,11 @@ class PlanningConfig:
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1e6:
                 raise ConfigError(f"planning.{name}: must be a number of kW in [0, 1e6]")
 
+        bid_at = _local_time("planning.bid_at", self.bid_at)
+        if not time(0, 0) <= bid_at < time(12, 0):
+            raise ConfigError("planning.bid_at: must be before the 12:00 day-ahead gate closure")
+        if not ID_PATTERN.match(self.bidder):
+            raise ConfigError(f"planning.bidder: {self.bidder!r} must match {ID_PATTERN.pattern}")
         for name, lo, hi in (
             ("latitude_deg", -90.0, 90.0),
             ("longitude_deg", -180.0, 180.0),
@@ -248,6 +269,26 @@ class PlanRecord:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class BidRound:
+    """One day-ahead bidding round: the day, the plan, bids made, sent, denied by reason."""
+
+    day: date
+    planned: PlanRecord
+    bids: int
+    sent: int
+    denied: Mapping[str, int]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "day": self.day.isoformat(),
+            "plan_status": self.planned.plan.status,
+            "bids": self.bids,
+            "sent": self.sent,
+            "denied": dict(self.denied),
+        }
+
+
 class PlanningCycle:
     """The timer loop described in the module docstring. ``run`` until cancelled."""
 
@@ -265,6 +306,8 @@ class PlanningCycle:
         pv_forecast: PvForecastSource | None = None,
         constraints: ConstraintSource | None = None,
         rules: MarketRules | None = None,
+        markets: MarketService | None = None,
+        trust_domain: str = "gridfort.local",
     ) -> None:
         self.config = config
         self._registry = registry
@@ -276,6 +319,10 @@ class PlanningCycle:
         self._prices = prices
         self._pv_forecast = pv_forecast
         self._constraints = constraints
+        self._markets = markets if config.bid_day_ahead else None
+        self.bidder = Actor(str(SpiffeId(trust_domain, Role.OPERATOR, config.bidder)), "operator")
+        self.last_bid: BidRound | None = None
+        self._bid_days: set[date] = set()
         self.rules = rules or config.market_rules()
         self.latest: PlanRecord | None = None
         self.rounds = 0
@@ -284,9 +331,10 @@ class PlanningCycle:
         self._last_step: tuple[int, int] | None = None
 
     # -- one round -----------------------------------------------------------
-    def gated_fleet(self, now_ms: int) -> tuple[int, GatedFleet]:
-        """The horizon start and the fleet built from gated state at ``now_ms``."""
-        start = horizon_start_ms(now_ms)
+    def gated_fleet(self, now_ms: int, start_ms: int | None = None) -> tuple[int, GatedFleet]:
+        """The horizon start (default: the current quarter-hour) and the fleet built from
+        gated state at ``now_ms``."""
+        start = horizon_start_ms(now_ms) if start_ms is None else start_ms
         snapshot = self._registry.snapshot()
         forecasts = self._pv_forecast(start, snapshot) if self._pv_forecast is not None else {}
         owner = ev_owner_steps(start, self.config)
@@ -359,6 +407,74 @@ class PlanningCycle:
         )
         return record
 
+    async def bid_now(self, day: date) -> BidRound | None:
+        """Plan local ``day`` (its 96 steps from local midnight; today's gated state of
+        charge as the start, tomorrow's EV sessions unknown and so not planned) and submit
+        the plan's bids as :attr:`bidder`. Audited (``plan_bids``); None without markets."""
+        if self._markets is None:
+            return None
+        markets = self._markets
+        now_ms = self._clock.now_ms()
+        self._bid_days.add(day)
+        try:
+            start = delivery_starts(Product.DAY_AHEAD, day)[0]
+            _, gated = self.gated_fleet(now_ms, start)
+            gated = replace(gated, fleet=replace(gated.fleet, evs=()))
+            record = await asyncio.to_thread(self.solve, now_ms, start, gated)
+            prices = self._prices(start)
+            schedule_id = f"auto-da-{day.isoformat()}"
+            bids, results = await asyncio.to_thread(
+                markets.submit_plan,
+                self.bidder,
+                record.plan,
+                day=day,
+                prices=prices,
+                rules=self.rules,
+                schedule_id=schedule_id,
+            )
+        except (OptimizerInputError, ValueError, OSError, GridfortError) as e:
+            log.warning("day-ahead bidding for %s failed: %s", day, e)
+            self._audit.append(
+                "plan_bids",
+                decision="deny",
+                identity=self._identity,
+                reason="PLANNING_FAILED",
+                details={"day": day.isoformat(), "error": str(e)[:300]},
+            )
+            return None
+        denied = Counter(r.reason or r.status.value for r in results if not r.sent)
+        bid_round = BidRound(
+            day, record, len(bids.bids), sum(1 for r in results if r.sent), dict(denied)
+        )
+        self.last_bid = bid_round
+        self._audit.append(
+            "plan_bids",
+            decision="info",
+            identity=self._identity,
+            details={
+                "day": day.isoformat(),
+                "schedule_id": schedule_id,
+                "bidder": self.bidder.spiffe_id,
+                "plan_status": record.plan.status,
+                "bids": bid_round.bids,
+                "sent": bid_round.sent,
+                "denied": bid_round.denied,
+            },
+        )
+        return bid_round
+
+    def bid_due(self, now_ms: int) -> date | None:
+        """Tomorrow's local date if its day-ahead bids are due now (at or after ``bid_at``,
+        before the 12:00 gate closure, not bid yet), else None."""
+        if self._markets is None:
+            return None
+        local = local_time(now_ms)
+        bid_at = _local_time("", self.config.bid_at)
+        if not bid_at <= local.time() < time(12, 0):
+            return None
+        tomorrow = local.date() + timedelta(days=1)
+        return None if tomorrow in self._bid_days else tomorrow
+
     def dispatch_current(self) -> bool:
         """Send the current quarter-hour of the newest plan, once per step. True if sent."""
         record = self.latest
@@ -392,6 +508,9 @@ class PlanningCycle:
             if now >= next_plan:
                 next_plan = now + self.config.interval_s
                 await self.plan_now()
+            due = self.bid_due(self._clock.now_ms())
+            if due is not None:
+                await self.bid_now(due)
             try:
                 self.dispatch_current()
                 if self._dispatcher is not None and loop.time() >= next_follow:
@@ -411,4 +530,5 @@ class PlanningCycle:
             "failures": self.failures,
             "dispatched_steps": self.dispatched_steps,
             "latest": None if self.latest is None else self.latest.summary(),
+            "last_bid": None if self.last_bid is None else self.last_bid.summary(),
         }

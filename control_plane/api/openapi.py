@@ -203,6 +203,17 @@ SCHEMAS: dict[str, Schema] = {
             "failures": _INT,
             "dispatched_steps": _INT,
             "latest": _nullable(_ref("PlanSummary")),
+            "last_bid": _nullable(
+                _object(
+                    {
+                        "day": _STR,
+                        "plan_status": _STR,
+                        "bids": _INT,
+                        "sent": _INT,
+                        "denied": {"type": "object", "additionalProperties": _INT},
+                    }
+                )
+            ),
         }
     ),
     "OpenApiDocument": {"type": "object"},
