@@ -373,6 +373,8 @@ class ControlPlane:
             await self.api.start()
         if self.config.nats_port is not None:
             await self._start_nats(self.config.nats_port)
+        elif self.config.nats_servers:
+            await self._connect_nats(self.config.nats_servers)
         if self.planning is not None:
             self._planning_task = asyncio.ensure_future(self.planning.run())
         self._gate_saver = asyncio.ensure_future(self._save_gate_state_every(GATE_SAVE_S))
@@ -444,6 +446,52 @@ class ControlPlane:
         self._nats_sites = self.pipeline.registry_snapshot.sites
         self._nats_sync = asyncio.ensure_future(self._sync_loop())
 
+    async def _connect_nats(self, urls: tuple[str, ...]) -> None:
+        """An operator-run NATS server or cluster (``nats_servers``): create or reconcile the
+        telemetry stream as this control plane, then consume as with the embedded one. The
+        servers' users come from ``gridfort nats config``; adding a site means re-running it
+        and reloading them (Gridfort cannot reload a server it did not start)."""
+        import nats.errors
+
+        from control_plane.transports.nats_client import (
+            ControlPlaneClientTls,
+            connect_control_plane,
+        )
+        from control_plane.transports.nats_ingest import NatsIngest, NatsIngestSettings
+        from control_plane.transports.nats_server import write_client_urls
+        from control_plane.transports.nats_stream import ensure_stream, telemetry_stream_config
+
+        c = self.config
+        tls = ControlPlaneClientTls(self.ca, c.name, self.clock)
+        try:
+            nc = await connect_control_plane(urls, tls.context, tls.spiffe_id)
+        except (OSError, TimeoutError, nats.errors.Error) as e:
+            raise GridfortError(
+                f"nats_servers: cannot connect to {', '.join(urls)} with this control plane's "
+                f"certificate ({type(e).__name__}: {e}); is the server configured with "
+                "'gridfort nats config' and running?"
+            ) from e
+        try:
+            config = telemetry_stream_config(
+                partitions=c.nats_partitions, replicas=c.nats_stream_replicas
+            )
+            await ensure_stream(nc, config, timeout_s=5.0)
+        finally:
+            await nc.close()
+        write_client_urls(c.state_dir, urls)  # for ingest-worker processes
+        self.nats_ingest = NatsIngest(
+            urls=urls,
+            tls=tls,
+            pipeline=self.pipeline,
+            store=self.store,
+            dispatcher=self.dispatcher,
+            signer=self.signer,
+            clock=self.clock,
+            settings=NatsIngestSettings(name=c.name, consume=c.nats_consume),
+        )
+        await self.nats_ingest.start()
+        log.info("consuming telemetry from the operator-run NATS at %s", ", ".join(urls))
+
     def _on_nats_violation(self, violation: PermissionViolation) -> None:
         """The broker refused a publish/subscribe: the same refusal path as every other."""
         self.pipeline.refuse(
@@ -478,12 +526,14 @@ class ControlPlane:
 
     @property
     def nats_url(self) -> str | None:
-        return None if self.nats is None else self.nats.url
+        if self.nats is None:
+            return self.config.nats_servers[0] if self.config.nats_servers else None
+        return self.nats.url
 
     @property
     def nats_urls(self) -> tuple[str, ...]:
         """Every broker URL (one per cluster node); empty without NATS."""
-        return () if self.nats is None else self.nats.urls
+        return self.config.nats_servers if self.nats is None else self.nats.urls
 
     async def stop(self) -> None:
         if self.openadr is not None:  # OpenADR VEN

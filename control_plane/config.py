@@ -38,6 +38,10 @@ class ControlPlaneConfig:
     nats_cluster_size: int = 1  # 1: one embedded nats-server; 3, 5, 7: a loopback cluster
     nats_partitions: int = 8  # partitions of the telemetry stream (fixed per deployment)
     nats_consume: bool = True  # consume telemetry in this process (else: ingest-worker only)
+    # An operator-run NATS server or cluster (tls://host:port each, configured with
+    # `gridfort nats config`) instead of the embedded one; exclusive with nats_port.
+    nats_servers: tuple[str, ...] = field(default=())
+    nats_stream_replicas: int = 1  # replicas of the telemetry stream on nats_servers
     extra_dns_names: tuple[str, ...] = field(default=())
     # Grids whose substation telemetry the FDI gate judges with the shipped deep model
     # (detection.grid.GRID_NAMES). Grid points of any other grid are quarantined.
@@ -73,6 +77,14 @@ class ControlPlaneConfig:
                 raise ConfigError(f"api_address: {e}") from None
         if self.nats_port is not None and not 0 <= self.nats_port <= 65535:
             raise ConfigError("nats_port: must be a TCP port (0 = pick one) or absent")
+        if self.nats_servers and self.nats_port is not None:
+            raise ConfigError("nats_servers: set either nats_port (embedded) or nats_servers")
+        for url in self.nats_servers:
+            host, sep, port = str(url).removeprefix("tls://").rpartition(":")
+            if not str(url).startswith("tls://") or not sep or not host or not port.isdigit():
+                raise ConfigError(f"nats_servers: {url!r} must be tls://HOST:PORT (mutual TLS)")
+        if self.nats_stream_replicas not in (1, 3, 5):
+            raise ConfigError("nats_stream_replicas: must be 1, 3 or 5")
         if self.nats_cluster_size not in (1, 3, 5, 7):
             raise ConfigError("nats_cluster_size: must be 1 (one server) or 3, 5 or 7 nodes")
         if not 1 <= self.nats_partitions <= 1024:
@@ -104,7 +116,7 @@ class ControlPlaneConfig:
             raise ConfigError("state_dir: required")
         values = dict(raw)
         values["state_dir"] = (base / str(raw["state_dir"])).resolve()
-        for name in ("link_addresses", "extra_dns_names", "gate_grids"):
+        for name in ("link_addresses", "extra_dns_names", "gate_grids", "nats_servers"):
             if name in values:
                 values[name] = tuple(values[name])
         if "markets" in values:
