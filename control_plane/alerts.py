@@ -11,6 +11,9 @@ control plane's state directory), safe to read from other processes (CLI).
 from __future__ import annotations
 
 import json
+import logging
+import queue
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,8 @@ from security import sqlite_db
 from security.audit_log import AuditLog
 from security.clock import Clock
 from security.refusals import GridfortError
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -77,8 +82,36 @@ class Alert:
         return d
 
 
+@dataclass(frozen=True, slots=True)
+class _Flagged:
+    """What one detector flagged at one site in one batch (taken on the event loop)."""
+
+    site_id: str
+    detector: str
+    now_ms: int
+    model_version: str
+    reason: str
+    count: int
+    score: float
+    threshold: float
+    assets: tuple[str, ...]
+    evidence: dict[str, Any]
+    detail: str
+
+
+_STOP = object()
+
+
 class AlertBook:
-    """The alert store (see the module docstring)."""
+    """The alert store (see the module docstring).
+
+    ``background``: :meth:`raise_from` only takes what it needs from the batch and hands
+    it to one writer thread, which writes everything queued in one transaction (a flood
+    of quarantines costs the event loop microseconds, not a SQLite commit each). Reads
+    through this object (:meth:`list`, :meth:`get`, :meth:`acknowledge`) wait for the
+    queued writes first, so they see every alert raised before them; other processes
+    see them once written (milliseconds). :meth:`close` writes what is queued.
+    """
 
     def __init__(
         self,
@@ -86,14 +119,25 @@ class AlertBook:
         clock: Clock,
         audit: AuditLog | None = None,
         episode_gap_ms: int = DEFAULT_EPISODE_GAP_MS,
+        *,
+        background: bool = False,
     ) -> None:
         self._path = path
         self._clock = clock
         self._audit = audit
         self._gap = episode_gap_ms
         sqlite_db.initialize(path, _SCHEMA)
+        self._queue: queue.Queue[object] | None = None
+        self._writer: threading.Thread | None = None
+        self._idle = threading.Condition()
+        self._queued = 0
+        self.write_errors = 0
+        if background:
+            self._queue = queue.Queue()
+            self._writer = threading.Thread(target=self._write_loop, name="alerts", daemon=True)
+            self._writer.start()
 
-    def raise_from(self, gated: GatedBatch) -> list[str]:
+    def raise_from(self, gated: GatedBatch) -> None:
         """Open or extend one alert per detector that flagged something in ``gated``."""
         site = gated.verified.batch.site_id
         by_detector: dict[str, list[Any]] = {}
@@ -101,18 +145,77 @@ class AlertBook:
             assert q.evidence is not None
             by_detector.setdefault(q.evidence.detector, []).append(q)
         now = self._clock.now_ms()
-        ids = []
+        flagged = []
+        for detector, qs in by_detector.items():
+            ev = qs[-1].evidence
+            flagged.append(
+                _Flagged(
+                    site_id=site,
+                    detector=detector,
+                    now_ms=now,
+                    model_version=ev.model_version,
+                    reason=qs[0].reason.value,
+                    count=len(qs),
+                    score=max(q.evidence.score for q in qs),
+                    threshold=ev.threshold,
+                    assets=tuple(sorted({q.asset_id for q in qs})),
+                    evidence=ev.to_json() | {"asset_id": qs[-1].asset_id, "value": qs[-1].value},
+                    detail=ev.detail,
+                )
+            )
+        if self._queue is None:
+            self._write(flagged)
+            return
+        with self._idle:
+            self._queued += 1
+        self._queue.put(flagged)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every queued alert is written; False if ``timeout_s`` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._queued == 0, timeout=timeout_s)
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer thread."""
+        if self._queue is not None and self._writer is not None:
+            self._queue.put(_STOP)
+            self._writer.join(timeout=30.0)
+            self._queue = None
+
+    def _write_loop(self) -> None:
+        assert self._queue is not None
+        q = self._queue
+        while True:
+            items = [q.get()]
+            while True:  # everything queued meanwhile goes into the same transaction
+                try:
+                    items.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(i is _STOP for i in items)
+            batches = [i for i in items if i is not _STOP]
+            try:
+                self._write([f for b in batches for f in b])  # type: ignore[attr-defined]
+            except Exception:  # an alert store failure must never stop the writer
+                self.write_errors += 1
+                log.exception("alerts could not be written to %s", self._path)
+            with self._idle:
+                self._queued -= len(batches)
+                self._idle.notify_all()
+            if stop:
+                return
+
+    def _write(self, flagged: list[_Flagged]) -> None:
+        if not flagged:
+            return
         with sqlite_db.connect(self._path) as conn:
             conn.execute("BEGIN IMMEDIATE")
-            for detector, qs in by_detector.items():
-                ev = qs[-1].evidence
-                score = max(q.evidence.score for q in qs)
-                assets = sorted({q.asset_id for q in qs})
-                evidence = ev.to_json() | {"asset_id": qs[-1].asset_id, "value": qs[-1].value}
+            raised = []
+            for f in flagged:
                 row = conn.execute(
                     "SELECT alert_id, assets, max_score FROM alerts WHERE site_id = ? AND "
                     "detector = ? AND last_ms >= ? ORDER BY last_ms DESC LIMIT 1",
-                    (site, detector, now - self._gap),
+                    (f.site_id, f.detector, f.now_ms - self._gap),
                 ).fetchone()
                 if row is None:
                     alert_id = uuid.uuid4().hex
@@ -120,34 +223,40 @@ class AlertBook:
                         "INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL,NULL)",
                         (
                             alert_id,
-                            site,
-                            detector,
-                            ev.model_version,
-                            qs[0].reason.value,
-                            now,
-                            now,
-                            len(qs),
+                            f.site_id,
+                            f.detector,
+                            f.model_version,
+                            f.reason,
+                            f.now_ms,
+                            f.now_ms,
+                            f.count,
                             1,
-                            score,
-                            ev.threshold,
-                            json.dumps(assets),
-                            json.dumps(evidence),
+                            f.score,
+                            f.threshold,
+                            json.dumps(list(f.assets)),
+                            json.dumps(f.evidence),
                             "open",
                         ),
                     )
-                    self._audited("alert_raised", alert_id, site, detector, ev.detail)
+                    raised.append((alert_id, f))
                 else:
-                    alert_id = row[0]
-                    merged = sorted(set(json.loads(row[1])) | set(assets))
+                    merged = sorted(set(json.loads(row[1])) | set(f.assets))
                     conn.execute(
                         "UPDATE alerts SET last_ms = ?, measurements = measurements + ?, "
                         "batches = batches + 1, max_score = MAX(max_score, ?), assets = ?, "
                         "last_evidence = ? WHERE alert_id = ?",
-                        (now, len(qs), score, json.dumps(merged), json.dumps(evidence), alert_id),
+                        (
+                            f.now_ms,
+                            f.count,
+                            f.score,
+                            json.dumps(merged),
+                            json.dumps(f.evidence),
+                            row[0],
+                        ),
                     )
-                ids.append(alert_id)
             conn.execute("COMMIT")
-        return ids
+        for alert_id, f in raised:  # audited once the alert exists
+            self._audited("alert_raised", alert_id, f.site_id, f.detector, f.detail)
 
     def _audited(self, event: str, alert_id: str, site: str, detector: str, detail: str) -> None:
         if self._audit is not None:
@@ -163,6 +272,7 @@ class AlertBook:
         self, *, status: str | None = None, site_id: str | None = None, limit: int = 1000
     ) -> list[Alert]:
         """Alerts, newest activity first; filtered by ``status`` and/or ``site_id``."""
+        self.flush()
         if not 1 <= limit <= 100_000:
             raise ValueError("limit must be between 1 and 100000")
         where, args = [], []
@@ -178,6 +288,7 @@ class AlertBook:
         return [_alert(r) for r in rows]
 
     def get(self, alert_id: str) -> Alert:
+        self.flush()
         with sqlite_db.connect(self._path) as conn:
             row = conn.execute("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
         if row is None:
@@ -190,6 +301,7 @@ class AlertBook:
         Atomic: of two analysts acknowledging at once, the first one is kept; acknowledging
         an already acknowledged alert changes nothing and returns it as it is.
         """
+        self.flush()
         now = self._clock.now_ms()
         with sqlite_db.connect(self._path) as conn:
             cur = conn.execute(

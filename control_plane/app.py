@@ -180,7 +180,8 @@ class ControlPlane:
         if restored:
             log.info("gate: %d temporal tracks restored from the last run", restored)
         self._gate_saver: asyncio.Task[None] | None = None
-        self.alerts = AlertBook(self.paths.alerts_db, clock_, self.audit)
+        # written by its own thread: a flood of quarantines must not stall the event loop
+        self.alerts = AlertBook(self.paths.alerts_db, clock_, self.audit, background=True)
         self.pipeline = pipeline_cls(
             trust_domain=config.trust_domain,
             registry=self.registry,
@@ -552,5 +553,6 @@ class ControlPlane:
         self.store.close()
         self.groups.close()
         self.command_log.close()
+        self.alerts.close()
         self.audit.close()
         self.registry.close()

@@ -105,6 +105,9 @@ async def test_inflated_soc_is_quarantined_with_evidence_alert_and_audit(
         assert [(a.site_id, a.detector, a.assets) for a in alerts] == [
             ("s1", "temporal:soc_balance", ("s1-bat",))
         ]
+        # the alert is written (and audited) by the alert book's own thread; list()
+        # waited for it, so the audit chain now has it too
+        records = [json.loads(line) for line in cp.audit.path.read_text().splitlines()]
         assert any(x["event"] == "alert_raised" for x in records)
 
         # The lie goes on: the same alert is extended, not duplicated.
