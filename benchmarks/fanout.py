@@ -493,6 +493,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="where the edges keep replay state and audit logs (default /dev/shm)",
     )
+    p.add_argument(
+        "--transport",
+        choices=("grpc", "nats"),
+        default="grpc",
+        help="part (b) over the sites' gRPC streams or NATS command subjects"
+        " (nats: benchmarks/fanout_nats.py, JSON default benchmarks/results/fanout_nats.json)",
+    )
+    from benchmarks.fanout_nats import add_nats_arguments  # imports this module: lazily
+
+    add_nats_arguments(p)
 
 
 def params_from_args(args: argparse.Namespace) -> FanoutParams:
@@ -599,6 +609,10 @@ def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if getattr(args, "transport", "grpc") == "nats":
+        from benchmarks.fanout_nats import run_nats_cli
+
+        return run_nats_cli(args, params_from_args)
     params = params_from_args(args)
     result = asyncio.run(run(params))
     print_report(result)
