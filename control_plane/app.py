@@ -64,6 +64,7 @@ from security.tasks import reap
 if TYPE_CHECKING:
     from control_plane.markets.service import MarketService
     from control_plane.planning import PlanningCycle
+    from control_plane.transports.nats_client import ControlPlaneClientTls
     from control_plane.transports.nats_cluster import EmbeddedNatsCluster
     from control_plane.transports.nats_ingest import NatsIngest
     from control_plane.transports.nats_server import EmbeddedNats, PermissionViolation
@@ -401,8 +402,7 @@ class ControlPlane:
         """The NATS transport (issue #3): embedded broker (or loopback cluster) + consumer."""
         from control_plane.transports.nats_client import ControlPlaneClientTls
         from control_plane.transports.nats_cluster import EmbeddedNatsCluster
-        from control_plane.transports.nats_ingest import NatsIngest, NatsIngestSettings
-        from control_plane.transports.nats_server import EmbeddedNats, write_client_urls
+        from control_plane.transports.nats_server import EmbeddedNats
 
         c = self.config
         sites = self.pipeline.registry_snapshot.sites
@@ -432,18 +432,7 @@ class ControlPlane:
                 on_violation=self._on_nats_violation,
             )
         await self.nats.start()
-        write_client_urls(c.state_dir, self.nats.urls)  # for ingest-worker processes
-        self.nats_ingest = NatsIngest(
-            urls=self.nats.urls,
-            tls=ControlPlaneClientTls(self.ca, c.name, self.clock),
-            pipeline=self.pipeline,
-            store=self.store,
-            dispatcher=self.dispatcher,
-            signer=self.signer,
-            clock=self.clock,
-            settings=NatsIngestSettings(name=c.name, consume=c.nats_consume),
-        )
-        await self.nats_ingest.start()
+        await self._consume_nats(self.nats.urls, ControlPlaneClientTls(self.ca, c.name, self.clock))
         self._nats_sites = self.pipeline.registry_snapshot.sites
         self._nats_sync = asyncio.ensure_future(self._sync_loop())
 
@@ -458,8 +447,6 @@ class ControlPlane:
             ControlPlaneClientTls,
             connect_control_plane,
         )
-        from control_plane.transports.nats_ingest import NatsIngest, NatsIngestSettings
-        from control_plane.transports.nats_server import write_client_urls
         from control_plane.transports.nats_stream import ensure_stream, telemetry_stream_config
 
         c = self.config
@@ -479,6 +466,15 @@ class ControlPlane:
             await ensure_stream(nc, config, timeout_s=5.0)
         finally:
             await nc.close()
+        await self._consume_nats(urls, tls)
+        log.info("consuming telemetry from the operator-run NATS at %s", ", ".join(urls))
+
+    async def _consume_nats(self, urls: tuple[str, ...], tls: ControlPlaneClientTls) -> None:
+        """Consume telemetry from ``urls`` into the pipeline (the same for every broker)."""
+        from control_plane.transports.nats_ingest import NatsIngest, NatsIngestSettings
+        from control_plane.transports.nats_server import write_client_urls
+
+        c = self.config
         write_client_urls(c.state_dir, urls)  # for ingest-worker processes
         self.nats_ingest = NatsIngest(
             urls=urls,
@@ -491,7 +487,6 @@ class ControlPlane:
             settings=NatsIngestSettings(name=c.name, consume=c.nats_consume),
         )
         await self.nats_ingest.start()
-        log.info("consuming telemetry from the operator-run NATS at %s", ", ".join(urls))
 
     def _on_nats_violation(self, violation: PermissionViolation) -> None:
         """The broker refused a publish/subscribe: the same refusal path as every other."""

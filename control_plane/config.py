@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,40 +120,34 @@ class ControlPlaneConfig:
         for name in ("link_addresses", "extra_dns_names", "gate_grids", "nats_servers"):
             if name in values:
                 values[name] = tuple(values[name])
-        if "markets" in values:
-            from control_plane.markets.service import MarketConfig
+        from control_plane.markets.openadr_service import OpenAdrConfig
+        from control_plane.markets.service import MarketConfig
+        from control_plane.planning import PlanningConfig
 
-            markets = values["markets"]
-            if markets is None:  # e.g. copied from a loaded config without markets
-                del values["markets"]
-            elif isinstance(markets, dict):
-                values["markets"] = MarketConfig.from_mapping(markets, base)
-            elif not isinstance(markets, MarketConfig):
-                raise ConfigError("markets: must be a table")
-        if "openadr" in values:
-            from control_plane.markets.openadr_service import OpenAdrConfig
-
-            openadr = values["openadr"]
-            if openadr is None:
-                del values["openadr"]
-            elif isinstance(openadr, dict):
-                values["openadr"] = OpenAdrConfig.from_mapping(openadr, base)
-            elif not isinstance(openadr, OpenAdrConfig):
-                raise ConfigError("openadr: must be a table")
-        if "planning" in values:
-            from control_plane.planning import PlanningConfig
-
-            planning = values["planning"]
-            if planning is None:
-                del values["planning"]
-            elif isinstance(planning, dict):
-                values["planning"] = PlanningConfig.from_mapping(planning)
-            elif not isinstance(planning, PlanningConfig):
-                raise ConfigError("planning: must be a table")
+        _section(values, "markets", MarketConfig, lambda t: MarketConfig.from_mapping(t, base))
+        _section(values, "openadr", OpenAdrConfig, lambda t: OpenAdrConfig.from_mapping(t, base))
+        _section(values, "planning", PlanningConfig, PlanningConfig.from_mapping)
         try:
             return cls(**values)
         except TypeError as e:
             raise ConfigError(str(e)) from e
+
+
+def _section(
+    values: dict[str, Any], name: str, kind: type, parse: Callable[[dict[str, Any]], object]
+) -> None:
+    """Parse the optional table ``name`` of ``values`` in place: a dict becomes ``kind``
+    (via ``parse``, whose errors name the field), None (e.g. copied from a loaded config
+    without it) is dropped, an instance of ``kind`` is kept, anything else is refused."""
+    if name not in values:
+        return
+    raw = values[name]
+    if raw is None:
+        del values[name]
+    elif isinstance(raw, dict):
+        values[name] = parse(raw)
+    elif not isinstance(raw, kind):
+        raise ConfigError(f"{name}: must be a table")
 
 
 def _check_address(address: str) -> None:
