@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +43,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from benchmarks.fanout_edges import EdgeProcSpec, EdgeSpec, ProcReport, edge_proc_main, percentile
+from benchmarks.fanout_edges import EdgeProcSpec, EdgeSpec, edge_proc_main, percentile
 from benchmarks.fanout_ffr import FfrParams, run_ffr
 from benchmarks.fanout_report import print_report
 from control_plane.assets.model import Asset, AssetKind
@@ -152,22 +152,22 @@ async def running_fleet(params: FanoutParams, root: Path) -> AsyncIterator[Fleet
 
 
 class EdgePool:
-    """The edge processes (spawned), each serving a share of the sites."""
+    """The edge processes (spawned), each serving a share of the sites. ``target`` is the
+    processes' entry point (gRPC edges by default; the NATS benchmark passes its own):
+    it receives one spec, answers ``("ready", n)``, then ``"report"`` / ``"stop"``."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, target: Callable[[Connection], None] = edge_proc_main) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
         for i in range(n):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=edge_proc_main, args=(child,), name=f"bench-edges-{i}", daemon=True
-            )
+            proc = ctx.Process(target=target, args=(child,), name=f"bench-edges-{i}", daemon=True)
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
 
-    async def start(self, specs: list[EdgeProcSpec]) -> None:
+    async def start(self, specs: Sequence[object]) -> None:
         loop = asyncio.get_running_loop()
         for conn, spec in zip(self.conns, specs, strict=True):
             conn.send(spec)
@@ -176,7 +176,7 @@ class EdgePool:
             if kind != "ready":
                 raise RuntimeError(f"edge process failed:\n{detail}")
 
-    async def reports(self) -> list[ProcReport]:
+    async def reports(self) -> list[Any]:
         loop = asyncio.get_running_loop()
         for conn in self.conns:
             conn.send("report")

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import platform
 import sys
@@ -156,43 +155,9 @@ async def running_nats_fleet(params: FanoutParams, root: Path) -> AsyncIterator[
         await system.stop()
 
 
-class NatsEdgePool(EdgePool):
-    """:class:`EdgePool`'s protocol, with NATS edges in the spawned processes."""
-
-    def __init__(self, n: int) -> None:  # EdgePool.__init__ with another target
-        ctx = multiprocessing.get_context("spawn")
-        self.conns = []
-        self.procs = []
-        for i in range(n):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=nats_edge_proc_main, args=(child,), name=f"bench-nats-edges-{i}"
-            )
-            proc.daemon = True
-            proc.start()
-            self.conns.append(parent)
-            self.procs.append(proc)
-
-    async def start_nats(self, specs: list[NatsEdgeProcSpec]) -> None:
-        loop = asyncio.get_running_loop()
-        for conn, spec in zip(self.conns, specs, strict=True):
-            conn.send(spec)
-        for conn in self.conns:
-            kind, detail = await loop.run_in_executor(None, conn.recv)
-            if kind != "ready":
-                raise RuntimeError(f"edge process failed:\n{detail}")
-
-    async def nats_reports(self) -> list[NatsProcReport]:
-        loop = asyncio.get_running_loop()
-        for conn in self.conns:
-            conn.send("report")
-        out: list[NatsProcReport] = []
-        for conn in self.conns:
-            kind, detail = await loop.run_in_executor(None, conn.recv)
-            if kind != "report":
-                raise RuntimeError(f"edge process failed:\n{detail}")
-            out.append(detail)
-        return out
+def nats_edge_pool(n: int) -> EdgePool:
+    """:class:`EdgePool` with NATS edges in the spawned processes."""
+    return EdgePool(n, target=nats_edge_proc_main)
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -238,7 +203,7 @@ class _Cpu:
 class _Bench:
     """The phases of one run over one fleet, one broker and one set of edge processes."""
 
-    def __init__(self, fl: NatsFleet, pool: NatsEdgePool, params: NatsFanoutParams) -> None:
+    def __init__(self, fl: NatsFleet, pool: EdgePool, params: NatsFanoutParams) -> None:
         self.fl = fl
         self.pool = pool
         self.params = params
@@ -293,7 +258,7 @@ class _Bench:
         cp_cpu = time.process_time() - cpu0
         busy, wall = machine_busy_s() - busy0, time.perf_counter() - wall0
         srv = (_proc_cpu_s(pid) - srv0) if pid else 0.0
-        reports = await self.pool.nats_reports()
+        reports = await self.pool.reports()
         self.reports.extend(reports)
         if measure_cpu:
             edges = sum(r.cpu_s for r in reports)
@@ -305,7 +270,7 @@ async def run_activation(params: NatsFanoutParams, root: Path, runtime: Path) ->
     async with running_nats_fleet(fan, root) as fl:
         cp = fl.system.control_plane
         sites = list(fl.assets)
-        pool = NatsEdgePool(min(fan.edge_procs, len(sites)))
+        pool = nats_edge_pool(min(fan.edge_procs, len(sites)))
         try:
             servers = cp.nats_urls
             specs = [
@@ -320,13 +285,13 @@ async def run_activation(params: NatsFanoutParams, root: Path, runtime: Path) ->
                 for i in range(len(pool.conns))
             ]
             t0 = time.perf_counter()
-            await pool.start_nats(specs)
+            await pool.start(specs)
             fl.setup_s["edges_connect_s"] = time.perf_counter() - t0
             bench = _Bench(fl, pool, params)
             first_asset = {s: ids[:1] for s, ids in fl.assets.items()}
             full = bench.dispatcher(fl.assets)
             warmup = await bench.warmup(full)
-            await pool.nats_reports()
+            await pool.reports()
             await bench.phase("fanout", full, one_group=False, measure_cpu=True)
             one_group = bench.dispatcher(first_asset)
             await bench.phase("one_group", one_group, one_group=True, measure_cpu=True)
