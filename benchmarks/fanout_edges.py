@@ -24,9 +24,11 @@ import os
 import resource
 import time
 import traceback
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -219,20 +221,51 @@ class LightEdge:
         self.audit.close()
 
 
-def edge_proc_main(conn: Connection) -> None:
-    """Entry point of an edge process: connect every site, then serve until told to stop."""
+def run_edge_process(
+    conn: Connection, serve: Callable[[Any, Connection], Coroutine[Any, Any, None]]
+) -> None:
+    """An edge process's body (the protocol of :class:`benchmarks.fanout.EdgePool`): raise
+    the file limit, take one spec, run ``serve(spec, conn)``, report a crash as an error."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65_536)), hard))
     try:
-        spec: EdgeProcSpec = conn.recv()
-        asyncio.run(_serve(spec, conn))
+        spec = conn.recv()
+        asyncio.run(serve(spec, conn))
     except Exception:
         with contextlib.suppress(Exception):
             conn.send(("error", traceback.format_exc()))
 
 
-async def _serve(spec: EdgeProcSpec, conn: Connection) -> None:
+async def answer_requests(conn: Connection, report: Any) -> None:
+    """After ``ready``: answer ``"report"`` (the CPU since the last one, the records) until
+    ``"stop"``. ``GRIDFORT_BENCH_PROFILE=FILE`` profiles until the first report."""
     loop = asyncio.get_running_loop()
+    cpu0 = time.process_time()
+    profile_to = os.environ.get("GRIDFORT_BENCH_PROFILE")
+    profile = cProfile.Profile() if profile_to else None
+    if profile is not None:
+        profile.enable()
+    while True:
+        request = await loop.run_in_executor(None, conn.recv)
+        if request == "report" and profile is not None:
+            profile.disable()
+            profile.dump_stats(f"{profile_to}.edges-{os.getpid()}")
+            profile = None
+        if request == "report":
+            report.cpu_s = time.process_time() - cpu0
+            conn.send(("report", report))
+            report.records, report.problems = [], []
+            cpu0 = time.process_time()
+        elif request == "stop":
+            return
+
+
+def edge_proc_main(conn: Connection) -> None:
+    """Entry point of a gRPC edge process: connect every site, serve until told to stop."""
+    run_edge_process(conn, _serve)
+
+
+async def _serve(spec: EdgeProcSpec, conn: Connection) -> None:
     report = ProcReport()
     edges = [LightEdge(site, spec, report) for site in spec.sites]
     try:
@@ -244,24 +277,7 @@ async def _serve(spec: EdgeProcSpec, conn: Connection) -> None:
                 asyncio.gather(*(e.registered.wait() for e in batch)), timeout=60.0
             )
         conn.send(("ready", len(edges)))
-        cpu0 = time.process_time()
-        profile_to = os.environ.get("GRIDFORT_BENCH_PROFILE")
-        profile = cProfile.Profile() if profile_to else None
-        if profile is not None:
-            profile.enable()
-        while True:
-            request = await loop.run_in_executor(None, conn.recv)
-            if request == "report" and profile is not None:
-                profile.disable()
-                profile.dump_stats(f"{profile_to}.edges-{os.getpid()}")
-                profile = None
-            if request == "report":
-                report.cpu_s = time.process_time() - cpu0
-                conn.send(("report", report))
-                report.records, report.problems = [], []
-                cpu0 = time.process_time()
-            elif request == "stop":
-                break
+        await answer_requests(conn, report)
     finally:
         for edge in edges:
             await edge.close()

@@ -24,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import resource
 import ssl
 import time
-import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -36,7 +34,13 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 
-from benchmarks.fanout_edges import EdgeSpec, RegisterMap, RegisterMapDevice
+from benchmarks.fanout_edges import (
+    EdgeSpec,
+    RegisterMap,
+    RegisterMapDevice,
+    answer_requests,
+    run_edge_process,
+)
 from control_plane.transports.nats_config import command_subject, inbox_prefix, telemetry_subject
 from edge_node.commands import CommandExecutor, CommandSeqStore, DeviceState
 from edge_node.credentials import EdgeCredentials
@@ -198,36 +202,19 @@ class NatsLightEdge:
 
 
 def nats_edge_proc_main(conn: Connection) -> None:
-    """Entry point of an edge process: connect every site, then serve until told to stop
+    """Entry point of a NATS edge process: connect every site, serve until told to stop
     (the protocol of :class:`benchmarks.fanout.EdgePool`)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65_536)), hard))
-    try:
-        spec: NatsEdgeProcSpec = conn.recv()
-        asyncio.run(_serve(spec, conn))
-    except Exception:
-        with contextlib.suppress(Exception):
-            conn.send(("error", traceback.format_exc()))
+    run_edge_process(conn, _serve)
 
 
 async def _serve(spec: NatsEdgeProcSpec, conn: Connection) -> None:
-    loop = asyncio.get_running_loop()
     report = NatsProcReport()
     edges = [NatsLightEdge(site, spec, report) for site in spec.sites]
     try:
         for i in range(0, len(edges), CONNECT_BATCH):
             await asyncio.gather(*(e.start() for e in edges[i : i + CONNECT_BATCH]))
         conn.send(("ready", len(edges)))
-        cpu0 = time.process_time()
-        while True:
-            request = await loop.run_in_executor(None, conn.recv)
-            if request == "report":
-                report.cpu_s = time.process_time() - cpu0
-                conn.send(("report", report))
-                report.records, report.problems = [], []
-                cpu0 = time.process_time()
-            elif request == "stop":
-                break
+        await answer_requests(conn, report)
     finally:
         # asyncio warns once per TLS connection the broker closes first: noise here
         logging.getLogger("asyncio").setLevel(logging.ERROR)
