@@ -62,6 +62,7 @@ from security.signing_keys import SigningKeyRegistry
 from security.tasks import reap
 
 if TYPE_CHECKING:
+    from control_plane.assets.grid_limits import GridLimits
     from control_plane.markets.service import MarketService
     from control_plane.planning import PlanningCycle
     from control_plane.transports.nats_client import ControlPlaneClientTls
@@ -266,17 +267,21 @@ class ControlPlane:
             clock=clock_,
         )
         self.planning: PlanningCycle | None = None  # gated state -> plan -> dispatch
+        self.grid_limits: GridLimits | None = None
         self._planning_task: asyncio.Task[None] | None = None
         if config.planning is not None:
+            from control_plane.assets.grid_limits import GridLimits
             from control_plane.dispatch.plan_dispatcher import PlanDispatcher
             from control_plane.planning import PlanningCycle
 
+            self.grid_limits = GridLimits(self.paths.registry_db)
             self.planning = PlanningCycle(
                 config.planning,
                 pv_forecast=config.planning.pv_source(),
                 constraints=None if self.openadr is None else self.openadr.active_constraints,
                 markets=self.markets,
                 trust_domain=config.trust_domain,
+                grid_limits=self.grid_limits,
                 registry=self.registry,
                 state=self.pipeline.state,
                 audit=self.audit,
@@ -549,5 +554,7 @@ class ControlPlane:
         self.groups.close()
         self.command_log.close()
         self.alerts.close()
+        if self.grid_limits is not None:
+            self.grid_limits.close()
         self.audit.close()
         self.registry.close()

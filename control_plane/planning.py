@@ -35,6 +35,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from control_plane.assets.grid_limits import GridLimits
 from control_plane.assets.model import ID_PATTERN, AssetKind
 from control_plane.assets.registry import AssetRegistry, RegistrySnapshot
 from control_plane.dispatch.plan_dispatcher import PlanDispatcher
@@ -46,8 +47,10 @@ from control_plane.optimizer.aggregation import schedule_aggregated
 from control_plane.optimizer.assets import (
     STEPS,
     DemandResponse,
+    FeederLimit,
     FleetState,
     OptimizerInputError,
+    SiteLimits,
 )
 from control_plane.optimizer.from_state import EvOwnerConstraint, GatedFleet, fleet_from_gated_state
 from control_plane.optimizer.market import MarketPrices, MarketRules
@@ -308,6 +311,7 @@ class PlanningCycle:
         rules: MarketRules | None = None,
         markets: MarketService | None = None,
         trust_domain: str = "gridfort.local",
+        grid_limits: GridLimits | None = None,
     ) -> None:
         self.config = config
         self._registry = registry
@@ -319,6 +323,7 @@ class PlanningCycle:
         self._prices = prices
         self._pv_forecast = pv_forecast
         self._constraints = constraints
+        self._grid_limits = grid_limits
         self._markets = markets if config.bid_day_ahead else None
         self.bidder = Actor(str(SpiffeId(trust_domain, Role.OPERATOR, config.bidder)), "operator")
         self.last_bid: BidRound | None = None
@@ -336,6 +341,7 @@ class PlanningCycle:
         gated state at ``now_ms``."""
         start = horizon_start_ms(now_ms) if start_ms is None else start_ms
         snapshot = self._registry.snapshot()
+        sites, feeders = self._limits(snapshot)
         forecasts = self._pv_forecast(start, snapshot) if self._pv_forecast is not None else {}
         owner = ev_owner_steps(start, self.config)
         evs = [a.asset_id for a in snapshot.assets.values() if a.kind is AssetKind.EV_CHARGER]
@@ -346,12 +352,33 @@ class PlanningCycle:
             max_age_ms=int(self.config.max_age_s * 1000),
             ev_owner=dict.fromkeys(evs, owner),
             pv_forecast_kw=forecasts,
+            sites=sites,
+            feeders=feeders,
         )
         if self._constraints is not None:
             caps = self._constraints(start)
             if caps:
                 fleet = replace(fleet, fleet=replace(fleet.fleet, demand_response=caps))
         return start, fleet
+
+    def _limits(
+        self, snapshot: RegistrySnapshot
+    ) -> tuple[tuple[SiteLimits, ...], tuple[FeederLimit, ...]]:
+        """The grid operator's limits from the registry, for the sites that have assets."""
+        if self._grid_limits is None:
+            return (), ()
+        with_assets = {a.site_id for a in snapshot.assets.values()}
+        sites = tuple(
+            SiteLimits.flat(e.site_id, e.import_max_kw, e.export_max_kw)
+            for e in self._grid_limits.sites()
+            if e.site_id in with_assets
+        )
+        feeders = tuple(
+            FeederLimit(f.feeder_id, f.site_ids & with_assets, f.import_max_kw, f.export_max_kw)
+            for f in self._grid_limits.feeders()
+            if f.site_ids & with_assets
+        )
+        return sites, feeders
 
     def solve(self, now_ms: int, start_ms: int, gated: GatedFleet) -> PlanRecord:
         """Price the horizon and solve it (blocking, touches no database: run it off the

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.app import StatePaths, init_state
+from control_plane.assets.grid_limits import GridLimits
 from control_plane.assets.model import Asset, AssetKind
 from control_plane.assets.registry import AssetRegistry
 from security.audit_log import AuditLog, format_verification, verify_audit_log
@@ -66,6 +67,23 @@ def register(sub: Any) -> None:
     p = site_sub.add_parser("list", help="list sites and assets as JSON")
     _state(p)
     p.set_defaults(handler=site_list)
+    p = site_sub.add_parser(
+        "limits", help="set a site's operating envelope at its connection point [kW]"
+    )
+    _state(p)
+    p.add_argument("site_id")
+    p.add_argument("--import-max-kw", type=float, required=True, help="net import at most")
+    p.add_argument("--export-max-kw", type=float, required=True, help="net export at most")
+    p.set_defaults(handler=site_limits)
+    p = site_sub.add_parser(
+        "feeder", help="set a feeder or transformer, the sites behind it and its limits [kW]"
+    )
+    _state(p)
+    p.add_argument("feeder_id")
+    p.add_argument("--site", action="append", required=True, help="a site behind it (repeat)")
+    p.add_argument("--import-max-kw", type=float, required=True, help="net import at most")
+    p.add_argument("--export-max-kw", type=float, required=True, help="net export at most")
+    p.set_defaults(handler=site_feeder)
 
     token = sub.add_parser("token", help="one-time bootstrap tokens for enrolling edges")
     token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
@@ -177,6 +195,40 @@ def site_list(args: argparse.Namespace) -> int:
         for site in sorted(snap.sites)
     }
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _grid_limits(state_dir: Path) -> GridLimits:
+    _ca(state_dir)
+    db = StatePaths(state_dir).registry_db
+    AssetRegistry(db).close()  # the sites table the limits refer to
+    return GridLimits(db)
+
+
+def site_limits(args: argparse.Namespace) -> int:
+    limits = _grid_limits(args.state_dir)
+    try:
+        e = limits.set_site(args.site_id, args.import_max_kw, args.export_max_kw)
+    except ValueError as err:
+        raise GridfortError(f"site limits: {err}") from None
+    finally:
+        limits.close()
+    print(f"site {e.site_id}: import <= {e.import_max_kw:g} kW, export <= {e.export_max_kw:g} kW")
+    return 0
+
+
+def site_feeder(args: argparse.Namespace) -> int:
+    limits = _grid_limits(args.state_dir)
+    try:
+        f = limits.set_feeder(args.feeder_id, args.site, args.import_max_kw, args.export_max_kw)
+    except ValueError as err:
+        raise GridfortError(f"site feeder: {err}") from None
+    finally:
+        limits.close()
+    print(
+        f"feeder {f.feeder_id} ({len(f.site_ids)} sites): import <= {f.import_max_kw:g} kW, "
+        f"export <= {f.export_max_kw:g} kW"
+    )
     return 0
 
 

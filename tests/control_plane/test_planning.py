@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from control_plane.assets.grid_limits import GridLimits
 from control_plane.assets.model import Asset, AssetKind
 from control_plane.assets.registry import AssetRegistry
 from control_plane.config import ControlPlaneConfig
@@ -112,6 +113,7 @@ def cycle_for(
     config: PlanningConfig = CONTINUOUS,
     prices: Any = lambda start: PEAK_NOW,
     constraints: Any = None,
+    grid_limits: GridLimits | None = None,
 ) -> PlanningCycle:
     dispatcher = PlanDispatcher(
         groups=control.groups,
@@ -130,6 +132,7 @@ def cycle_for(
         dispatcher=dispatcher,
         prices=prices,
         constraints=constraints,
+        grid_limits=grid_limits,
     )
 
 
@@ -256,3 +259,17 @@ async def test_accepted_demand_response_caps_reach_the_plan(tmp_path: Path) -> N
     assert seen == [horizon_start_ms(T0)]
     assert (-record.plan.portfolio_kw()[:4] <= 2.0 + 1e-6).all()
     assert record.summary()["demand_response"] == ["utility-evt-1"]
+
+
+async def test_the_grid_operators_limits_in_the_registry_cap_the_plan(tmp_path: Path) -> None:
+    """The peak is now: both batteries would export 5 kW; site s1 may export 2 kW."""
+    clock = ManualClock(T0)
+    control, registry, state = fleet(tmp_path, clock)
+    limits = GridLimits(tmp_path / "registry.db")
+    limits.set_site("s1", import_max_kw=10.0, export_max_kw=2.0)
+    cycle = cycle_for(control, registry, state, clock, grid_limits=limits)
+    record = await cycle.plan_now()
+    assert record is not None and record.plan.status == "optimal"
+    first = dict(zip(record.plan.asset_ids, record.plan.p_kw[:, 0], strict=True))
+    assert first["s1-b1"] == pytest.approx(2.0) and first["s2-b1"] == pytest.approx(5.0)
+    limits.close()
