@@ -121,7 +121,10 @@ def _scorecard(path: Path | None, grid: str) -> dict[str, Any] | None:
         return None
     keys = ("auc", "recall", "false_positive_rate", "localization_f1")
     deep = cards.get("gnn")
-    others = [c for name, c in cards.items() if name != "gnn"]
+    # the grid baselines only: not the deep detector's own stages, the price check or the gate
+    from detection.evaluate import BASELINE_NAMES
+
+    others = [c for name, c in cards.items() if name in BASELINE_NAMES]
     best = max(others, key=lambda c: c.get("auc") or 0.0) if others else None
     return {
         "source": str(path),

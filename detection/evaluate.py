@@ -55,7 +55,9 @@ class EvaluationData:
     """Rows of one grid in layout order with their labels.
 
     ``x`` (n_rows, n_measurements) [layout units]; ``kinds`` the attack kind per row
-    (``"none"`` = clean); ``cell_labels`` true where a measurement was falsified.
+    (``"none"`` = clean); ``cell_labels`` true where a measurement was falsified;
+    ``price_eur_per_mwh`` (n_rows,) the price signal as received (attacked where the
+    kind is ``price``), None when the data has none.
     """
 
     grid: str
@@ -63,6 +65,7 @@ class EvaluationData:
     x: np.ndarray
     kinds: np.ndarray
     cell_labels: np.ndarray
+    price_eur_per_mwh: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, m = self.x.shape
@@ -70,19 +73,29 @@ class EvaluationData:
             raise ValueError(f"x has {m} columns, the layout {len(self.layout)}")
         if self.kinds.shape != (n,) or self.cell_labels.shape != (n, m):
             raise ValueError("kinds and cell_labels must be row-aligned with x")
+        if self.price_eur_per_mwh is not None and self.price_eur_per_mwh.shape != (n,):
+            raise ValueError("the price must be row-aligned with x")
 
 
 def evaluation_data(dataset: Dataset, grid: str, layout: MeasurementLayout) -> EvaluationData:
-    """The layout columns of a labelled dataset (the price column is dropped)."""
+    """The layout columns of a labelled dataset, and its price column if it has one."""
+    from detection.generate import PRICE_COLUMN
+
     if dataset.labels is None:
         raise ValueError("evaluation needs the labels file next to the data")
     cols = layout.columns
+    price = (
+        dataset.data[PRICE_COLUMN].to_numpy(dtype=np.float64)
+        if PRICE_COLUMN in dataset.data.columns
+        else None
+    )
     return EvaluationData(
         grid=grid,
         layout=layout,
         x=dataset.data[cols].to_numpy(dtype=np.float64),
         kinds=dataset.labels[ATTACK_COLUMN].astype(str).to_numpy(dtype=object),
         cell_labels=dataset.labels[cols].to_numpy(dtype=bool),
+        price_eur_per_mwh=price,
     )
 
 
@@ -138,6 +151,8 @@ class Scorecard:
     measurements_per_s: float
     fit_s: float
     notes: list[str] = field(default_factory=list)
+    #: thresholds of each stage of a combined view (e.g. ``{"row": .., "ramp": ..}``)
+    stage_thresholds: dict[str, float] | None = None
     #: at the detector's own calibration (its ``verdicts``: what ``detect score --history``
     #: and the gate use), for detectors that have one; None otherwise
     own_threshold: float | None = None
@@ -385,7 +400,7 @@ def generated_evaluation_data(
     import dataclasses
 
     from detection.attacks import inject_attacks
-    from detection.generate import generate_series
+    from detection.generate import PRICE_COLUMN, generate_series
 
     sc = scenario or Scenario(seed=seed)
     series = generate_series(
@@ -411,5 +426,7 @@ def generated_evaluation_data(
     kinds[s] = attacked.labels[ATTACK_COLUMN].astype(str).to_numpy(dtype=object)
     cells = np.zeros(x.shape, dtype=bool)
     cells[s] = attacked.labels[cols].to_numpy(dtype=bool)
-    data = EvaluationData(grid, series.layout, x, kinds, cells)
+    price = series.price_eur_per_mwh.astype(np.float64)
+    price[s] = attacked.data[PRICE_COLUMN].to_numpy(dtype=np.float64)
+    data = EvaluationData(grid, series.layout, x, kinds, cells, price)
     return data, split, series.std

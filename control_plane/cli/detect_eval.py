@@ -9,6 +9,10 @@ seeds, noise, load pattern and attack regions no training run sees): two weeks o
 clean history that every detector fits on (the deep detector adapts to it exactly as
 ``detect score --history`` does), 11 clean days to calibrate thresholds on, then the
 attacked test period (``--steps`` in total, default 5,000).
+
+After the detectors, three more rows (:mod:`detection.evaluate_stages`): ``gnn+ramp``
+(the deep detector's row test and ramp stage, sharing the target FPR), ``price`` (the
+price check) and ``gate`` (``gnn+ramp`` OR ``price``, recall over every attack).
 """
 
 from __future__ import annotations
@@ -170,6 +174,8 @@ def _tables(cards: list[Any], target_fpr: float) -> list[Any]:
     from rich.table import Table
 
     main = Table(title=f"detect eval: {cards[0].grid}, thresholds at {target_fpr:.2%} FPR")
+    # gnn+ramp: row test and ramp stage sharing the target; price: the price check (its
+    # attacked rows are the price rows); gate: gnn+ramp OR price, every attack counted
     for col in ["detector", "AUC", "recall", "FPR", "loc F1", "ramp delay", "rows/s"]:
         main.add_column(col, justify="left" if col == "detector" else "right")
     kinds = sorted({k for c in cards for k in c.recall_per_kind})
@@ -180,7 +186,7 @@ def _tables(cards: list[Any], target_fpr: float) -> list[Any]:
     for c in cards:
         delay = (
             "n/a"
-            if c.subsampled
+            if c.subsampled or c.ramp_episodes == 0
             else f"{_fmt(c.ramp_delay_mean_steps, 1)} ({c.ramps_detected}/{c.ramp_episodes})"
         )
         name = f"{c.detector}*" if c.subsampled else c.detector
@@ -221,6 +227,7 @@ def detect_eval(args: argparse.Namespace) -> int:
         optional_detectors,
         stderr_progress,
     )
+    from detection.evaluate_stages import stage_scorecards
 
     if not 0.0 < args.target_fpr < 1.0:
         raise ValueError(f"--target-fpr must be in (0, 1), got {args.target_fpr}")
@@ -240,15 +247,18 @@ def detect_eval(args: argparse.Namespace) -> int:
     result = evaluate(
         data, detectors, target_fpr=args.target_fpr, split=split, progress=stderr_progress
     )
-    cards = result.scorecards
-    if not cards:
+    if not result.scorecards:
         raise ValueError(f"no detector could run: {result.skipped}")
+    stderr_progress("evaluating the ramp stage, the price check and the gate")
+    staged, stage_skipped = stage_scorecards(data, split, detectors, target_fpr=args.target_fpr)
+    cards = [*result.scorecards, *staged]
+    skipped = {**result.skipped, **stage_skipped}
     console = Console()
     for table in _tables(cards, args.target_fpr):
         console.print(table)
     if all(c.attacked_rows == 0 for c in cards):
         print("note: the test segment holds no measurement attack: use more rows or attacks")
-    for name, reason in result.skipped.items():
+    for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
     if any(c.subsampled for c in cards):
         print("* scored on a subsample of rows (slow detector); see notes in the JSON")
@@ -269,7 +279,7 @@ def detect_eval(args: argparse.Namespace) -> int:
             )
         },
         "scorecards": [c.to_dict() for c in cards],
-        "skipped": result.skipped,
+        "skipped": skipped,
     }
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)

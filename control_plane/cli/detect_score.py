@@ -6,6 +6,8 @@ the same order with ``t``, ``score``, ``attacked`` and one bool column per input
 measurement column (see :mod:`detection.score_frame`). ``--history CLEAN.parquet``, about
 two weeks of the operator's clean data in the same layout, adapts the detector's model of
 normal operation and its thresholds first (:func:`detection.models.detector.adapt`).
+Verdicts are both stages of the detector (:func:`detection.models.detector.judge`): the
+row test, whose score is the ``score`` column, and the ramp stage.
 
 Wiring: ``register_score(detect_sub)`` from ``control_plane/cli/detect.py``.
 """
@@ -79,7 +81,7 @@ def _log(message: str) -> None:
 
 def detect_score(args: argparse.Namespace) -> int:
     from detection.dataset import read_table, write_table
-    from detection.models.detector import adapt, score, verdicts
+    from detection.models.detector import adapt, judge
     from detection.models.registry import load_shipped_model
     from detection.score_frame import measurement_matrix, verdict_frame
 
@@ -96,14 +98,16 @@ def detect_score(args: argparse.Namespace) -> int:
         _log(f"adapting to {len(history.t)} clean history rows")
         model = adapt(model, history.x, target_fpr=args.target_fpr)
         adapted = True
-    rows, cells = score(model, table.x)
-    attacked, flagged = verdicts(model, rows, cells)
-    out = verdict_frame(table, layout, rows, attacked, flagged)
+    # both stages: the row test (``score``) and the ramp stage, in row order
+    j = judge(model, table.x)
+    attacked, flagged = j.attacked, j.flagged
+    out = verdict_frame(table, layout, j.rows, attacked, flagged)
     metadata = {
         "grid": args.grid,
         "input": str(args.input),
         "adapted_to_history": adapted,
         "row_threshold": float(model.row_threshold),
+        "ramp_threshold": float(model.ramp_threshold) if model.ramp_scale is not None else None,
         "target_fpr": float(model.target_fpr),
         "model": _model_version(args.grid),
     }

@@ -37,6 +37,7 @@ from detection.grid import load_grid
 from detection.layout import MeasurementLayout, build_layout
 from detection.models.jacobian import StateJacobian
 from detection.models.network import GridDetectorNet, NetworkConfig, layout_hash
+from detection.models.sequential import RAMP_LENGTHS
 from security.envelope import key_id_for, public_key_raw
 from security.refusals import GridfortError
 from security.signing_keys import load_signing_public_key
@@ -92,6 +93,10 @@ class TrainedModel:
     target_fpr: float  # share of clean rows flagged at row_threshold (calibration target)
     cell_level: float = -1e9  # common floor of the cell thresholds, tuned for localization
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: the ramp stage (``detection.models.sequential``): clean scale of each matched filter
+    #: (len(RAMP_LENGTHS), m) and its threshold; None / inf: the stage is off (older files)
+    ramp_scale: np.ndarray | None = None
+    ramp_threshold: float = float("inf")
 
     def header(self) -> dict[str, Any]:
         return {
@@ -105,6 +110,18 @@ class TrainedModel:
             "target_fpr": float(self.target_fpr),
             "cell_level": float(self.cell_level),
             "metadata": self.metadata,
+            **self._ramp_header(),
+        }
+
+    def _ramp_header(self) -> dict[str, Any]:
+        if self.ramp_scale is None:
+            return {}
+        return {
+            "ramp": {
+                "lengths": list(RAMP_LENGTHS),
+                "threshold": float(self.ramp_threshold),
+                "scale": [[float(v) for v in row] for row in self.ramp_scale],
+            }
         }
 
 
@@ -263,6 +280,7 @@ def _model_from(header: dict[str, Any], weights: bytes) -> TrainedModel:
         net.load_state_dict(state, strict=True)
         net.refresh_operators()
         net.eval()
+        ramp_scale, ramp_threshold = _ramp_from(header.get("ramp"), len(layout))
         return TrainedModel(
             grid=grid,
             layout=layout,
@@ -273,6 +291,8 @@ def _model_from(header: dict[str, Any], weights: bytes) -> TrainedModel:
             target_fpr=float(header["target_fpr"]),
             cell_level=float(header["cell_level"]),
             metadata=dict(header.get("metadata", {})),
+            ramp_scale=ramp_scale,
+            ramp_threshold=ramp_threshold,
         )
     except ModelArtifactError:
         raise
@@ -280,6 +300,18 @@ def _model_from(header: dict[str, Any], weights: bytes) -> TrainedModel:
         raise ModelArtifactError(
             ArtifactFault.MALFORMED, f"signed contents are not a usable model ({type(e).__name__})"
         ) from e
+
+
+def _ramp_from(ramp: Any, m: int) -> tuple[np.ndarray | None, float]:
+    """The ramp stage of a header (absent in files made before it: the stage is off)."""
+    if ramp is None:
+        return None, float("inf")
+    if list(ramp["lengths"]) != list(RAMP_LENGTHS):
+        raise ValueError("the ramp stage's lengths differ from this build's")
+    scale = np.asarray(ramp["scale"], dtype=np.float64)
+    if scale.shape != (len(RAMP_LENGTHS), m) or not np.all(scale > 0):
+        raise ValueError("the ramp stage's scale does not match the layout")
+    return scale, float(ramp["threshold"])
 
 
 def load_model(

@@ -41,6 +41,12 @@ from detection.layout import MeasurementLayout
 from detection.models.artifacts import TrainedModel
 from detection.models.network import GridDetectorNet, RowFeatures, layout_hash
 from detection.models.normal import factor_count
+from detection.models.sequential import (
+    RAMP_FPR_SHARE,
+    RampMonitor,
+    fit_ramp_scale,
+    ramp_scores,
+)
 from detection.thresholds import tail_threshold
 from security.refusals import GridfortError
 
@@ -112,14 +118,8 @@ def score(model: TrainedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, cells
 
 
-def score_latest(model: TrainedModel, window_x: np.ndarray) -> tuple[float, np.ndarray]:
-    """Row score and cell scores (m,) of the last snapshot of ``window_x`` (k, m).
-
-    ``window_x`` holds consecutive snapshots, oldest first, ending with the one to judge;
-    up to ``model.config.window`` rows are used (fewer: less context, as at the start of
-    :func:`score`). Equal to the last row of ``score(model, window_x)``, at the cost
-    of a single snapshot.
-    """
+def _latest(model: TrainedModel, window_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cell logits (m,) and conditional residuals (m,) of the last snapshot of a window."""
     arr = np.asarray(window_x, dtype=np.float64)
     if arr.ndim == 1:
         arr = arr[None, :]
@@ -136,18 +136,129 @@ def score_latest(model: TrainedModel, window_x: np.ndarray) -> tuple[float, np.n
         hist[0, t - len(r) :] = r
         replay = net.replay_flags(arr, np.array([len(arr) - 1]))
         logits = net(hist, z[-1:], replay, g[-1:])[0].numpy().astype(np.float64)
+    return logits, r[-1].numpy().astype(np.float64)
+
+
+def score_latest(model: TrainedModel, window_x: np.ndarray) -> tuple[float, np.ndarray]:
+    """Row score and cell scores (m,) of the last snapshot of ``window_x`` (k, m).
+
+    ``window_x`` holds consecutive snapshots, oldest first, ending with the one to judge;
+    up to ``model.config.window`` rows are used (fewer: less context, as at the start of
+    :func:`score`). Equal to the last row of ``score(model, window_x)``, at the cost
+    of a single snapshot.
+    """
+    logits, _ = _latest(model, window_x)
     return float(logits.max()), logits
 
 
 def verdicts(
-    model: TrainedModel, rows: np.ndarray, cells: np.ndarray
+    model: TrainedModel,
+    rows: np.ndarray,
+    cells: np.ndarray,
+    ramp_cells: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Attacked rows (n,) and falsified cells (n, m) from scores, with the model's thresholds."""
+    """Attacked rows (n,) and falsified cells (n, m) from scores, with the model's thresholds.
+
+    With ``ramp_cells`` (n, m) (:func:`judge`, :func:`judge_latest`), a row is also
+    attacked when its ramp score exceeds the ramp threshold, and the measurements above
+    it are flagged (at least the row's top one).
+    """
     attacked = rows > model.row_threshold
     flagged = attacked[:, None] & (cells > model.cell_thresholds[None, :])
     top = np.argmax(cells, axis=1)
     flagged[np.flatnonzero(attacked), top[attacked]] = True
+    if ramp_cells is not None and model.ramp_scale is not None:
+        ramp_hit = ramp_cells > model.ramp_threshold
+        ramp_rows = ramp_hit.any(axis=1)
+        flagged |= ramp_hit
+        ramp_top = np.argmax(ramp_cells, axis=1)
+        flagged[np.flatnonzero(ramp_rows), ramp_top[ramp_rows]] = True
+        attacked = attacked | ramp_rows
     return attacked, flagged
+
+
+def residuals(model: TrainedModel, x: np.ndarray) -> np.ndarray:
+    """Conditional residuals (n, m) of rows ``x`` under the model of normal operation."""
+    arr = _as_rows(model, x)
+    out = np.empty(arr.shape, dtype=np.float64)
+    with torch.inference_mode():
+        for s in range(0, len(arr), SCORE_BLOCK):
+            out[s : s + SCORE_BLOCK] = model.net.residual_features(arr[s : s + SCORE_BLOCK])[0]
+    return out
+
+
+def ramp_monitor(model: TrainedModel) -> RampMonitor | None:
+    """A fresh ramp-stage state for one stream of snapshots (None: the model has no stage)."""
+    return RampMonitor(model.ramp_scale) if model.ramp_scale is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """Scores and verdicts of consecutive snapshots: ``rows`` (n,), ``cells`` (n, m) of the
+    row test; ``ramp_cells`` (n, m) of the ramp stage (zeros without one); ``attacked``
+    (n,) and ``flagged`` (n, m) of both stages together (:func:`verdicts`)."""
+
+    rows: np.ndarray
+    cells: np.ndarray
+    ramp_cells: np.ndarray
+    attacked: np.ndarray
+    flagged: np.ndarray
+
+    @property
+    def ramp_rows(self) -> np.ndarray:
+        return np.asarray(self.ramp_cells.max(axis=1)) if self.ramp_cells.size else np.zeros(0)
+
+
+def judge(model: TrainedModel, x: np.ndarray) -> Judgement:
+    """Both stages on consecutive snapshots ``x`` (n, m), in order (the batch path of
+    ``detect score``); row ``i`` is judged as :func:`judge_latest` would judge it with a
+    monitor that saw rows ``0..i-1``."""
+    rows, cells = score(model, x)
+    if model.ramp_scale is None:
+        ramp = np.zeros_like(cells)
+        attacked, flagged = verdicts(model, rows, cells)
+    else:
+        ramp = ramp_scores(
+            model.ramp_scale, residuals(model, x), rows > model.row_threshold, model.ramp_threshold
+        )
+        attacked, flagged = verdicts(model, rows, cells, ramp)
+    return Judgement(rows, cells, ramp, attacked, flagged)
+
+
+@dataclass(frozen=True, slots=True)
+class LatestJudgement:
+    """One snapshot's scores and verdicts (see :func:`judge_latest`)."""
+
+    row_score: float
+    cells: np.ndarray  # (m,) cell logits of the row test
+    ramp_score: float  # largest ramp score (0 without a ramp stage)
+    ramp_cells: np.ndarray  # (m,)
+    attacked: bool
+    flagged: np.ndarray  # (m,) bool
+
+
+def judge_latest(
+    model: TrainedModel, window_x: np.ndarray, monitor: RampMonitor | None
+) -> LatestJudgement:
+    """Both stages on the last snapshot of ``window_x`` (as :func:`score_latest`).
+
+    ``monitor`` (from :func:`ramp_monitor`, one per stream, kept by the caller between
+    snapshots) is advanced by this snapshot and emptied when it is judged attacked;
+    None: the row test only.
+    """
+    logits, r = _latest(model, window_x)
+    ramp = monitor.push(r) if monitor is not None else np.zeros_like(logits)
+    attacked, flagged = verdicts(
+        model,
+        np.array([logits.max()]),
+        logits[None, :],
+        ramp[None, :] if monitor is not None else None,
+    )
+    if attacked[0] and monitor is not None:
+        monitor.reset()
+    return LatestJudgement(
+        float(logits.max()), logits, float(ramp.max()), ramp, bool(attacked[0]), flagged[0]
+    )
 
 
 def cell_f1(flagged: np.ndarray, labels: np.ndarray) -> float:
@@ -158,15 +269,35 @@ def cell_f1(flagged: np.ndarray, labels: np.ndarray) -> float:
 
 
 def set_thresholds(
-    model: TrainedModel, clean_rows: np.ndarray, clean_cells: np.ndarray, target_fpr: float
+    model: TrainedModel,
+    clean_rows: np.ndarray,
+    clean_cells: np.ndarray,
+    target_fpr: float,
+    clean_residuals: list[np.ndarray] | None = None,
 ) -> None:
     """Row threshold from clean row scores (tail-extrapolated, :mod:`thresholds`); cell
     thresholds: each column's clean ``1 - CELL_FLOOR_FPR`` quantile, at least the model's
-    ``cell_level``. Scores must be out of sample for the model of normal operation."""
-    model.row_threshold = tail_threshold(clean_rows, target_fpr)
+    ``cell_level``. Scores must be out of sample for the model of normal operation.
+
+    ``clean_residuals``: the conditional residuals of the same clean rows, as streams of
+    consecutive rows in the order of ``clean_rows``; with them the ramp stage is
+    calibrated too (its scale and threshold) and the target is split between the two
+    stages (:data:`RAMP_FPR_SHARE` to the ramp stage).
+    """
     model.target_fpr = target_fpr
     floor = np.quantile(clean_cells, 1.0 - CELL_FLOOR_FPR, axis=0, method="higher")
     model.cell_thresholds = np.maximum(floor, model.cell_level)
+    if not clean_residuals:
+        model.row_threshold = tail_threshold(clean_rows, target_fpr)
+        return
+    model.row_threshold = tail_threshold(clean_rows, (1.0 - RAMP_FPR_SHARE) * target_fpr)
+    model.ramp_scale = fit_ramp_scale(clean_residuals)
+    stats, start = [], 0
+    for r in clean_residuals:
+        hit = clean_rows[start : start + len(r)] > model.row_threshold
+        stats.append(ramp_scores(model.ramp_scale, r, hit).max(axis=1))
+        start += len(r)
+    model.ramp_threshold = tail_threshold(np.concatenate(stats), RAMP_FPR_SHARE * target_fpr)
 
 
 def tune_cell_level(
@@ -213,11 +344,20 @@ def out_of_sample_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores of clean rows, each contiguous fold judged by a model of normal operation
     fitted on the other folds (the learned weights are shared)."""
+    rows, cells, _ = out_of_sample_evidence(model, x_clean, folds)
+    return rows, cells
+
+
+def out_of_sample_evidence(
+    model: TrainedModel, x_clean: np.ndarray, folds: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """:func:`out_of_sample_scores` plus each fold's conditional residuals (a stream of
+    consecutive rows per fold, for the ramp stage)."""
     n = len(x_clean)
     folds = folds if folds is not None else adapt_folds(n)
     bounds = np.linspace(0, n, folds + 1).astype(np.int64)
     k = adapt_factors(model, n, folds)
-    rows, cells = [], []
+    rows, cells, resid = [], [], []
     for a, b in itertools.pairwise(bounds):
         trial = copy.deepcopy(model)
         trial.net.fit_normal(np.concatenate([x_clean[:a], x_clean[b:]]), k)
@@ -225,17 +365,24 @@ def out_of_sample_scores(
         r, c = score(trial, x_clean[a:b])
         rows.append(r)
         cells.append(c)
-    return np.concatenate(rows), np.concatenate(cells)
+        resid.append(residuals(trial, x_clean[a:b]))
+    return np.concatenate(rows), np.concatenate(cells), resid
 
 
 def adapt(
-    model: TrainedModel, x_history: np.ndarray, target_fpr: float | None = None
+    model: TrainedModel,
+    x_history: np.ndarray,
+    target_fpr: float | None = None,
+    *,
+    ramp_stage: bool | None = None,
 ) -> TrainedModel:
     """A copy of ``model`` adapted to an operator's clean history ``x_history`` (n, m).
 
     Re-estimates the model of normal operation on the history and recalibrates the
     thresholds at ``target_fpr`` (default: the model's) on out-of-sample scores of it.
-    The caller's model is never changed. Raises ``ValueError`` when the history is too
+    ``ramp_stage``: calibrate the ramp stage (:mod:`detection.models.sequential`) too,
+    splitting the target between the two stages; default: if the model ships one. The
+    caller's model is never changed. Raises ``ValueError`` when the history is too
     short or not in the model's layout.
     """
     x = _as_rows(model, x_history)
@@ -249,10 +396,16 @@ def adapt(
     adapted = copy.deepcopy(model)
     folds = adapt_folds(len(x))
     with torch.inference_mode():
-        clean_rows, clean_cells = out_of_sample_scores(adapted, x, folds)
+        clean_rows, clean_cells, clean_r = out_of_sample_evidence(adapted, x, folds)
     adapted.net.fit_normal(x, adapt_factors(model, len(x), folds))
     adapted.net.fit_replay_mask(x)
-    set_thresholds(adapted, clean_rows, clean_cells, fpr)
+    # by default the ramp stage is calibrated only for a model that ships one (a model
+    # trained before it keeps the row test alone, at the whole target)
+    with_ramp = model.ramp_scale is not None if ramp_stage is None else ramp_stage
+    ramp = clean_r if with_ramp else None
+    if not with_ramp:
+        adapted.ramp_scale, adapted.ramp_threshold = None, float("inf")
+    set_thresholds(adapted, clean_rows, clean_cells, fpr, ramp)
     adapted.metadata = {**model.metadata, "adapted": {"history_rows": len(x), "target_fpr": fpr}}
     return adapted
 
@@ -270,7 +423,8 @@ class DeepDetector:
     ``model``: a loaded, verified model; without one, ``fit`` loads the shipped model
     of the layout (``detection.models.registry``). ``recalibrate``: ``fit`` adapts the
     model to the clean rows it is given (:func:`adapt`, at ``target_fpr``, default the
-    model's own); otherwise ``fit`` only picks the model.
+    model's own); otherwise ``fit`` only picks the model. ``ramp_stage``: passed to
+    :func:`adapt` (default: the ramp stage if the model ships one).
     """
 
     name = "gnn"
@@ -281,10 +435,12 @@ class DeepDetector:
         *,
         recalibrate: bool = True,
         target_fpr: float | None = None,
+        ramp_stage: bool | None = None,
     ) -> None:
         self.model = model
         self.recalibrate = recalibrate
         self.target_fpr = target_fpr
+        self.ramp_stage = ramp_stage
         self._cache: _Cache | None = None
 
     def fit(self, x_clean: np.ndarray, layout: MeasurementLayout) -> None:
@@ -294,7 +450,12 @@ class DeepDetector:
             self.model = shipped_model_for_layout(layout)
         self._cache = None
         if self.recalibrate:
-            self.model = adapt(self.model, np.asarray(x_clean, dtype=np.float64), self.target_fpr)
+            self.model = adapt(
+                self.model,
+                np.asarray(x_clean, dtype=np.float64),
+                self.target_fpr,
+                ramp_stage=self.ramp_stage,
+            )
 
     def _scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.model is None:
@@ -313,7 +474,18 @@ class DeepDetector:
         return self._scores(x)[1].copy()
 
     def verdicts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Attacked rows (n,) and falsified measurements (n, m), as the gate needs them."""
+        """Attacked rows (n,) and falsified measurements (n, m) of both stages (row test and
+        ramp stage, :func:`judge`), as the gate needs them."""
         rows, cells = self._scores(x)
-        assert self.model is not None
-        return verdicts(self.model, rows, cells)
+        if self.model is None:
+            raise DetectorNotFittedError("DeepDetector.fit must be called before scoring")
+        if self.model.ramp_scale is None:
+            return verdicts(self.model, rows, cells)
+        arr = np.asarray(x, dtype=np.float64)
+        ramp = ramp_scores(
+            self.model.ramp_scale,
+            residuals(self.model, arr),
+            rows > self.model.row_threshold,
+            self.model.ramp_threshold,
+        )
+        return verdicts(self.model, rows, cells, ramp)

@@ -16,7 +16,8 @@ falsified-cell labels plus per-row binary cross-entropy of the largest cell logi
 against the row label, AdamW, early stopping on the validation loss. Then the shipped
 state: the validation scenario's model of normal operation, the row threshold at
 ``target_fpr`` on its clean rows (out of sample), the common cell level tuned on its
-attacked copies.
+attacked copies. No ramp stage (:mod:`detection.models.sequential`) is shipped: on the
+held-out scenario it did not catch ramps earlier than the row test (docs/detection.md).
 
 Given the seed, data, batch order and initial weights are fixed; with
 ``torch.use_deterministic_algorithms`` and a fixed thread count the weights come out

@@ -9,7 +9,7 @@ import pytest
 
 from detection.attacks import AttackMagnitudes, inject_attacks
 from detection.detector import Detector
-from detection.generate import NoiseModel, generate_series
+from detection.generate import GeneratedSeries, NoiseModel, generate_series
 from detection.models.artifacts import TrainedModel
 from detection.models.detector import (
     MIN_HISTORY_ROWS,
@@ -214,3 +214,29 @@ def test_the_scorecard_reports_the_detectors_own_calibration(model, other_grid) 
     assert card.own_threshold is not None and card.own_recall is not None
     assert card.own_false_positive_rate is not None and card.own_localization_f1 is not None
     assert card.own_recall_per_kind and set(card.own_recall_per_kind) <= set(card.recall_per_kind)
+
+
+def test_adapting_with_the_ramp_stage_and_judge_latest_equals_judge(
+    model: TrainedModel, other_grid: GeneratedSeries
+) -> None:
+    from detection.models.detector import judge, judge_latest, ramp_monitor
+
+    assert model.ramp_scale is None  # the trained model ships the row test only
+    plain_adapted = adapt(model, other_grid.measured[:H])
+    assert plain_adapted.ramp_scale is None
+    model = adapt(model, other_grid.measured[:H], ramp_stage=True)
+    assert model.ramp_scale is not None and np.isfinite(model.ramp_threshold)
+    # the target is shared: the row test alone is stricter than without the stage
+    assert model.row_threshold >= plain_adapted.row_threshold
+    x = other_grid.measured[H : H + 60].copy()
+    x[30:, 3] += np.linspace(0.0, 8.0, 30) * np.abs(x[:30, 3]).std()  # a ramp
+    batch = judge(model, x)
+    monitor = ramp_monitor(model)
+    for end in range(1, len(x) + 1):
+        one = judge_latest(model, x[:end], monitor)
+        assert one.attacked == batch.attacked[end - 1]
+        np.testing.assert_allclose(one.ramp_cells, batch.ramp_cells[end - 1], atol=1e-4)
+        np.testing.assert_array_equal(one.flagged, batch.flagged[end - 1])
+    # without a monitor, judge_latest is the row test alone
+    plain = judge_latest(model, x, None)
+    assert plain.ramp_score == 0.0

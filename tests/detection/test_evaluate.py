@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -158,3 +159,48 @@ def test_cli_held_out_refuses_training_seeds_and_short_runs(extra: list[str], me
     args = _parser().parse_args(["detect", "eval", "--grid", "case14", *extra])
     with pytest.raises(ValueError, match=message):
         args.handler(args)
+
+
+def test_cli_json_has_the_price_check_and_the_stage_fields(tmp_path: Path) -> None:
+    out = tmp_path / "detect_case14.json"
+    argv = ["detect", "eval", "--grid", "case14", "--steps", "300", "--workers", "1"]
+    args = _parser().parse_args([*argv, "--detectors", "pca_q", "--json", str(out)])
+    assert args.handler(args) == 0
+    report = json.loads(out.read_text())
+    cards = {c["detector"]: c for c in report["scorecards"]}
+    assert set(cards) == {"pca_q", "price"}
+    price = cards["price"]
+    assert price["false_positive_rate"] is not None and "stage_thresholds" in price
+    assert price["threshold"] > 0 and price["notes"]
+    # no deep model for case14: the gate says why it is missing
+    assert "gate" in report["skipped"]
+
+
+def test_the_gate_flags_a_row_any_part_flags_and_counts_every_attack(
+    generated: tuple[EvaluationData, Split, np.ndarray],
+) -> None:
+    from detection.evaluate_stages import evaluate_price, gate_scorecard
+
+    data, split, _ = generated
+    # a price manipulation on 10 clean test rows (the price doubled)
+    kinds, price = data.kinds.copy(), np.asarray(data.price_eur_per_mwh).copy()
+    clean = np.flatnonzero(kinds == "none")
+    start = next(
+        int(i) for i in clean if i >= split.test.start and (kinds[i : i + 10] == "none").all()
+    )
+    kinds[start : start + 10] = "price"
+    price[start : start + 10] *= 2.0
+    data = dataclasses.replace(data, kinds=kinds, price_eur_per_mwh=price)
+    price_card, price_flags = evaluate_price(data, split, target_fpr=0.01)
+    assert price_card.recall == 1.0
+    kinds = data.kinds[split.test]
+    grid_flags = (kinds != "none") & (kinds != "price")  # a perfect grid detector
+    grid_card = dataclasses.replace(price_card, detector="grid")
+    gate = gate_scorecard(
+        data, split, [(grid_card, grid_flags), (price_card, price_flags)], target_fpr=0.01
+    )
+    assert gate.attacked_rows == int((kinds != "none").sum())
+    assert gate.recall_per_kind["price"] == price_card.recall_per_kind["price"]
+    assert all(gate.recall_per_kind[k] == 1.0 for k in ("scaling", "replay", "der"))
+    assert gate.stage_thresholds == {"grid": price_card.threshold, "price": price_card.threshold}
+    _no_nan(gate)
