@@ -12,24 +12,21 @@ File layout (all integers big-endian)::
     b"SIG1" + key_id (32 ASCII hex) + Ed25519 signature (64 bytes)
 
 The signature covers ``b"gridfort/v1/model-artifact\\0" + body``, a domain no other
-Gridfort signature uses. :func:`load_model` checks framing, version and signature on
-the raw bytes first; only bytes that verify under the trusted key are parsed as JSON
-and handed to ``torch.load(..., weights_only=True)``.
+Gridfort signature uses. Framing, bounds and signature are :mod:`security.signed_artifact`
+(shared with the forecast models); :func:`load_model` checks them on the raw bytes first;
+only bytes that verify under the trusted key are parsed as JSON and handed to
+``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import struct
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -40,6 +37,17 @@ from detection.models.network import GridDetectorNet, NetworkConfig, layout_hash
 from detection.models.sequential import RAMP_LENGTHS
 from security.envelope import key_id_for, public_key_raw
 from security.refusals import GridfortError
+from security.signed_artifact import (
+    TRAILER_LEN as TRAILER_LEN,
+)
+from security.signed_artifact import (
+    ArtifactFault as ArtifactFault,
+)
+from security.signed_artifact import (
+    ArtifactFormat,
+    ArtifactRefused,
+    split_body,
+)
 from security.signing_keys import load_signing_public_key
 
 MAGIC = b"GFMODEL\n"
@@ -48,28 +56,14 @@ FORMAT_VERSION = 1
 #: made for another architecture is refused as UNKNOWN_VERSION, never half-loaded.
 ARCHITECTURE = 2
 SIGNING_DOMAIN = b"gridfort/v1/model-artifact\0"
-SIG_TAG = b"SIG1"
-KEY_ID_LEN = 32
-SIGNATURE_LEN = 64
-TRAILER_LEN = len(SIG_TAG) + KEY_ID_LEN + SIGNATURE_LEN
-MAX_HEADER_BYTES = 4 << 20
-MAX_WEIGHTS_BYTES = 64 << 20
-_PREFIX = struct.Struct(">8sH")
-
-
-class ArtifactFault(StrEnum):
-    """Stable reasons a model artifact is refused."""
-
-    UNREADABLE = "UNREADABLE"
-    NOT_AN_ARTIFACT = "NOT_AN_ARTIFACT"
-    UNKNOWN_VERSION = "UNKNOWN_VERSION"
-    TRUNCATED = "TRUNCATED"
-    MALFORMED = "MALFORMED"
-    UNSIGNED = "UNSIGNED"
-    UNTRUSTED_KEY = "UNTRUSTED_KEY"
-    BAD_SIGNATURE = "BAD_SIGNATURE"
-    WRONG_GRID = "WRONG_GRID"
-    WRONG_LAYOUT = "WRONG_LAYOUT"
+FORMAT = ArtifactFormat(
+    magic=MAGIC,
+    version=FORMAT_VERSION,
+    domain=SIGNING_DOMAIN,
+    max_header_bytes=4 << 20,
+    max_weights_bytes=64 << 20,
+    what="model artifact",
+)
 
 
 class ModelArtifactError(GridfortError):
@@ -127,25 +121,14 @@ class TrainedModel:
 
 def artifact_body(model: TrainedModel) -> bytes:
     """The signed body of ``model``'s artifact (deterministic for identical weights)."""
-    header = json.dumps(model.header(), sort_keys=True, separators=(",", ":")).encode()
     buf = io.BytesIO()
     torch.save(model.net.state_dict(), buf)
-    weights = buf.getvalue()
-    return b"".join(
-        (
-            _PREFIX.pack(MAGIC, FORMAT_VERSION),
-            struct.pack(">I", len(header)),
-            header,
-            struct.pack(">Q", len(weights)),
-            weights,
-        )
-    )
+    return FORMAT.body(model.header(), buf.getvalue())
 
 
 def sign_body(body: bytes, key: Ed25519PrivateKey) -> bytes:
     """``body`` followed by its signature trailer."""
-    key_id = key_id_for(public_key_raw(key.public_key())).encode("ascii")
-    return body + SIG_TAG + key_id + key.sign(SIGNING_DOMAIN + body)
+    return FORMAT.sign(body, key)
 
 
 def save_model(path: Path, model: TrainedModel, key: Ed25519PrivateKey | None) -> None:
@@ -153,11 +136,7 @@ def save_model(path: Path, model: TrainedModel, key: Ed25519PrivateKey | None) -
 
     ``key=None`` writes an unsigned file, which every loader refuses (for tests).
     """
-    body = artifact_body(model)
-    data = sign_body(body, key) if key is not None else body
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    FORMAT.write(path, artifact_body(model), key)
 
 
 def save_public_key(path: Path, key: Ed25519PublicKey) -> str:
@@ -184,68 +163,17 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 def verify_artifact_bytes(data: bytes, trusted_key: Ed25519PublicKey) -> bytes:
     """Check framing and signature of raw artifact bytes; returns the verified body."""
-    if len(data) < _PREFIX.size or data[:8] != MAGIC:
-        raise ModelArtifactError(ArtifactFault.NOT_AN_ARTIFACT, "not a Gridfort model artifact")
-    _, version = _PREFIX.unpack_from(data)
-    if version != FORMAT_VERSION:
-        raise ModelArtifactError(
-            ArtifactFault.UNKNOWN_VERSION,
-            f"format version {version} is not supported (this build reads {FORMAT_VERSION})",
-        )
-    off = _PREFIX.size
-    if len(data) < off + 4:
-        raise ModelArtifactError(ArtifactFault.TRUNCATED, "file ends inside the header length")
-    (header_len,) = struct.unpack_from(">I", data, off)
-    if header_len > MAX_HEADER_BYTES:
-        raise ModelArtifactError(ArtifactFault.MALFORMED, "header length is out of bounds")
-    off += 4 + header_len
-    if len(data) < off + 8:
-        raise ModelArtifactError(ArtifactFault.TRUNCATED, "file ends inside the header")
-    (weights_len,) = struct.unpack_from(">Q", data, off)
-    if weights_len > MAX_WEIGHTS_BYTES:
-        raise ModelArtifactError(ArtifactFault.MALFORMED, "weights length is out of bounds")
-    end = off + 8 + weights_len
-    if len(data) < end:
-        raise ModelArtifactError(ArtifactFault.TRUNCATED, "file ends inside the weights")
-    body, trailer = data[:end], data[end:]
-    if not trailer:
-        raise ModelArtifactError(ArtifactFault.UNSIGNED, "the artifact carries no signature")
-    if len(trailer) != TRAILER_LEN or trailer[:4] != SIG_TAG:
-        raise ModelArtifactError(
-            ArtifactFault.TRUNCATED if len(trailer) < TRAILER_LEN else ArtifactFault.MALFORMED,
-            "the signature trailer is damaged",
-        )
-    key_id = trailer[4 : 4 + KEY_ID_LEN]
-    trusted_id = key_id_for(public_key_raw(trusted_key)).encode("ascii")
-    if key_id != trusted_id:
-        raise ModelArtifactError(
-            ArtifactFault.UNTRUSTED_KEY,
-            f"signed by key {key_id.decode('ascii', 'replace')!r}, "
-            f"not the trusted key {trusted_id.decode()!r}",
-        )
     try:
-        trusted_key.verify(trailer[4 + KEY_ID_LEN :], SIGNING_DOMAIN + body)
-    except InvalidSignature:
-        raise ModelArtifactError(
-            ArtifactFault.BAD_SIGNATURE, "the signature does not match the contents"
-        ) from None
-    return body
+        return FORMAT.verify(data, trusted_key)
+    except ArtifactRefused as e:
+        raise ModelArtifactError(e.fault, str(e)) from None
 
 
 def _split_body(body: bytes) -> tuple[dict[str, Any], bytes]:
-    off = _PREFIX.size
-    (header_len,) = struct.unpack_from(">I", body, off)
-    header_raw = body[off + 4 : off + 4 + header_len]
-    off += 4 + header_len
-    (weights_len,) = struct.unpack_from(">Q", body, off)
-    weights = body[off + 8 : off + 8 + weights_len]
     try:
-        header = json.loads(header_raw)
-        if not isinstance(header, dict):
-            raise ValueError("header is not an object")
-    except ValueError as e:
-        raise ModelArtifactError(ArtifactFault.MALFORMED, "header is not valid JSON") from e
-    return header, weights
+        return split_body(body)
+    except ArtifactRefused as e:
+        raise ModelArtifactError(e.fault, str(e)) from e
 
 
 def _model_from(header: dict[str, Any], weights: bytes) -> TrainedModel:
