@@ -151,6 +151,19 @@ async def running_fleet(params: FanoutParams, root: Path) -> AsyncIterator[Fleet
         await system.stop()
 
 
+def edge_shares(
+    assets: dict[str, list[str]], edge_dirs: dict[str, Path], n: int
+) -> list[tuple[EdgeSpec, ...]]:
+    """The sites (with their assets at ``RATED_KW``) of each of ``n`` edge processes."""
+    sites = list(assets)
+    return [
+        tuple(
+            EdgeSpec(s, edge_dirs[s], tuple((a, RATED_KW) for a in assets[s])) for s in sites[i::n]
+        )
+        for i in range(n)
+    ]
+
+
 class EdgePool:
     """The edge processes (spawned), each serving a share of the sites. ``target`` is the
     processes' entry point (gRPC edges by default; the NATS benchmark passes its own):
@@ -383,15 +396,8 @@ async def run_activation(params: FanoutParams, root: Path, runtime: Path) -> dic
         pool = EdgePool(min(params.edge_procs, len(sites)))
         try:
             specs = [
-                EdgeProcSpec(
-                    fl.system.link_endpoints[0],
-                    runtime,
-                    tuple(
-                        EdgeSpec(s, fl.edge_dirs[s], tuple((a, RATED_KW) for a in fl.assets[s]))
-                        for s in sites[i :: len(pool.conns)]
-                    ),
-                )
-                for i in range(len(pool.conns))
+                EdgeProcSpec(fl.system.link_endpoints[0], runtime, share)
+                for share in edge_shares(fl.assets, fl.edge_dirs, len(pool.conns))
             ]
             t0 = time.perf_counter()
             await pool.start(specs)

@@ -61,11 +61,11 @@ from benchmarks.fanout import (
     Run,
     _activate,
     default_runtime_dir,
+    edge_shares,
     fleet,
     fsync_ms,
     machine_busy_s,
 )
-from benchmarks.fanout_edges import EdgeSpec
 from benchmarks.fanout_nats_edges import NatsEdgeProcSpec, NatsProcReport, nats_edge_proc_main
 from benchmarks.fanout_nats_report import phase_summary, print_nats_report, ratio
 from benchmarks.ingest_nats import _proc_cpu_s
@@ -274,15 +274,8 @@ async def run_activation(params: NatsFanoutParams, root: Path, runtime: Path) ->
         try:
             servers = cp.nats_urls
             specs = [
-                NatsEdgeProcSpec(
-                    servers,
-                    runtime,
-                    tuple(
-                        EdgeSpec(s, fl.edge_dirs[s], tuple((a, RATED_KW) for a in fl.assets[s]))
-                        for s in sites[i :: len(pool.conns)]
-                    ),
-                )
-                for i in range(len(pool.conns))
+                NatsEdgeProcSpec(servers, runtime, share)
+                for share in edge_shares(fl.assets, fl.edge_dirs, len(pool.conns))
             ]
             t0 = time.perf_counter()
             await pool.start(specs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,22 @@ def open_persistent(db_path: Path, *, synchronous: str = "FULL") -> sqlite3.Conn
     _enable_wal(conn)
     conn.execute(f"PRAGMA synchronous={synchronous}")
     return conn
+
+
+class PersistentStore:
+    """A store on one long-lived connection (:func:`open_persistent`) shared by its
+    callers under ``self._lock``; ``schema`` (idempotent) is applied on opening."""
+
+    def __init__(self, db_path: Path, schema: str) -> None:
+        self._path = db_path
+        self._lock = threading.Lock()
+        self._conn = open_persistent(db_path)
+        with self._lock:
+            self._conn.executescript(schema)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
 
 
 def _enable_wal(conn: sqlite3.Connection) -> None:

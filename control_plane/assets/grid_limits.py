@@ -16,7 +16,6 @@ the operator agreed, which the planning cycle applies to every step.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,19 +71,11 @@ def _ident(kind: str, value: str) -> None:
         raise ValueError(f"{kind} id {value!r} must match {ID_PATTERN.pattern}")
 
 
-class GridLimits:
+class GridLimits(sqlite_db.PersistentStore):
     """The grid-operator limits of ``registry.db`` (see the module docstring)."""
 
     def __init__(self, db_path: Path) -> None:
-        self._path = db_path
-        self._lock = threading.Lock()
-        self._conn = sqlite_db.open_persistent(db_path)
-        with self._lock:
-            self._conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        super().__init__(db_path, _SCHEMA)
 
     def set_site(self, site_id: str, import_max_kw: float, export_max_kw: float) -> SiteEnvelope:
         """Set (or replace) a registered site's envelope [kW]."""

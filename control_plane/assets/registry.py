@@ -7,7 +7,6 @@ when :meth:`AssetRegistry.version` changes.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,19 +47,11 @@ class RegistrySnapshot:
         return [a for a in self.assets.values() if a.site_id == site_id]
 
 
-class AssetRegistry:
+class AssetRegistry(sqlite_db.PersistentStore):
     """SQLite-backed registry; safe to share between threads and processes (WAL)."""
 
     def __init__(self, db_path: Path) -> None:
-        self._path = db_path
-        self._lock = threading.Lock()
-        self._conn = sqlite_db.open_persistent(db_path)
-        with self._lock:
-            self._conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        super().__init__(db_path, _SCHEMA)
 
     def add_site(self, site_id: str, now_ms: int) -> None:
         if not ID_PATTERN.match(site_id):
