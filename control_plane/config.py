@@ -120,13 +120,22 @@ class ControlPlaneConfig:
         for name in ("link_addresses", "extra_dns_names", "gate_grids", "nats_servers"):
             if name in values:
                 values[name] = tuple(values[name])
-        from control_plane.markets.openadr_service import OpenAdrConfig
-        from control_plane.markets.service import MarketConfig
-        from control_plane.planning import PlanningConfig
+        # each section's module is imported only when the section is there (planning
+        # pulls in the optimizer and cvxpy: not for a config without it)
+        if "markets" in values:
+            from control_plane.markets.service import MarketConfig
 
-        _section(values, "markets", MarketConfig, lambda t: MarketConfig.from_mapping(t, base))
-        _section(values, "openadr", OpenAdrConfig, lambda t: OpenAdrConfig.from_mapping(t, base))
-        _section(values, "planning", PlanningConfig, PlanningConfig.from_mapping)
+            _section(values, "markets", MarketConfig, lambda t: MarketConfig.from_mapping(t, base))
+        if "openadr" in values:
+            from control_plane.markets.openadr_service import OpenAdrConfig
+
+            _section(
+                values, "openadr", OpenAdrConfig, lambda t: OpenAdrConfig.from_mapping(t, base)
+            )
+        if "planning" in values:
+            from control_plane.planning import PlanningConfig
+
+            _section(values, "planning", PlanningConfig, PlanningConfig.from_mapping)
         try:
             return cls(**values)
         except TypeError as e:
@@ -139,8 +148,6 @@ def _section(
     """Parse the optional table ``name`` of ``values`` in place: a dict becomes ``kind``
     (via ``parse``, whose errors name the field), None (e.g. copied from a loaded config
     without it) is dropped, an instance of ``kind`` is kept, anything else is refused."""
-    if name not in values:
-        return
     raw = values[name]
     if raw is None:
         del values[name]
