@@ -532,19 +532,22 @@ class PlanningCycle:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            if now >= next_plan:
-                next_plan = now + self.config.interval_s
-                await self.plan_now()
-            due = self.bid_due(self._clock.now_ms())
-            if due is not None:
-                await self.bid_now(due)
             try:
+                if now >= next_plan:
+                    next_plan = now + self.config.interval_s
+                    await self.plan_now()
+                due = self.bid_due(self._clock.now_ms())
+                if due is not None:
+                    await self.bid_now(due)
                 self.dispatch_current()
                 if self._dispatcher is not None and loop.time() >= next_follow:
                     next_follow = loop.time() + self.config.follow_interval_s
                     self._dispatcher.evaluate()
             except (OptimizerInputError, ValueError) as e:  # a bad plan costs one step
                 log.warning("plan dispatch failed: %s", e)
+            except Exception:  # a bug costs this turn, never the loop (the plan stays)
+                self.failures += 1
+                log.exception("planning cycle: unexpected error; continuing")
             now_ms = self._clock.now_ms()
             to_step_s = (QUARTER_HOUR_MS - now_ms % QUARTER_HOUR_MS) / 1000 + 0.05
             wake = min(next_plan - loop.time(), to_step_s, self.config.follow_interval_s)

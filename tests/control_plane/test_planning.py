@@ -273,3 +273,24 @@ async def test_the_grid_operators_limits_in_the_registry_cap_the_plan(tmp_path: 
     first = dict(zip(record.plan.asset_ids, record.plan.p_kw[:, 0], strict=True))
     assert first["s1-b1"] == pytest.approx(2.0) and first["s2-b1"] == pytest.approx(5.0)
     limits.close()
+
+
+async def test_an_unexpected_error_costs_a_turn_never_the_loop(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    control, registry, state = fleet(tmp_path, clock)
+
+    def broken(start: int) -> MarketPrices:
+        raise RuntimeError("a bug in a price adapter")
+
+    cycle = cycle_for(control, registry, state, clock, prices=broken)
+    task = asyncio.ensure_future(cycle.run())
+    try:
+        async with asyncio.timeout(20):
+            while cycle.failures < 1:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert not task.done()  # still running
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
