@@ -69,9 +69,13 @@ class EmbeddedSystem:
 
     async def restart(self) -> ControlPlane:
         """Stop and start the control plane on the same ports (edges see a brief outage)."""
-        ports = self.control_plane.link_ports
-        bootstrap = self.control_plane.bootstrap_port
-        api_port = self.control_plane.api_port
+        cp = self.control_plane
+        ports, bootstrap, api_port = cp.link_ports, cp.bootstrap_port, cp.api_port
+        # an embedded broker keeps its client port too, so edges reconnect to the same URL
+        # (a loopback cluster's nodes get new random ports unless nats_port was fixed)
+        nats_port = self._config.nats_port
+        if cp.nats is not None and self._config.nats_cluster_size == 1 and cp.nats.urls:
+            nats_port = int(cp.nats.urls[0].rsplit(":", 1)[1])
         await self.stop()
         self._config = ControlPlaneConfig(
             **{
@@ -79,6 +83,7 @@ class EmbeddedSystem:
                 "link_addresses": tuple(f"127.0.0.1:{p}" for p in ports),
                 "bootstrap_address": f"127.0.0.1:{bootstrap}",
                 "api_address": None if api_port is None else f"127.0.0.1:{api_port}",
+                "nats_port": nats_port,
             }
         )
         return await self.start()

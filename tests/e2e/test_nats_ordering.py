@@ -129,3 +129,31 @@ async def test_a_flooding_site_does_not_starve_the_honest_sites(
     # the broker capped the flood's unconsumed messages (a few were consumed meanwhile)
     assert DEFAULT_MAX_MSGS_PER_SITE <= stored < 2 * DEFAULT_MAX_MSGS_PER_SITE
     assert not_stored == 3000 - stored
+
+
+async def test_a_control_plane_restart_keeps_the_brokers_url_and_loses_nothing(
+    nats_system: EmbeddedSystem, modbus: int, tmp_path: Path
+) -> None:
+    """The embedded broker comes back on the same port, so an edge configured with its URL
+    reconnects by itself; the outbox re-sends what was not committed."""
+    url = nats_system.control_plane.nats_urls
+    node = await start_edge(
+        nats_system,
+        tmp_path,
+        "s1",
+        modbus,
+        nats_system.link_endpoints,
+        transport="nats",
+        nats_servers=url,
+        pv_only=True,
+    )
+    try:
+        cp = nats_system.control_plane
+        await wait_until(lambda: cp.store.counts(["s1"]).batches >= 5)
+        await nats_system.restart()
+        assert nats_system.control_plane.nats_urls == url
+        after = nats_system.control_plane
+        await wait_until(lambda: after.store.counts(["s1"]).batches >= 15, 30.0)
+        await drain_and_check(nats_system, node, "s1")
+    finally:
+        await node.stop()
