@@ -8,10 +8,12 @@ discharging) and negative when it imports (charging).
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 
 from gridfort.v1 import telemetry_pb2 as tpb
 
@@ -150,6 +152,12 @@ def bounds_for(asset: Asset, quantity: int) -> Bounds | None:
     return None if fn is None else fn(asset)
 
 
-def channel_bounds(asset: Asset) -> dict[int, Bounds]:
-    """Every quantity ``asset`` may report, with its physical bounds in canonical units."""
-    return {quantity: fn(asset) for quantity, fn in CHANNELS[asset.kind].items()}
+def channel_bounds(asset: Asset) -> Mapping[int, Bounds]:
+    """Every quantity ``asset`` may report, with its physical bounds in canonical units
+    (computed once per asset: assets are immutable; read-only)."""
+    return _channel_bounds(asset)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _channel_bounds(asset: Asset) -> Mapping[int, Bounds]:
+    return MappingProxyType({quantity: fn(asset) for quantity, fn in CHANNELS[asset.kind].items()})

@@ -7,6 +7,7 @@ is quarantined with its reason, never dropped: the rest of the batch commits.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from control_plane.assets.model import CANONICAL_UNIT, Bounds, channel_bounds
@@ -51,17 +52,26 @@ def validate(authorized: AuthorizedBatch, policy: ValidationPolicy) -> Validated
     accepted_index: list[int] = []
     quarantined: list[QuarantinedMeasurement] = []
     channels = {aid: channel_bounds(asset) for aid, asset in authorized.assets.items()}
+    canonical_unit = CANONICAL_UNIT
+    isfinite = math.isfinite
+    # The hot path (250 measurements a batch, every batch): the checks of _judge inlined,
+    # in its order; a measurement that fails any goes to _judge for its reason.
     for i, m in enumerate(batch.measurements):
-        reason = _judge(
-            m.quantity, m.unit, m.value, m.ts_ms, channels[m.asset_id], earliest, latest
-        )
-        if reason is None:
-            accepted.append((m.asset_id, m.quantity, m.ts_ms, m.value))
+        asset_id, quantity, value, ts_ms = m.asset_id, m.quantity, m.value, m.ts_ms
+        bounds = channels[asset_id].get(quantity)
+        if (
+            bounds is not None
+            and m.unit == canonical_unit.get(quantity)
+            and isfinite(value)
+            and bounds[0] <= value <= bounds[1]
+            and earliest <= ts_ms <= latest
+        ):
+            accepted.append((asset_id, quantity, ts_ms, value))
             accepted_index.append(i)
-        else:
-            quarantined.append(
-                QuarantinedMeasurement(i, m.asset_id, m.quantity, m.ts_ms, m.value, reason)
-            )
+            continue
+        reason = _judge(quantity, m.unit, value, ts_ms, channels[asset_id], earliest, latest)
+        assert reason is not None  # the fast test and _judge agree (tests check both)
+        quarantined.append(QuarantinedMeasurement(i, asset_id, quantity, ts_ms, value, reason))
     return ValidatedBatch(authorized, accepted, accepted_index, quarantined)
 
 
@@ -70,7 +80,7 @@ def _judge(
     unit: int,
     value: float,
     ts_ms: int,
-    channels: dict[int, Bounds],
+    channels: Mapping[int, Bounds],
     earliest_ms: int,
     latest_ms: int,
 ) -> Reason | None:
