@@ -1,6 +1,7 @@
 """``gridfort bench optimizer``: day-ahead schedule of a large mixed fleet by aggregation.
 
-Two runs on a synthetic fleet (:mod:`control_plane.optimizer.synthetic`) and synthetic prices:
+Two runs on a synthetic fleet (:mod:`control_plane.optimizer.synthetic`) and synthetic prices
+(energy, FCR and, unless ``--no-afrr``, aFRR capacity per direction):
 
 1. ``--assets`` (default 100,000): aggregated schedule; wall time from the typed fleet to the
    disaggregated plan (target <= 60 s on 2 cores), then the independent check of every asset's
@@ -30,6 +31,7 @@ from control_plane.optimizer.aggregation import SOC_BIN_MAX_PCT, schedule_aggreg
 from control_plane.optimizer.check import check_plan
 from control_plane.optimizer.constraints import build_tables
 from control_plane.optimizer.market import MarketRules, synthetic_prices
+from control_plane.optimizer.plan import Plan
 from control_plane.optimizer.revenue import evaluate
 from control_plane.optimizer.schedule import solve_tables, to_plan
 from control_plane.optimizer.synthetic import synthetic_fleet
@@ -44,14 +46,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exact-assets", type=int, default=1000, help="fleet size of the gap run")
     p.add_argument("--time-limit-s", type=float, default=40.0, help="solver time limit [s]")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--no-afrr", dest="afrr", action="store_false", help="price FCR only, no aFRR capacity"
+    )
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/optimizer.json"))
 
 
-def _scale_run(n: int, seed: int, time_limit_s: float) -> dict[str, Any]:
+def _reserve_mw(plan: Plan) -> dict[str, list[float]]:
+    """Portfolio reserve per block [MW]: FCR, aFRR up, aFRR down."""
+    return {
+        name: [round(float(x) / 1000, 3) for x in arr.sum(axis=0)]
+        for name, arr in (
+            ("fcr", plan.reserve_kw),
+            ("afrr_up", plan.afrr_up_kw),
+            ("afrr_down", plan.afrr_down_kw),
+        )
+    }
+
+
+def _scale_run(n: int, seed: int, time_limit_s: float, afrr: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     fleet = synthetic_fleet(n, seed)
     gen_s = time.perf_counter() - t0
-    prices, rules = synthetic_prices(seed), MarketRules()
+    prices, rules = synthetic_prices(seed, afrr=afrr), MarketRules()
     plan = schedule_aggregated(fleet, prices, rules, time_limit_s=time_limit_s)
     t1 = time.perf_counter()
     violations = check_plan(fleet, plan, rules)
@@ -70,15 +87,17 @@ def _scale_run(n: int, seed: int, time_limit_s: float) -> dict[str, Any]:
         "market_lot_findings": len(market),
         "revenue_eur": round(rev.total_eur, 2),
         "revenue": {k: round(v, 2) for k, v in rev.as_dict().items()},
+        "reserve_mw": _reserve_mw(plan),
+        "afrr_prices": afrr,
         "target_wall_s": TARGET_WALL_S,
         "target_met": plan.wall_s <= TARGET_WALL_S and len(violations) == 0,
     }
 
 
-def _gap_run(n: int, seed: int, time_limit_s: float) -> dict[str, Any]:
-    out = _scale_run(n, seed, time_limit_s)
+def _gap_run(n: int, seed: int, time_limit_s: float, afrr: bool) -> dict[str, Any]:
+    out = _scale_run(n, seed, time_limit_s, afrr)
     fleet = synthetic_fleet(n, seed)
-    prices, rules = synthetic_prices(seed), MarketRules()
+    prices, rules = synthetic_prices(seed, afrr=afrr), MarketRules()
     continuous = MarketRules(energy_increment_kw=0.0, reserve_increment_kw=0.0)
     tables = build_tables(fleet)
 
@@ -120,8 +139,8 @@ def _gap_run(n: int, seed: int, time_limit_s: float) -> dict[str, Any]:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run both measurements, print a table, write JSON; 0 if every target is met."""
-    scale = _scale_run(args.assets, args.seed, args.time_limit_s)
-    gap = _gap_run(args.exact_assets, args.seed, args.time_limit_s)
+    scale = _scale_run(args.assets, args.seed, args.time_limit_s, args.afrr)
+    gap = _gap_run(args.exact_assets, args.seed, args.time_limit_s, args.afrr)
     result = {
         "benchmark": "optimizer",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -139,6 +158,7 @@ def run_cli(args: argparse.Namespace) -> int:
          gap["constraint_violations"]),
         ("market lot findings", scale["market_lot_findings"], gap["market_lot_findings"]),
         ("revenue_eur", scale["revenue_eur"], gap["revenue_eur"]),
+        ("  of which aFRR capacity", scale["revenue"]["afrr_eur"], gap["revenue"]["afrr_eur"]),
         ("exact per-asset revenue_eur", "-", gap["exact_revenue_eur"]),
         ("revenue_gap_pct (target <= 1)", "-", gap["revenue_gap_pct"]),
         ("gap, both continuous LP %", "-", gap["revenue_gap_continuous_pct"]),

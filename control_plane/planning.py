@@ -228,7 +228,8 @@ def ev_owner_steps(start_ms: int, config: PlanningConfig) -> EvOwnerConstraint:
 
 def reference_prices(start_ms: int) -> MarketPrices:
     """The market simulator's reference curve for the horizon at ``start_ms``: energy per
-    quarter-hour [EUR/MWh] and the FCR capacity price per 4-h block [EUR/MW/h]."""
+    quarter-hour [EUR/MWh] and the FCR and aFRR (up, down) capacity prices per 4-h block
+    [EUR/MW/h]."""
     from control_plane.markets.actions import Product
     from control_plane.markets.exchanges.day_ahead import reference_price_eur_per_mwh
     from control_plane.markets.exchanges.reserves import reference_capacity_price
@@ -237,7 +238,12 @@ def reference_prices(start_ms: int) -> MarketPrices:
         reference_price_eur_per_mwh(start_ms + k * QUARTER_HOUR_MS) for k in range(STEPS)
     )
     blocks = MarketRules().blocks
-    return MarketPrices(energy, (reference_capacity_price(Product.FCR),) * blocks)
+    return MarketPrices(
+        energy,
+        (reference_capacity_price(Product.FCR),) * blocks,
+        afrr_up_eur_per_mw_h=(reference_capacity_price(Product.AFRR_POS),) * blocks,
+        afrr_down_eur_per_mw_h=(reference_capacity_price(Product.AFRR_NEG),) * blocks,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,13 +8,16 @@ from the optimizer. It never invents volume:
   (``Plan.portfolio_kw``), ``sell`` when the fleet exports, ``buy`` when it imports;
 - FCR: one ``sell`` bid per 4-h block with reserve (``Plan.reserve_kw`` summed over the
   batteries);
+- aFRR capacity: one ``sell`` bid per 4-h block and direction with reserve, ``AFRR_POS``
+  from ``Plan.afrr_up_kw`` and ``AFRR_NEG`` from ``Plan.afrr_down_kw`` (summed over the
+  batteries), mapped onto the plan's steps exactly as FCR (below);
 - volume: the plan's, in whole kW (the order unit) rounded *down* after a tolerance of
   1e-6 kW for floating-point noise, so a bid is never larger than the plan; it is not
   rounded to market lots: a plan that is not in whole lots (status ``unrounded``) yields
   bids the policy denies with ``LOT_INCREMENT``, audited, rather than volume the plan
   does not hold;
 - price limit: the price the plan was optimized for (``MarketPrices``: EUR/MWh per
-  quarter-hour, EUR/MW/h per FCR block);
+  quarter-hour, EUR/MW/h per FCR or aFRR block and direction);
 - a fallback plan (``Plan.bids`` False) places no bids.
 
 The optimizer's horizon is 96 quarter-hours (UTC-uniform) from local midnight with
@@ -23,13 +26,13 @@ approximately:
 
 - a normal day: quarter-hour ``t`` is plan step ``t``, FCR block ``b`` is plan block ``b``;
 - the spring DST day (92 quarter-hours, the 00-04 block lasts 3 h): the first 92 steps
-  are the day (steps 92-95 are the next day's, a lookahead, not bid); an FCR block is
-  offered at the *smallest* reserve the plan holds over the steps it covers (the plan's
+  are the day (steps 92-95 are the next day's, a lookahead, not bid); an FCR or aFRR block
+  is offered at the *smallest* reserve the plan holds over the steps it covers (the plan's
   blocks do not line up with the market's after the clock change), at the highest price
   the plan assumed over them;
 - the autumn DST day (100 quarter-hours, the 00-04 block lasts 5 h): the plan ends at
-  23:00 local, so the last four quarter-hours and the last FCR block are not bid (the
-  plan holds nothing for them).
+  23:00 local, so the last four quarter-hours and the last FCR and aFRR blocks are not bid
+  (the plan holds nothing for them).
 
 Any other mismatch (block lengths other than 16 steps, a plan of another length) is
 refused with :class:`PlanNotBiddable`.
@@ -38,6 +41,7 @@ refused with :class:`PlanNotBiddable`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import date, timedelta
 
 import numpy as np
@@ -46,7 +50,7 @@ from control_plane.markets.actions import Product, Side
 from control_plane.markets.exchanges.base import delivery_starts
 from control_plane.markets.gateway import BidSchedule, ScheduledBid
 from control_plane.optimizer.assets import STEPS
-from control_plane.optimizer.market import MarketPrices, MarketRules
+from control_plane.optimizer.market import FloatArray, MarketPrices, MarketRules
 from control_plane.optimizer.plan import Plan
 from security.refusals import GridfortError
 
@@ -54,6 +58,8 @@ from security.refusals import GridfortError
 KW_TOLERANCE = 1e-6
 FCR_BLOCK_STEPS = 16
 QUARTER_HOUR_MS = 900_000
+#: How a block product is named in refusals.
+_LABEL = {Product.FCR: "FCR", Product.AFRR_POS: "aFRR up", Product.AFRR_NEG: "aFRR down"}
 
 
 class PlanNotBiddable(GridfortError):
@@ -102,27 +108,52 @@ def bid_schedule_from_plan(
         bids.append(
             ScheduledBid(Product.DAY_AHEAD, side, start, kw / 1000, float(energy_prices[t]))
         )
-    reserve_kw = np.asarray(plan.reserve_kw, dtype=np.float64).sum(axis=0)
-    if (reserve_kw < -KW_TOLERANCE).any():
-        raise PlanNotBiddable("the plan holds negative FCR reserve")
-    if reserve_kw.size and reserve_kw.max(initial=0.0) > 0:
-        if rules.fcr_block_steps != FCR_BLOCK_STEPS or reserve_kw.shape[0] != rules.blocks:
-            raise PlanNotBiddable(
-                f"the plan has {reserve_kw.shape[0]} FCR blocks of {rules.fcr_block_steps} "
-                f"quarter-hours; bids need {rules.blocks} blocks of {FCR_BLOCK_STEPS}"
-            )
-        fcr_prices = prices.fcr(rules)
-        per_step = np.repeat(reserve_kw, FCR_BLOCK_STEPS)  # the reserve held in each step
-        price_per_step = np.repeat(fcr_prices, FCR_BLOCK_STEPS)
-        fcr_starts = delivery_starts(Product.FCR, day)
-        for b, start in enumerate(fcr_starts):
-            stop = fcr_starts[b + 1] if b + 1 < len(fcr_starts) else day_end
-            first = (start - day_start) // QUARTER_HOUR_MS
-            last = (stop - day_start) // QUARTER_HOUR_MS
-            if last > steps:
-                continue  # part of the block lies beyond the plan: nothing is held there
-            kw = whole_kw(float(per_step[first:last].min()))
-            if kw:
-                price = float(price_per_step[first:last].max())
-                bids.append(ScheduledBid(Product.FCR, Side.SELL, start, kw / 1000, price))
+    calendar = (day, day_start, day_end, steps)
+    bids += _block_bids(Product.FCR, plan.reserve_kw, lambda: prices.fcr(rules), rules, calendar)
+    bids += _block_bids(
+        Product.AFRR_POS, plan.afrr_up_kw, lambda: prices.afrr(rules)[0], rules, calendar
+    )
+    bids += _block_bids(
+        Product.AFRR_NEG, plan.afrr_down_kw, lambda: prices.afrr(rules)[1], rules, calendar
+    )
     return BidSchedule(schedule_id, tuple(bids))
+
+
+def _block_bids(
+    product: Product,
+    held_kw: FloatArray,
+    block_prices: Callable[[], FloatArray],
+    rules: MarketRules,
+    calendar: tuple[date, int, int, int],
+) -> list[ScheduledBid]:
+    """``sell`` bids of a 4-h block product (FCR, aFRR capacity) from ``held_kw`` (batteries,
+    plan blocks) [kW]: per market block, the smallest total the plan holds over the plan steps
+    the block covers, at the highest plan block price [EUR/MW/h] over them. ``calendar`` =
+    (delivery day, its first and end delivery ms, plan steps)."""
+    day, day_start, day_end, steps = calendar
+    reserve_kw = np.asarray(held_kw, dtype=np.float64).sum(axis=0)
+    if (reserve_kw < -KW_TOLERANCE).any():
+        raise PlanNotBiddable(f"the plan holds negative {_LABEL[product]} reserve")
+    if not reserve_kw.size or reserve_kw.max(initial=0.0) <= 0:
+        return []
+    if rules.fcr_block_steps != FCR_BLOCK_STEPS or reserve_kw.shape[0] != rules.blocks:
+        raise PlanNotBiddable(
+            f"the plan has {reserve_kw.shape[0]} {_LABEL[product]} blocks of "
+            f"{rules.fcr_block_steps} quarter-hours; bids need {rules.blocks} blocks of "
+            f"{FCR_BLOCK_STEPS}"
+        )
+    per_step = np.repeat(reserve_kw, FCR_BLOCK_STEPS)  # the reserve held in each step
+    price_per_step = np.repeat(block_prices(), FCR_BLOCK_STEPS)
+    starts = delivery_starts(product, day)
+    bids: list[ScheduledBid] = []
+    for b, start in enumerate(starts):
+        stop = starts[b + 1] if b + 1 < len(starts) else day_end
+        first = (start - day_start) // QUARTER_HOUR_MS
+        last = (stop - day_start) // QUARTER_HOUR_MS
+        if last > steps:
+            continue  # part of the block lies beyond the plan: nothing is held there
+        kw = whole_kw(float(per_step[first:last].min()))
+        if kw:
+            price = float(price_per_step[first:last].max())
+            bids.append(ScheduledBid(product, Side.SELL, start, kw / 1000, price))
+    return bids

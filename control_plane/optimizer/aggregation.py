@@ -22,7 +22,9 @@ flexibility, disaggregate to every asset, verify every asset.
    demand-response caps and market rules act on the virtual devices; a cap on a sum is exact
    because the weights of a cluster's members sum to one), **disaggregate** by the weights,
    and check every asset with :func:`control_plane.optimizer.check.check_plan` (target: 0
-   violations).
+   violations). FCR and aFRR (per direction) split by the same battery weights: headroom and
+   held energy are linear in power and reserve, so the virtual battery's constraints scaled
+   by w_i imply each member's own, and the block totals (whole lots) are kept.
 """
 
 from __future__ import annotations
@@ -299,14 +301,19 @@ def schedule_aggregated(
         return _fallback(fleet, rules, (why,), t0)
     p_s = cl.storage_w[:, None] * sol.storage_kw[cl.storage]
     r_s = cl.storage_w[:, None] * sol.reserve_kw[cl.storage]
+    up_s = cl.storage_w[:, None] * sol.afrr_up_kw[cl.storage]
+    down_s = cl.storage_w[:, None] * sol.afrr_down_kw[cl.storage]
     p_d = np.where(cl.demand[:, None] >= 0, cl.demand_w[:, None] * sol.demand_kw[cl.demand], 0.0)
     p_p = cl.pv_w * sol.pv_kw[cl.pv] if len(cl.pv) else np.zeros((0, STEPS))
     p = np.vstack([p_s.reshape(-1, STEPS), p_d.reshape(-1, STEPS), p_p.reshape(-1, STEPS)])
     n_virtual = len(agg.storage) + len(agg.demand) + len(agg.pv)
+    nb = (len(fleet.batteries), rules.blocks)
     return Plan(
         asset_ids=fleet.asset_ids,
         p_kw=p,
-        reserve_kw=r_s.reshape(len(fleet.batteries), rules.blocks),
+        reserve_kw=r_s.reshape(nb),
+        afrr_up_kw=up_s.reshape(nb),
+        afrr_down_kw=down_s.reshape(nb),
         status=sol.status,
         bids=True,
         objective_eur=sol.objective_eur,

@@ -2,7 +2,9 @@
 
 Reads the typed assets of :class:`FleetState` directly (not the solver's tables or values),
 recomputes each battery's state of charge from its net power alone (a device receives one
-setpoint, so charge and discharge never overlap), and reports every violation beyond
+setpoint, so charge and discharge never overlap), checks the reserves each battery holds (FCR
+symmetric; aFRR up and down on top of it: headroom to the power rating and the energy for
+full activation, per direction, with FCR's added), and reports every violation beyond
 ``tol`` (absolute, in kW or kWh). Demand-response caps are checked like grid limits
 (``demand_response.import_max_kw``, subject ``demand_response <event_id>``), also for a
 fallback plan, which does not try to honour them. An empty list means the plan is
@@ -64,9 +66,11 @@ def check_plan(
     sink = _Sink(tol)
     nb, ne, nl = len(fleet.batteries), len(fleet.evs), len(fleet.loads)
     p = plan.p_kw
-    if not np.all(np.isfinite(p)) or not np.all(np.isfinite(plan.reserve_kw)):
+    arrays = (p, plan.reserve_kw, plan.afrr_up_kw, plan.afrr_down_kw)
+    if not all(np.all(np.isfinite(x)) for x in arrays):
         return [Violation("plan", "plan.finite", 0, float("inf"))]
     _check_batteries(fleet, p[:nb], plan.reserve_kw, rules, sink)
+    _check_afrr(fleet, p[:nb], plan, rules, sink)
     _check_evs(fleet, p[nb : nb + ne], sink)
     _check_loads(fleet, p[nb + ne : nb + ne + nl], sink)
     pv = p[nb + ne + nl :]
@@ -89,13 +93,7 @@ def _check_batteries(
         return
     ids = [x.asset_id for x in b]
     e = np.array([x.e_kwh for x in b])
-    pmax = np.array([x.p_max_kw for x in b])[:, None]
-    eta_c = np.array([x.eta_charge for x in b])
-    eta_d = np.array([x.eta_discharge for x in b])
-    lo = (e * np.array([x.soc_min_pct for x in b]) / 100)[:, None]
-    hi = (e * np.array([x.soc_max_pct for x in b]) / 100)[:, None]
-    e0 = e * np.array([x.soc_init_pct for x in b]) / 100
-    soc = soc_kwh(p, e0, eta_c, eta_d)
+    pmax, eta_c, eta_d, lo, hi, before, soc = _battery_arrays(fleet, p)
     sink.over(ids, "battery.p_max_kw", np.abs(p) - pmax)
     sink.over(ids, "battery.soc_min_pct", lo - soc)
     sink.over(ids, "battery.soc_max_pct", soc - hi)
@@ -108,11 +106,62 @@ def _check_batteries(
     rt = np.repeat(r, rules.fcr_block_steps, axis=1)
     sink.over(ids, "fcr.headroom_up", p + rt - pmax)
     sink.over(ids, "fcr.headroom_down", rt - p - pmax)
-    before = np.hstack([e0[:, None], soc[:, :-1]])
     h = rules.fcr_energy_h
     for stock in (before, soc):
         sink.over(ids, "fcr.energy_up", lo - (stock - rt * h / eta_d[:, None]))
         sink.over(ids, "fcr.energy_down", stock + rt * h * eta_c[:, None] - hi)
+
+
+def _battery_arrays(
+    fleet: FleetState, p: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Per battery: rating (n, 1) [kW], efficiencies (n,), SOC bounds (n, 1) [kWh], stored
+    energy before and after each step (n, STEPS) [kWh], recomputed from ``p`` alone."""
+    b = fleet.batteries
+    e = np.array([x.e_kwh for x in b])
+    pmax = np.array([x.p_max_kw for x in b])[:, None]
+    eta_c = np.array([x.eta_charge for x in b])
+    eta_d = np.array([x.eta_discharge for x in b])
+    lo = (e * np.array([x.soc_min_pct for x in b]) / 100)[:, None]
+    hi = (e * np.array([x.soc_max_pct for x in b]) / 100)[:, None]
+    e0 = e * np.array([x.soc_init_pct for x in b]) / 100
+    soc = soc_kwh(p, e0, eta_c, eta_d)
+    before = np.hstack([e0[:, None], soc[:, :-1]])
+    return pmax, eta_c, eta_d, lo, hi, before, soc
+
+
+def _check_afrr(
+    fleet: FleetState, p: FloatArray, plan: Plan, rules: MarketRules, sink: _Sink
+) -> None:
+    """aFRR up/down per battery and block: nonnegative; with the FCR of the same block,
+    ``p + fcr + up <= p_max`` and ``p - fcr - down >= -p_max`` in every step; the energy of
+    full activation, ``fcr_energy_h * fcr + afrr_energy_h * up`` deliverable above the SOC
+    floor and ``... * down`` storable below the ceiling, before and after every step of the
+    block. Reported only where aFRR is held (FCR alone is :func:`_check_batteries`'), so one
+    breach is not counted twice."""
+    up, down, r = plan.afrr_up_kw, plan.afrr_down_kw, plan.reserve_kw
+    if not (up.any() or down.any()):
+        return
+    b = fleet.batteries
+    if up.shape != (len(b), rules.blocks) or down.shape != up.shape or r.shape != up.shape:
+        sink.out.append(Violation("plan", "plan.afrr_shape", 0, float("inf")))
+        return
+    ids = [x.asset_id for x in b]
+    sink.over(ids, "afrr.nonnegative", -np.minimum(up, down))
+    pmax, eta_c, eta_d, lo, hi, before, soc = _battery_arrays(fleet, p)
+    k = rules.fcr_block_steps
+    rt, ut, dt = (np.repeat(x, k, axis=1) for x in (r, up, down))
+
+    def where(held: FloatArray, excess: FloatArray) -> FloatArray:
+        return np.where(held > 0, excess, -np.inf)
+
+    sink.over(ids, "afrr.headroom_up", where(ut, p + rt + ut - pmax))
+    sink.over(ids, "afrr.headroom_down", where(dt, rt + dt - p - pmax))
+    e_up = rt * rules.fcr_energy_h + ut * rules.afrr_energy_h
+    e_down = rt * rules.fcr_energy_h + dt * rules.afrr_energy_h
+    for stock in (before, soc):
+        sink.over(ids, "afrr.energy_up", where(ut, lo - (stock - e_up / eta_d[:, None])))
+        sink.over(ids, "afrr.energy_down", where(dt, stock + e_down * eta_c[:, None] - hi))
 
 
 def _window(n: int, starts: list[int], ends: list[int]) -> FloatArray:
@@ -220,9 +269,16 @@ def _check_market(plan: Plan, rules: MarketRules, sink: _Sink) -> None:
     if rules.energy_increment_kw > 0:
         off = _lots_off(plan.portfolio_kw(), rules.energy_increment_kw)
         sink.over(["portfolio"], "market.energy_increment_kw", off[None, :])
-    if rules.reserve_increment_kw > 0 and plan.reserve_kw.size:
-        off = _lots_off(plan.reserve_kw.sum(axis=0), rules.reserve_increment_kw)
-        for blk, x in enumerate(off):
-            if x > sink.tol:
-                step = blk * rules.fcr_block_steps
-                sink.out.append(Violation("portfolio", "market.reserve_increment_kw", step, x))
+    if rules.reserve_increment_kw > 0:
+        for name, x_kw in (
+            ("market.reserve_increment_kw", plan.reserve_kw),
+            ("market.afrr_up_increment_kw", plan.afrr_up_kw),
+            ("market.afrr_down_increment_kw", plan.afrr_down_kw),
+        ):
+            if not x_kw.size:
+                continue
+            off = _lots_off(x_kw.sum(axis=0), rules.reserve_increment_kw)
+            for blk, x in enumerate(off):
+                if x > sink.tol:
+                    step = blk * rules.fcr_block_steps
+                    sink.out.append(Violation("portfolio", name, step, x))

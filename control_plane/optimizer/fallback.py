@@ -1,6 +1,6 @@
-"""The safe fallback plan: no market bids, batteries idle, EVs and loads charging at full power
-from the start of their window until their energy is met, PV uncurtailed (scaled down only
-where a site's export limit would otherwise be exceeded)."""
+"""The safe fallback plan: no market bids (no FCR, no aFRR), batteries idle, EVs and loads
+charging at full power from the start of their window until their energy is met, PV
+uncurtailed (scaled down only where a site's export limit would otherwise be exceeded)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ def fallback_plan(
         asset_ids=fleet.asset_ids,
         p_kw=p,
         reserve_kw=np.zeros((nb, blocks)),
+        afrr_up_kw=np.zeros((nb, blocks)),
+        afrr_down_kw=np.zeros((nb, blocks)),
         status="fallback",
         bids=False,
         diagnosis=diagnosis,

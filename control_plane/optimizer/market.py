@@ -1,8 +1,11 @@
 """Market inputs of the day-ahead schedule: prices and the integral rules of the products.
 
-Prices: ``energy_eur_per_mwh`` per quarter-hour [EUR/MWh] and ``fcr_eur_per_mw_h`` per
-4-hour FCR block [EUR per MW of symmetric capacity per hour]. :func:`synthetic_prices`
-generates a plausible day deterministically from a seed (no downloads).
+Prices: ``energy_eur_per_mwh`` per quarter-hour [EUR/MWh], ``fcr_eur_per_mw_h`` per
+4-hour FCR block [EUR per MW of symmetric capacity per hour] and, optionally, aFRR capacity
+prices per block and direction (``afrr_up_eur_per_mw_h``: positive aFRR, more export / less
+import on call; ``afrr_down_eur_per_mw_h``: negative aFRR) [EUR/MW/h]; absent means aFRR is
+not offered. :func:`synthetic_prices` generates a plausible day deterministically from a
+seed (no downloads).
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ class MarketRules:
     per block in whole multiples of it (1 MW), so the minimum bid is one increment (0 =
     continuous). ``fcr_block_steps``: steps per FCR block (16 = 4 h). ``fcr_energy_h``: hours
     of full activation a battery must hold in reserve in each direction while it offers FCR
-    [h]. ``self_consumption_eur_per_mwh``: value of PV energy consumed at its own site (avoided
+    [h]. ``afrr_energy_h``: hours of full activation a battery must hold for the aFRR it
+    offers, in the offered direction, on top of FCR's (aFRR is offered in the same blocks
+    and in the same ``reserve_increment_kw`` lots per direction) [h].
+    ``self_consumption_eur_per_mwh``: value of PV energy consumed at its own site (avoided
     network charges) [EUR/MWh].
     """
 
@@ -36,6 +42,7 @@ class MarketRules:
     fcr_block_steps: int = 16
     fcr_energy_h: float = 0.5
     self_consumption_eur_per_mwh: float = 10.0
+    afrr_energy_h: float = 0.5
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.energy_increment_kw) and self.energy_increment_kw >= 0):
@@ -46,6 +53,8 @@ class MarketRules:
             raise OptimizerInputError(f"market: fcr_block_steps must divide {STEPS}")
         if not (0 <= self.fcr_energy_h <= STEPS * DT_H):
             raise OptimizerInputError("market: fcr_energy_h must be within [0, 24] h")
+        if not (0 <= self.afrr_energy_h <= STEPS * DT_H):
+            raise OptimizerInputError("market: afrr_energy_h must be within [0, 24] h")
         if not (0 <= self.self_consumption_eur_per_mwh <= 1e4):
             raise OptimizerInputError("market: self_consumption_eur_per_mwh must be >= 0")
 
@@ -57,10 +66,13 @@ class MarketRules:
 
 @dataclass(frozen=True, slots=True)
 class MarketPrices:
-    """Day-ahead energy prices [EUR/MWh] per step and FCR capacity prices [EUR/MW/h] per block."""
+    """Day-ahead energy prices [EUR/MWh] per step, FCR capacity prices [EUR/MW/h] per block and
+    aFRR capacity prices [EUR/MW/h] per block and direction (empty: aFRR not offered)."""
 
     energy_eur_per_mwh: tuple[float, ...]
     fcr_eur_per_mw_h: tuple[float, ...]
+    afrr_up_eur_per_mw_h: tuple[float, ...] = ()
+    afrr_down_eur_per_mw_h: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.energy_eur_per_mwh) != STEPS:
@@ -69,6 +81,9 @@ class MarketPrices:
             raise OptimizerInputError("prices: energy_eur_per_mwh must be finite, |p| <= 10000")
         if not all(math.isfinite(p) and 0 <= p <= 1e4 for p in self.fcr_eur_per_mw_h):
             raise OptimizerInputError("prices: fcr_eur_per_mw_h must be finite and >= 0")
+        for name in ("afrr_up_eur_per_mw_h", "afrr_down_eur_per_mw_h"):
+            if not all(math.isfinite(p) and 0 <= p <= 1e4 for p in getattr(self, name)):
+                raise OptimizerInputError(f"prices: {name} must be finite and >= 0")
 
     def energy(self) -> FloatArray:
         """Energy prices as an array [EUR/MWh]."""
@@ -80,10 +95,33 @@ class MarketPrices:
             raise OptimizerInputError(f"prices: fcr_eur_per_mw_h needs {rules.blocks} values")
         return np.asarray(self.fcr_eur_per_mw_h, dtype=np.float64)
 
+    def afrr(self, rules: MarketRules) -> tuple[FloatArray, FloatArray]:
+        """aFRR capacity prices (up, down) per block [EUR/MW/h]; zeros where absent, else one
+        value per block of ``rules``."""
+        out: list[FloatArray] = []
+        for name in ("afrr_up_eur_per_mw_h", "afrr_down_eur_per_mw_h"):
+            values: tuple[float, ...] = getattr(self, name)
+            if not values:
+                out.append(np.zeros(rules.blocks))
+            elif len(values) != rules.blocks:
+                raise OptimizerInputError(f"prices: {name} needs {rules.blocks} values")
+            else:
+                out.append(np.asarray(values, dtype=np.float64))
+        return out[0], out[1]
 
-def synthetic_prices(seed: int = 0, blocks: int = 6) -> MarketPrices:
+    @property
+    def offers_afrr(self) -> bool:
+        """True if some aFRR capacity price is positive (otherwise aFRR is not modelled)."""
+        return any(p > 0 for p in self.afrr_up_eur_per_mw_h + self.afrr_down_eur_per_mw_h)
+
+
+def synthetic_prices(seed: int = 0, blocks: int = 6, *, afrr: bool = False) -> MarketPrices:
     """A plausible day: night trough, morning and evening peaks, a midday solar dip that goes
-    negative for about two hours, plus seeded noise; FCR prices 5-25 EUR/MW/h per block."""
+    negative for about two hours, plus seeded noise; FCR prices 5-25 EUR/MW/h per block.
+
+    ``afrr``: also aFRR capacity prices per block, positive 3-15 EUR/MW/h (dearer in the
+    evening peak), negative 2-12 EUR/MW/h (dearer around the midday solar surplus); drawn
+    after the other prices, so energy and FCR prices are the same with or without them."""
     rng = np.random.default_rng(seed)
     h = np.arange(STEPS) * DT_H
     base = 75.0 + 10.0 * rng.standard_normal()
@@ -94,4 +132,12 @@ def synthetic_prices(seed: int = 0, blocks: int = 6) -> MarketPrices:
     noise = np.cumsum(rng.normal(0.0, 2.0, STEPS))
     energy = np.round(base + morning + evening + solar + night + noise, 2)
     fcr = np.round(rng.uniform(5.0, 25.0, blocks), 2)
-    return MarketPrices(tuple(float(x) for x in energy), tuple(float(x) for x in fcr))
+    energy_t, fcr_t = tuple(float(x) for x in energy), tuple(float(x) for x in fcr)
+    if not afrr:
+        return MarketPrices(energy_t, fcr_t)
+    mid_h = (np.arange(blocks) + 0.5) * 24.0 / blocks  # block centres [h]
+    evening = np.exp(-0.5 * ((mid_h - 19.0) / 3.0) ** 2)
+    midday = np.exp(-0.5 * ((mid_h - 13.0) / 3.0) ** 2)
+    up = np.round(3.0 + 6.0 * evening + rng.uniform(0.0, 6.0, blocks), 2)
+    down = np.round(2.0 + 5.0 * midday + rng.uniform(0.0, 5.0, blocks), 2)
+    return MarketPrices(energy_t, fcr_t, tuple(float(x) for x in up), tuple(float(x) for x in down))

@@ -4,6 +4,7 @@ Maximize, in EUR over the horizon (``dt`` = step length [h], prices per MWh henc
 
     sum_t price_t/1000 * P_t * dt                      energy arbitrage, P = portfolio net [kW]
   + sum_b fcr_b/1000 * R_b * block_h                  symmetric FCR capacity R_b [kW]
+  + sum_b (up_b * U_b + down_b * D_b)/1000 * block_h  aFRR capacity per direction [kW]
   + sc_value/1000 * sum_{site,t} sc * dt              PV consumed at its own site
   - sum deg * (charge + discharge) * dt               battery degradation
   - sum curt_cost * (available - generated) * dt      PV curtailment
@@ -11,12 +12,19 @@ Maximize, in EUR over the horizon (``dt`` = step length [h], prices per MWh henc
 subject to every table row: power bounds, stored energy (with efficiencies) within bounds
 after every step and at the end, demand energy by its deadline and under its cap, site and
 feeder net-power limits, demand-response caps on a group's net import in the steps an
-event covers (``-net <= cap``), FCR headroom in both directions and ``fcr_energy_h`` of energy in
-both directions while a block is offered, and the integral market rules
-``P_t = energy_increment * n_t`` and ``sum R_b = reserve_increment * k_b`` (n, k integer).
+event covers (``-net <= cap``), reserve headroom per battery and step (``p + r + u <= p_dis``,
+``p - r - d >= -p_ch``; r FCR, u/d aFRR up/down of the step's block), reserve energy held per
+direction after every step and at block starts (``fcr_energy_h * r + afrr_energy_h * u``
+deliverable above the SOC floor, ``fcr_energy_h * r + afrr_energy_h * d`` storable below the
+ceiling: the products are activated independently, so their energies add), and the integral
+market rules ``P_t = energy_increment * n_t`` and ``sum R_b = reserve_increment * k_b``, the
+same for ``sum U_b`` and ``sum D_b`` (n, k integer). aFRR variables exist only when
+``prices.offers_afrr`` (and are fixed at 0 in blocks without a positive price), so a problem
+without aFRR prices is built exactly as before.
 
 ``fixed_lots`` = (portfolio kW per step, FCR kW per block), either may be None: fixes that
-total by an equality instead of integer lots. ``energy_offset_kw`` [kW] per step is added to
+total by an equality instead of integer lots; ``fixed_afrr`` = (aFRR up, down kW per block)
+likewise. ``energy_offset_kw`` [kW] per step is added to
 the portfolio before the energy-lot constraint (the fixed rest of the fleet in the lot
 repair of :mod:`.lots`). ``exclusive`` adds a binary per storage row and step so that charge
 and discharge never overlap (used in the small lot repair, where a time-limited incumbent
@@ -38,7 +46,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from control_plane.optimizer.assets import DT_H, STEPS
-from control_plane.optimizer.constraints import DR_PREFIX, FloatArray, GroupLimit, Tables
+from control_plane.optimizer.constraints import (
+    DR_PREFIX,
+    FloatArray,
+    GroupLimit,
+    StorageTable,
+    Tables,
+)
 from control_plane.optimizer.market import MarketPrices, MarketRules
 
 cp: Any = _cvxpy  # cvxpy ships partial type information; treat it as untyped
@@ -52,6 +66,8 @@ class Built:
     charge: Any = None
     discharge: Any = None
     reserve: Any = None
+    afrr_up: Any = None
+    afrr_down: Any = None
     imports: Any = None
     generation: Any = None
     slacks: dict[str, tuple[Any, list[str]]] = field(default_factory=dict)
@@ -70,6 +86,73 @@ def _expand(rules: MarketRules) -> FloatArray:
     )
 
 
+def _reserves(
+    b: Built,
+    cons: list[Any],
+    st: StorageTable,
+    net_s: Any,
+    e: Any,
+    prices: MarketPrices,
+    rules: MarketRules,
+    *,
+    lots: bool,
+    fixed_fcr: FloatArray | None,
+    fixed_afrr: tuple[FloatArray, FloatArray] | None,
+) -> Any:
+    """FCR and (when priced) aFRR capacity of the storage rows: variables on ``b``, headroom,
+    energy holding and lots appended to ``cons``; returns their capacity revenue [EUR]."""
+    n, blocks, expand = len(st), rules.blocks, _expand(rules)
+    per_kw_h = rules.fcr_block_steps * DT_H / 1000.0  # EUR/MW/h -> EUR/kW per block
+    r = cp.Variable((n, blocks), nonneg=True, name="fcr_kw")
+    b.reserve = r
+    rt = r @ expand
+    h, inv_eta, eta = rules.fcr_energy_h, 1.0 / st.eta_discharge[:, None], st.eta_charge[:, None]
+    head_up = head_down = rt
+    # Energy to hold per direction: (stored-energy coefficient per kW, reserve per block).
+    hold_up: list[tuple[FloatArray, Any]] = [(h / st.eta_discharge[:, None], r)]
+    hold_down: list[tuple[FloatArray, Any]] = [(h * eta, r)]
+    totals: list[tuple[str, Any, FloatArray | None]] = [("fcr", r, fixed_fcr)]
+    afrr_value: Any = 0
+    if prices.offers_afrr:
+        ha = rules.afrr_energy_h
+        up = cp.Variable((n, blocks), nonneg=True, name="afrr_up_kw")
+        down = cp.Variable((n, blocks), nonneg=True, name="afrr_down_kw")
+        b.afrr_up, b.afrr_down = up, down
+        for var, price in zip((up, down), prices.afrr(rules), strict=True):
+            idle = np.flatnonzero(price <= 0)
+            if len(idle):  # not offered where it earns nothing
+                cons.append(var[:, idle] == 0)
+            afrr_value += cp.sum(var @ (price * per_kw_h))
+        head_up, head_down = rt + up @ expand, rt + down @ expand
+        hold_up.append((ha * inv_eta, up))
+        hold_down.append((ha * eta, down))
+        fixed = (None, None) if fixed_afrr is None else fixed_afrr
+        totals += [("afrr_up", up, fixed[0]), ("afrr_down", down, fixed[1])]
+    cons += [net_s + head_up <= st.p_discharge_max_kw, head_down - net_s <= st.p_charge_max_kw]
+    # Energy for full activation of every offered product, per direction, after every step
+    # and at the start of every block (the stock the previous block left behind).
+    starts = np.arange(blocks) * rules.fcr_block_steps
+    e_all = cp.hstack([st.e_init_kwh[:, None], e])
+    e_start = e_all[:, starts]
+    for stock, per_step in ((e, True), (e_start, False)):
+
+        def need(terms: list[tuple[FloatArray, Any]], per_step: bool = per_step) -> Any:
+            parts = [cp.multiply(c, x @ expand if per_step else x) for c, x in terms]
+            return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+        cons.append(stock - need(hold_up) >= st.e_min_kwh[:, None])
+        cons.append(stock + need(hold_down) <= st.e_max_kwh[:, None])
+    value = cp.sum(r @ (prices.fcr(rules) / 1000.0 * rules.fcr_block_steps * DT_H))
+    for name, var, fixed_total in totals:
+        total = cp.sum(var, axis=0)
+        if fixed_total is not None:
+            cons.append(total == fixed_total)
+        elif lots:
+            k = cp.Variable(blocks, integer=True, name=f"{name}_mw")
+            cons += [k >= 0, total == rules.reserve_increment_kw * k]
+    return value if isinstance(afrr_value, int) else value + afrr_value
+
+
 def build(
     tables: Tables,
     prices: MarketPrices,
@@ -81,6 +164,7 @@ def build(
     fixed_lots: tuple[FloatArray | None, FloatArray | None] | None = None,
     energy_offset_kw: FloatArray | None = None,
     exclusive: bool = False,
+    fixed_afrr: tuple[FloatArray, FloatArray] | None = None,
 ) -> Built:
     """Build the cvxpy problem of ``tables`` (see the module docstring for the formulation)."""
     st, dm, pv = tables.storage, tables.demand, tables.pv
@@ -119,31 +203,12 @@ def build(
         net_s = dis - ch
         value -= cp.sum(cp.multiply(st.degradation_eur_per_kwh[:, None], ch + dis)) * DT_H
         if fcr:
-            r = cp.Variable((n, rules.blocks), nonneg=True, name="fcr_kw")
-            b.reserve = r
-            rt = r @ _expand(rules)
-            h = rules.fcr_energy_h
-            cons += [net_s + rt <= st.p_discharge_max_kw, rt - net_s <= st.p_charge_max_kw]
-            # Energy for full activation in both directions after every step, and at the
-            # start of every block (the stock the previous block left behind).
-            starts = np.arange(rules.blocks) * rules.fcr_block_steps
-            e_all = cp.hstack([st.e_init_kwh[:, None], e])
-            e_start = e_all[:, starts]
-            for stock, res in ((e, rt), (e_start, r)):
-                cons.append(
-                    stock - cp.multiply(h / st.eta_discharge[:, None], res) >= st.e_min_kwh[:, None]
-                )
-                cons.append(
-                    stock + cp.multiply(h * st.eta_charge[:, None], res) <= st.e_max_kwh[:, None]
-                )
-            fcr_price = prices.fcr(rules) / 1000.0 * rules.fcr_block_steps * DT_H
-            value += cp.sum(r @ fcr_price)
-            r_total = cp.sum(r, axis=0)
-            if fixed_lots is not None and fixed_lots[1] is not None:
-                cons.append(r_total == fixed_lots[1])
-            elif rules.reserve_increment_kw > 0 and integral and not elastic:
-                k = cp.Variable(rules.blocks, integer=True, name="fcr_mw")
-                cons += [k >= 0, r_total == rules.reserve_increment_kw * k]
+            value += _reserves(
+                b, cons, st, net_s, e, prices, rules,
+                lots=rules.reserve_increment_kw > 0 and integral and not elastic,
+                fixed_fcr=None if fixed_lots is None else fixed_lots[1],
+                fixed_afrr=fixed_afrr,
+            )  # fmt: skip
     imp: Any = None
     if len(dm):
         imp = cp.Variable((len(dm), STEPS), nonneg=True, name="import_kw")

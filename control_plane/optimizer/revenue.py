@@ -14,19 +14,22 @@ from control_plane.optimizer.plan import Plan
 
 @dataclass(frozen=True, slots=True)
 class Revenue:
-    """Revenue terms [EUR]; ``total_eur`` = energy + reserve + self-consumption - costs."""
+    """Revenue terms [EUR]; ``total_eur`` = energy + reserve (FCR) + aFRR capacity +
+    self-consumption - costs."""
 
     energy_eur: float
     reserve_eur: float
     self_consumption_eur: float
     degradation_eur: float
     curtailment_eur: float
+    afrr_eur: float = 0.0
 
     @property
     def total_eur(self) -> float:
         return (
             self.energy_eur
             + self.reserve_eur
+            + self.afrr_eur
             + self.self_consumption_eur
             - self.degradation_eur
             - self.curtailment_eur
@@ -37,7 +40,8 @@ class Revenue:
 
 
 def evaluate(fleet: FleetState, plan: Plan, prices: MarketPrices, rules: MarketRules) -> Revenue:
-    """Energy at day-ahead prices on the portfolio net, FCR capacity per block, self-consumed PV
+    """Energy at day-ahead prices on the portfolio net, FCR and aFRR capacity (per direction)
+    per block at their capacity prices, self-consumed PV
     per site at ``rules.self_consumption_eur_per_mwh``, degradation on battery throughput and
     curtailment below the PV forecast."""
     p = plan.p_kw
@@ -47,6 +51,13 @@ def evaluate(fleet: FleetState, plan: Plan, prices: MarketPrices, rules: MarketR
     if plan.reserve_kw.size:
         per_kw = prices.fcr(rules) / 1000.0 * rules.fcr_block_steps * DT_H
         reserve = float(plan.reserve_kw.sum(axis=0) @ per_kw)
+    afrr = 0.0
+    if plan.afrr_up_kw.size or plan.afrr_down_kw.size:
+        block_h = rules.fcr_block_steps * DT_H / 1000.0  # EUR/MW/h -> EUR/kW per block
+        up_price, down_price = prices.afrr(rules)
+        for x, price in ((plan.afrr_up_kw, up_price), (plan.afrr_down_kw, down_price)):
+            if x.size:
+                afrr += float(x.sum(axis=0) @ price) * block_h
     deg = np.array([x.degradation_eur_per_kwh for x in fleet.batteries])
     degradation = float(deg @ np.abs(p[:nb]).sum(axis=1)) * DT_H if nb else 0.0
     pv = p[nb + ne + nl :]
@@ -71,4 +82,4 @@ def evaluate(fleet: FleetState, plan: Plan, prices: MarketPrices, rules: MarketR
         np.add.at(use, rows[: nb + ne + nl], np.clip(-p[: nb + ne + nl], 0, None))
         kwh = float(np.minimum(gen, use).sum()) * DT_H
         sc = kwh * rules.self_consumption_eur_per_mwh / 1000.0
-    return Revenue(energy, reserve, sc, degradation, curtailment)
+    return Revenue(energy, reserve, sc, degradation, curtailment, afrr)

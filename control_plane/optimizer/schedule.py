@@ -24,7 +24,10 @@ from control_plane.optimizer.fallback import fallback_plan
 from control_plane.optimizer.lots import (
     balancing_rows,
     floor_reserve,
+    lot_path,
+    lots,
     merge,
+    reallocate_reserves,
     repair_tables,
     storage_ok,
 )
@@ -41,12 +44,15 @@ REPAIR_GAP = 1e-3  #: relative MILP gap of the lot repair [-]
 
 @dataclass(frozen=True, slots=True)
 class TableSolution:
-    """Solved values per table, in the sign convention (+ export) [kW]; ``status`` is
-    ``optimal``, ``feasible``, ``infeasible`` or ``no_solution``."""
+    """Solved values per table, in the sign convention (+ export) [kW]; reserves per storage
+    row and block [kW] (FCR, aFRR up, aFRR down); ``status`` is ``optimal``, ``feasible``,
+    ``infeasible`` or ``no_solution``."""
 
     status: str
     storage_kw: FloatArray
     reserve_kw: FloatArray
+    afrr_up_kw: FloatArray
+    afrr_down_kw: FloatArray
     demand_kw: FloatArray
     pv_kw: FloatArray
     objective_eur: float
@@ -86,18 +92,21 @@ def _run(b: Built, time_limit_s: float, mip_rel_gap: float) -> tuple[str, float]
 def _extract(b: Built, tables: Tables, rules: MarketRules, status: str, s: float) -> TableSolution:
     st, dm, pv = tables.storage, tables.demand, tables.pv
     if status not in ("optimal", "feasible"):
-        z = np.zeros
+        z, nb = np.zeros, (len(st), rules.blocks)
         return TableSolution(
-            status, z((len(st), STEPS)), z((len(st), rules.blocks)), z((len(dm), STEPS)),
+            status, z((len(st), STEPS)), z(nb), z(nb), z(nb), z((len(dm), STEPS)),
             z((len(pv), STEPS)), float("nan"), s,
         )  # fmt: skip
     ch = np.clip(_value(b.charge, (len(st), STEPS)), 0.0, st.p_charge_max_kw)
     dis = np.clip(_value(b.discharge, (len(st), STEPS)), 0.0, st.p_discharge_max_kw)
-    res = np.clip(_value(b.reserve, (len(st), rules.blocks)), 0.0, None)
+    nb = (len(st), rules.blocks)
+    res = np.clip(_value(b.reserve, nb), 0.0, None)
+    up = np.clip(_value(b.afrr_up, nb), 0.0, None)
+    down = np.clip(_value(b.afrr_down, nb), 0.0, None)
     imp = np.clip(_value(b.imports, (len(dm), STEPS)), 0.0, dm.p_import_max_kw)
     gen = np.clip(_value(b.generation, (len(pv), STEPS)), 0.0, pv.p_avail_kw)
     objective = float(b.problem.value) if b.problem.value is not None else float("nan")
-    return TableSolution(status, dis - ch, res, -imp, gen, objective, s)
+    return TableSolution(status, dis - ch, res, up, down, -imp, gen, objective, s)
 
 
 def solve_tables(
@@ -113,10 +122,11 @@ def solve_tables(
     """Build and solve the model of ``tables`` under ``time_limit_s`` [s] of solver time.
 
     Integral market rules: up to ``milp_max_devices`` rows, HiGHS branch-and-bound on the MILP
-    (``optimal``, or ``feasible`` with an incumbent at the time limit). Larger problems: the
+    (``optimal``, or ``feasible`` with an incumbent at the time limit; a solution whose batteries
+    do not hold their reserves on net power is re-solved by :func:`_polish`). Larger problems: the
     continuous LP, then whole lots by the repair of :mod:`control_plane.optimizer.lots`
     (``rounded``). If the repair is infeasible or out of time, the LP solution with whole FCR
-    lots is returned as ``unrounded`` (its energy position is then not in whole lots, which
+    and aFRR lots is returned as ``unrounded`` (its energy position is then not in whole lots, which
     :func:`~control_plane.optimizer.check.check_plan` reports).
     """
     t0 = time.perf_counter()
@@ -125,7 +135,10 @@ def solve_tables(
     if integral and needs_lots and n_rows <= milp_max_devices:
         b = build(tables, prices, rules, integral=True)
         status, _ = _run(b, time_limit_s, mip_rel_gap)
-        return _extract(b, tables, rules, status, time.perf_counter() - t0)
+        sol = _extract(b, tables, rules, status, 0.0)
+        if status in ("optimal", "feasible") and not _held(tables, sol, rules):
+            sol = _polish(tables, sol, prices, rules, REPAIR_SHARE * time_limit_s) or sol
+        return replace(sol, solve_s=time.perf_counter() - t0)
     b = build(tables, prices, rules, integral=False)
     status, _ = _run(b, time_limit_s, mip_rel_gap)
     lp = _extract(b, tables, rules, status, time.perf_counter() - t0)
@@ -134,27 +147,91 @@ def solve_tables(
     lp = floor_reserve(lp, rules.reserve_increment_kw, balancing_rows(tables))
     if rules.energy_increment_kw <= 0:
         return replace(lp, status="rounded")
-    sub, rows, fixed_kw, reserve = repair_tables(tables, lp, rules)
-    for exclusive in (True, False):
-        left = time_limit_s - (time.perf_counter() - t0)
+    fixed = _repair(tables, lp, prices, rules, time_limit_s - (time.perf_counter() - t0),
+                    time_limit_s, mip_rel_gap)  # fmt: skip
+    if fixed is not None:
+        return replace(fixed, status="rounded", solve_s=time.perf_counter() - t0)
+    return replace(lp, status="unrounded", solve_s=time.perf_counter() - t0)
+
+
+def _repair(
+    tables: Tables,
+    lp: TableSolution,
+    prices: MarketPrices,
+    rules: MarketRules,
+    left_s: float,
+    time_limit_s: float,
+    mip_rel_gap: float,
+) -> TableSolution | None:
+    """``lp`` in whole energy lots by the repair of :mod:`.lots`, or None. Attempts, each
+    accepted only if its storage rows hold their reserves on net power (if need be after
+    :func:`reallocate_reserves`): the repair MILP with exclusive charge/discharge, without,
+    and last a continuous re-solve of the balancing rows towards the LP position rounded to
+    lots with the rounding error carried forward (:func:`lot_path`)."""
+    t0 = time.perf_counter()
+    sub, rows, fixed_kw, reserve, afrr = repair_tables(tables, lp, rules)
+    path = lot_path(lp.storage_kw.sum(0) + lp.demand_kw.sum(0) + lp.pv_kw.sum(0),
+                    rules.energy_increment_kw)  # fmt: skip
+    for attempt in ("exclusive", "overlap", "path"):
+        left = left_s - (time.perf_counter() - t0)
         if left <= 0:
             break
-        b = build(
-            sub,
-            prices,
-            rules,
-            fixed_lots=(None, reserve),
-            energy_offset_kw=fixed_kw,
-            exclusive=exclusive,
-        )
+        if attempt == "path":
+            b = build(sub, prices, rules, integral=False, fixed_lots=(path - fixed_kw, reserve),
+                      fixed_afrr=afrr)  # fmt: skip
+        else:
+            b = build(sub, prices, rules, fixed_lots=(None, reserve), energy_offset_kw=fixed_kw,
+                      exclusive=attempt == "exclusive", fixed_afrr=afrr)  # fmt: skip
         cap = min(left, REPAIR_TIME_S, REPAIR_SHARE * time_limit_s)
         status, _ = _run(b, cap, max(mip_rel_gap, REPAIR_GAP))
+        if status not in ("optimal", "feasible"):
+            continue
+        fix: TableSolution | None = _extract(b, sub, rules, status, 0.0)
+        if fix is not None and not _held(sub, fix, rules):
+            fix = reallocate_reserves(sub, fix, rules)
+        if fix is not None and _held(sub, fix, rules):
+            return merge(lp, rows, fix)
+    return None
+
+
+def _polish(
+    tables: Tables,
+    sol: TableSolution,
+    prices: MarketPrices,
+    rules: MarketRules,
+    time_limit_s: float,
+) -> TableSolution | None:
+    """A MILP solution whose batteries do not hold their reserves on net power (it burned
+    energy through simultaneous charge and discharge) re-solved with its lots fixed: first as
+    an LP (an optimal vertex burns energy only where nothing else is feasible), then with a
+    binary per storage row and step that forbids the overlap; last the whole MILP again with
+    those binaries (other lots). Each attempt under ``time_limit_s``; None if none holds."""
+    net = sol.storage_kw.sum(0) + sol.demand_kw.sum(0) + sol.pv_kw.sum(0)
+    energy = lots(net, rules.energy_increment_kw) if rules.energy_increment_kw > 0 else None
+    totals = (sol.afrr_up_kw.sum(0), sol.afrr_down_kw.sum(0))
+    fixed = (energy, sol.reserve_kw.sum(0))
+    for exclusive in (False, True):
+        b = build(tables, prices, rules, integral=exclusive, fixed_lots=fixed,
+                  fixed_afrr=totals, exclusive=exclusive)  # fmt: skip
+        status, _ = _run(b, time_limit_s, REPAIR_GAP)
         if status in ("optimal", "feasible"):
-            fix = _extract(b, sub, rules, status, 0.0)
-            if storage_ok(sub, fix.storage_kw, fix.reserve_kw, rules):
-                done = merge(lp, rows, fix)
-                return replace(done, status="rounded", solve_s=time.perf_counter() - t0)
-    return replace(lp, status="unrounded", solve_s=time.perf_counter() - t0)
+            fix = replace(_extract(b, tables, rules, status, 0.0), status=sol.status)
+            if _held(tables, fix, rules):
+                return fix
+    # Those lots need the burned energy: choose the lots again, without overlap.
+    b = build(tables, prices, rules, integral=True, exclusive=True)
+    status, _ = _run(b, time_limit_s, REPAIR_GAP)
+    if status in ("optimal", "feasible"):
+        fix = _extract(b, tables, rules, status, 0.0)
+        if _held(tables, fix, rules):
+            return fix
+    return None
+
+
+def _held(tables: Tables, sol: TableSolution, rules: MarketRules) -> bool:
+    return storage_ok(
+        tables, sol.storage_kw, sol.reserve_kw, rules, sol.afrr_up_kw, sol.afrr_down_kw
+    )
 
 
 def diagnose(
@@ -176,7 +253,7 @@ def diagnose(
                 "market.integral_rules",
                 ("portfolio",),
                 f"feasible only without whole lots: energy in {rules.energy_increment_kw:g} kW "
-                f"and FCR in {rules.reserve_increment_kw:g} kW increments cannot be met",
+                f"and FCR/aFRR in {rules.reserve_increment_kw:g} kW increments cannot be met",
             ),
         )
     b = build(tables, prices, rules, elastic=True)
@@ -214,6 +291,8 @@ def to_plan(fleet: FleetState, sol: TableSolution, wall_s: float) -> Plan:
         asset_ids=fleet.asset_ids,
         p_kw=p,
         reserve_kw=sol.reserve_kw,
+        afrr_up_kw=sol.afrr_up_kw,
+        afrr_down_kw=sol.afrr_down_kw,
         status=sol.status,
         bids=True,
         objective_eur=sol.objective_eur,

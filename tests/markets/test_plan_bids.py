@@ -169,3 +169,102 @@ def test_prices_must_cover_the_blocks() -> None:
         bid_schedule_from_plan(
             plan(np.zeros((1, STEPS)), reserve), day=DAY, prices=short, rules=RULES, schedule_id="p"
         )
+
+
+AFRR_PRICES = synthetic_prices(3, afrr=True)
+
+
+def afrr_plan(up: np.ndarray, down: np.ndarray, fcr: np.ndarray | None = None) -> Plan:
+    n = up.shape[0]
+    reserve = np.zeros((n, 6)) if fcr is None else fcr
+    ids = tuple(f"b{i}" for i in range(n))
+    return Plan(
+        ids, np.zeros((n, STEPS)), reserve, "rounded", True, afrr_up_kw=up, afrr_down_kw=down
+    )
+
+
+def test_afrr_up_and_down_become_pos_and_neg_sell_bids_per_block() -> None:
+    up = np.zeros((2, 6))
+    down = np.zeros((2, 6))
+    up[:, 1] = [600.0, 400.0]  # 1 MW positive aFRR in block 1
+    down[0, 4] = 2000.0 - 1e-9  # float noise under 2 MW: 2 MW negative aFRR in block 4
+    fcr = np.zeros((2, 6))
+    fcr[1, 3] = 1000.0
+    s = bid_schedule_from_plan(
+        afrr_plan(up, down, fcr), day=DAY, prices=AFRR_PRICES, rules=RULES, schedule_id="a"
+    )
+    blocks = delivery_starts(Product.AFRR_POS, DAY)
+    assert blocks == delivery_starts(Product.AFRR_NEG, DAY) == delivery_starts(Product.FCR, DAY)
+    got = [(b.product, b.side, b.delivery_start_ms, b.volume_mw, b.price_limit_eur_per_mwh)
+           for b in s.bids]  # fmt: skip
+    assert got == [
+        (Product.FCR, Side.SELL, blocks[3], 1.0, AFRR_PRICES.fcr_eur_per_mw_h[3]),
+        (Product.AFRR_POS, Side.SELL, blocks[1], 1.0, AFRR_PRICES.afrr_up_eur_per_mw_h[1]),
+        (Product.AFRR_NEG, Side.SELL, blocks[4], 2.0, AFRR_PRICES.afrr_down_eur_per_mw_h[4]),
+    ]
+
+
+def test_afrr_spring_dst_block_is_offered_at_the_smallest_reserve_it_covers() -> None:
+    day = date(2026, 3, 29)  # 04-08 local = plan steps 12-27, across plan blocks 0 and 1
+    up = np.array([[3000.0, 2000.0, 0.0, 0.0, 0.0, 0.0]])
+    down = np.array([[0.0, 1000.0, 1000.0, 0.0, 0.0, 0.0]])
+    got = _bids(
+        bid_schedule_from_plan(
+            afrr_plan(up, down), day=day, prices=AFRR_PRICES, rules=RULES, schedule_id="d"
+        )
+    )
+    blocks = delivery_starts(Product.AFRR_POS, day)
+    pos = {g[1]: (g[2], g[3]) for g in got if g[0] is Product.AFRR_POS}
+    neg = {g[1]: (g[2], g[3]) for g in got if g[0] is Product.AFRR_NEG}
+    u, d = AFRR_PRICES.afrr_up_eur_per_mw_h, AFRR_PRICES.afrr_down_eur_per_mw_h
+    assert pos == {blocks[0]: (3.0, u[0]), blocks[1]: (2.0, max(u[0], u[1]))}
+    # steps 12-27 hold 0 MW down in plan block 0: no bid; 08-12 = steps 28-43: blocks 1, 2
+    assert neg == {blocks[2]: (1.0, max(d[1], d[2]))}
+
+
+def test_negative_afrr_is_refused() -> None:
+    up = np.zeros((1, 6))
+    up[0, 2] = -1000.0
+    with pytest.raises(PlanNotBiddable, match="negative aFRR up"):
+        bid_schedule_from_plan(
+            afrr_plan(up, np.zeros((1, 6))),
+            day=DAY,
+            prices=AFRR_PRICES,
+            rules=RULES,
+            schedule_id="n",
+        )
+
+
+def test_fallback_plan_places_no_afrr_bids() -> None:
+    p = afrr_plan(np.full((1, 6), 1000.0), np.full((1, 6), 1000.0))
+    fallback = Plan(p.asset_ids, p.p_kw, p.reserve_kw, "fallback", False,
+                    afrr_up_kw=p.afrr_up_kw, afrr_down_kw=p.afrr_down_kw)  # fmt: skip
+    s = bid_schedule_from_plan(fallback, day=DAY, prices=AFRR_PRICES, rules=RULES, schedule_id="f")
+    assert s.bids == ()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0, max_value=8000, allow_nan=False), min_size=6, max_size=6),
+    st.lists(st.floats(min_value=0, max_value=8000, allow_nan=False), min_size=6, max_size=6),
+    st.sampled_from([date(2026, 6, 2), date(2026, 3, 29), date(2026, 10, 25)]),
+)
+def test_no_afrr_bid_exceeds_the_plan(up: list[float], down: list[float], day: date) -> None:
+    s = bid_schedule_from_plan(
+        afrr_plan(np.asarray([up]), np.asarray([down])),
+        day=day,
+        prices=AFRR_PRICES,
+        rules=RULES,
+        schedule_id="h",
+    )
+    starts = delivery_starts(Product.AFRR_POS, day)
+    day_start = delivery_starts(Product.DAY_AHEAD, day)[0]
+    held = {Product.AFRR_POS: np.repeat(up, 16), Product.AFRR_NEG: np.repeat(down, 16)}
+    assert {b.product for b in s.bids} <= set(held)
+    for b in s.bids:
+        assert b.side is Side.SELL
+        k = starts.index(b.delivery_start_ms)
+        first = (b.delivery_start_ms - day_start) // 900_000
+        stop = starts[k + 1] if k + 1 < len(starts) else None
+        last = STEPS if stop is None else (stop - day_start) // 900_000
+        assert b.terms().volume_kw <= held[b.product][first:last].min() + 1e-6
