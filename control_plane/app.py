@@ -282,6 +282,7 @@ class ControlPlane:
                 markets=self.markets,
                 trust_domain=config.trust_domain,
                 grid_limits=self.grid_limits,
+                arming=self.dispatcher,
                 registry=self.registry,
                 state=self.pipeline.state,
                 audit=self.audit,

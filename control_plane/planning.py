@@ -12,8 +12,11 @@ The running control plane's receding-horizon loop (``[control_plane.planning]``)
    ``exact_max_assets``, the aggregated model above) with a time limit; an infeasible
    problem gets a diagnosis and the safe fallback plan (:mod:`control_plane.optimizer`);
 3. at every quarter-hour boundary it sends that step of the newest plan as signed group
-   setpoints (:class:`~control_plane.dispatch.plan_dispatcher.PlanDispatcher`) and
-   every ``follow_interval_s`` it judges plan-vs-actual (flags audited there).
+   setpoints (:class:`~control_plane.dispatch.plan_dispatcher.PlanDispatcher`), at the
+   first step of each of the plan's 4-h blocks it arms every site with the plan's FCR
+   capacity as signed droop parameters (:mod:`control_plane.dispatch.arming`: the edges
+   answer frequency locally), and every ``follow_interval_s`` it judges plan-vs-actual
+   (flags audited there).
 
 Every plan is audited (``plan``: status, assets planned and excluded, objective, the
 binding constraints of a diagnosis). Inputs the telemetry does not carry come from
@@ -38,6 +41,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from control_plane.assets.grid_limits import GridLimits
 from control_plane.assets.model import ID_PATTERN, AssetKind
 from control_plane.assets.registry import AssetRegistry, RegistrySnapshot
+from control_plane.dispatch.arming import block_arming
 from control_plane.dispatch.plan_dispatcher import PlanDispatcher
 from control_plane.dispatch.plan_setpoints import QUARTER_HOUR_MS
 from control_plane.markets.actions import Actor, Product
@@ -60,9 +64,10 @@ from control_plane.state import GatedStateView
 from security.audit_log import AuditLog
 from security.clock import Clock
 from security.identity import Role, SpiffeId
-from security.refusals import ConfigError, GridfortError
+from security.refusals import ConfigError, GridfortError, Refusal
 
 if TYPE_CHECKING:
+    from control_plane.commands.dispatcher import CommandDispatcher
     from control_plane.markets.service import MarketService
 
 log = logging.getLogger(__name__)
@@ -318,6 +323,7 @@ class PlanningCycle:
         markets: MarketService | None = None,
         trust_domain: str = "gridfort.local",
         grid_limits: GridLimits | None = None,
+        arming: CommandDispatcher | None = None,
     ) -> None:
         self.config = config
         self._registry = registry
@@ -330,6 +336,10 @@ class PlanningCycle:
         self._pv_forecast = pv_forecast
         self._constraints = constraints
         self._grid_limits = grid_limits
+        # FCR arming at each block of the plan (None: not armed by this cycle)
+        self._arm = arming if config.dispatch else None
+        self._last_armed: tuple[int, int] | None = None
+        self.armed_sites = 0
         self._markets = markets if config.bid_day_ahead else None
         self.bidder = Actor(str(SpiffeId(trust_domain, Role.OPERATOR, config.bidder)), "operator")
         self.last_bid: BidRound | None = None
@@ -528,7 +538,25 @@ class PlanningCycle:
             return False
         self._last_step = key
         self.dispatched_steps += 1
+        block = int(step) // self.rules.fcr_block_steps
+        if self._arm is not None and (record.planned_ms, block) != self._last_armed:
+            self._last_armed = (record.planned_ms, block)
+            self.armed_sites += self._arm_block(record, block)
         return True
+
+    def _arm_block(self, record: PlanRecord, block: int) -> int:
+        """Send each site its FCR droop parameters for ``block`` of ``record``'s plan (the
+        edges react to frequency locally); returns how many sites were sent one."""
+        assert self._arm is not None
+        armings = block_arming(
+            record.plan, record.fleet, self.rules, block, day_start_ms=record.horizon_start_ms
+        )
+        sent = 0
+        for site_id, arming in armings.items():
+            ttl_s = max(1.0, (arming.active_until_ms - self._clock.now_ms()) / 1000)
+            result = self._arm.send_frequency_arming(site_id, arming, ttl_s=min(ttl_s, 3600.0))
+            sent += not isinstance(result, Refusal)
+        return sent
 
     # -- the loop ------------------------------------------------------------
     async def run(self) -> None:
@@ -565,6 +593,7 @@ class PlanningCycle:
             "rounds": self.rounds,
             "failures": self.failures,
             "dispatched_steps": self.dispatched_steps,
+            "armed_sites": self.armed_sites,
             "latest": None if self.latest is None else self.latest.summary(),
             "last_bid": None if self.last_bid is None else self.last_bid.summary(),
         }

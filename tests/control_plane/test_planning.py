@@ -28,6 +28,7 @@ from control_plane.planning import (
 )
 from control_plane.state import FleetState
 from edge_node.devices.base import AssetKind as EdgeKind
+from gridfort.v1 import command_pb2 as cpb
 from gridfort.v1 import telemetry_pb2 as tpb
 from security.clock import ManualClock
 from security.refusals import ConfigError
@@ -114,6 +115,7 @@ def cycle_for(
     prices: Any = lambda start: PEAK_NOW,
     constraints: Any = None,
     grid_limits: GridLimits | None = None,
+    arming: Any = None,
 ) -> PlanningCycle:
     dispatcher = PlanDispatcher(
         groups=control.groups,
@@ -133,6 +135,7 @@ def cycle_for(
         prices=prices,
         constraints=constraints,
         grid_limits=grid_limits,
+        arming=arming,
     )
 
 
@@ -294,3 +297,30 @@ async def test_an_unexpected_error_costs_a_turn_never_the_loop(tmp_path: Path) -
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_each_block_of_the_plan_arms_the_sites_with_its_fcr_capacity(
+    tmp_path: Path,
+) -> None:
+    """FCR pays: the plan holds reserve; the first dispatch of a block also sends every site
+    its signed droop parameters, once per block."""
+    clock = ManualClock(T0)
+    control, registry, state = fleet(tmp_path, clock)
+    fcr_pays = MarketPrices((50.0,) * STEPS, (500.0,) * 6)
+    cycle = cycle_for(
+        control, registry, state, clock, prices=lambda s: fcr_pays, arming=control.commands
+    )
+    record = await cycle.plan_now()
+    assert record is not None and record.plan.reserve_kw[:, 0].min() > 0
+    assert cycle.dispatch_current() is True
+    arms = [
+        (site, cpb.Command.FromString(m.command.payload).arm_frequency_response)
+        for site, m in control.outbox
+        if cpb.Command.FromString(m.command.payload).HasField("arm_frequency_response")
+    ]
+    assert sorted(site for site, _ in arms) == ["s1", "s2"] and cycle.armed_sites == 2
+    s1 = dict(arms)["s1"]
+    assert s1.assets[0].fcr_max_kw == pytest.approx(record.plan.reserve_kw[0, 0])
+    control.outbox.clear()
+    clock.advance(15 * 60_000)  # the next step of the same block: setpoints, no new arming
+    assert cycle.dispatch_current() is True and cycle.armed_sites == 2
