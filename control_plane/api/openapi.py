@@ -202,6 +202,7 @@ SCHEMAS: dict[str, Schema] = {
             "rounds": _INT,
             "failures": _INT,
             "dispatched_steps": _INT,
+            "armed_sites": _INT,
             "latest": _nullable(_ref("PlanSummary")),
             "last_bid": _nullable(
                 _object(

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from control_plane.api.openapi import openapi_document
 from control_plane.embedded import EmbeddedSystem
 from control_plane.planning import PlanningConfig
 from security.identity import Role
 from tests.api.conftest import BatteryEdge, Clients, EnrollSite
+from tests.api.test_rest_openapi import conforms
 from tests.conftest import TRUST_DOMAIN
 
 
@@ -51,3 +53,6 @@ async def test_operator_reads_the_newest_plan_and_the_soc_role_may_not(
     assert latest["assets_excluded"] == 1  # the EV charger: it never reported
     denied = await clients(Role.SOC, "alice").get("/v1/plan")
     assert (denied.status, denied.reason) == (403, "ROLE_NOT_ALLOWED")
+    doc = openapi_document()
+    conforms(doc, "GET", "/v1/plan", answer)  # the answer is what the document promises
+    conforms(doc, "GET", "/v1/plan", denied)
