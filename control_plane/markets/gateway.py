@@ -134,6 +134,14 @@ class _Assessment(Protocol):
     def basis(self) -> dict[str, int]: ...
 
 
+#: The directions of flexibility each reserve-capacity product holds: offering one
+#: leaves less for another held in an overlapping period (the gateway counts it).
+RESERVE_DIRECTIONS: dict[Product, frozenset[str]] = {
+    Product.FCR: frozenset({"up", "down"}),
+    Product.AFRR_POS: frozenset({"up"}),
+    Product.AFRR_NEG: frozenset({"down"}),
+}
+
 #: Reference price [EUR/MWh or EUR/MW/h] per product and delivery start (None: unknown).
 ReferencePrices = Callable[[Product, int], float | None]
 
@@ -248,6 +256,9 @@ class MarketGateway:
             )
         committed_kw = 0
         exposure = 0.0
+        draws = RESERVE_DIRECTIONS.get(terms.product, frozenset())
+        start = terms.delivery_start_ms
+        end = start + int(period_hours(terms.product, start) * 3_600_000)
         for order_id, placed in self._orders.items():
             open_kw, filled_kw = self._open_kw(order_id, placed)
             t = placed.terms
@@ -258,7 +269,15 @@ class MarketGateway:
                 terms.delivery_start_ms,
                 terms.side,
             )
-            if same and order_id != replacing:
+            # Reserve capacity of another product held in an overlapping period draws on
+            # the same stored energy and power (FCR both ways, aFRR+ up, aFRR- down).
+            shared = (
+                not same
+                and draws & RESERVE_DIRECTIONS.get(t.product, frozenset())
+                and t.delivery_start_ms < end
+                and start < t.delivery_start_ms + int(hours * 3_600_000)
+            )
+            if (same or shared) and order_id != replacing:
                 committed_kw += open_kw + filled_kw
             elif same:
                 committed_kw += filled_kw

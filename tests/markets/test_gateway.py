@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +335,35 @@ def test_adapter_crash_is_an_audited_exchange_error(
     assert r.status is GatewayStatus.EXCHANGE_ERROR
     [resp] = events(tmp_path, "market.exchange_response")
     assert resp["details"]["message"] == "unexpected RuntimeError"
+
+
+def test_reserve_products_held_in_one_period_share_the_flexibility(
+    gate: PolicyGate, audit: AuditLog, clock: ManualClock
+) -> None:
+    """FCR holds power up and down; aFRR+ in the same 4-h block draws on the same upward
+    flexibility, so 2 MW of FCR leave 1 MW of 3 for aFRR+ (and nothing is double sold)."""
+    from control_plane.markets.exchanges.base import delivery_starts
+    from control_plane.markets.exchanges.reserves import ReserveAuction
+
+    reserves = SpyExchange(ReserveAuction(clock, seed=0))  # type: ignore[arg-type]
+    gw = MarketGateway(
+        gate,
+        [reserves],
+        audit,
+        clock,
+        trust_domain=TD,
+        flexibility=Flex(3.0),
+        reference_prices=lambda product, start: 75.0,
+    )
+    block = delivery_starts(Product.FCR, date(2026, 6, 2))[2]
+
+    def bid(product: Product, mw: float, sid: str) -> BidSchedule:
+        return BidSchedule(sid, (ScheduledBid(product, Side.SELL, block, mw, 75.0),))
+
+    assert gw.submit_schedule(ALICE, bid(Product.FCR, 2.0, "fcr"))[0].sent
+    [too_much] = gw.submit_schedule(ALICE, bid(Product.AFRR_POS, 2.0, "afrr-2"))
+    assert too_much.status is GatewayStatus.DENIED
+    assert too_much.decision is not None
+    assert "ABOVE_VERIFIED_FLEXIBILITY" in too_much.decision.reason_codes
+    assert gw.submit_schedule(ALICE, bid(Product.AFRR_POS, 1.0, "afrr-1"))[0].sent
+    assert len(reserves.calls) == 2
