@@ -56,7 +56,12 @@ from control_plane.optimizer.assets import (
     OptimizerInputError,
     SiteLimits,
 )
-from control_plane.optimizer.from_state import EvOwnerConstraint, GatedFleet, fleet_from_gated_state
+from control_plane.optimizer.from_state import (
+    EvOwnerConstraint,
+    GatedFleet,
+    LoadWindow,
+    fleet_from_gated_state,
+)
 from control_plane.optimizer.market import MarketPrices, MarketRules
 from control_plane.optimizer.plan import Plan
 from control_plane.optimizer.schedule import schedule
@@ -98,6 +103,8 @@ class PlanningConfig:
     plants on the climatological forecast at ``latitude_deg`` / ``longitude_deg`` [deg]
     (:mod:`control_plane.forecast.live`), at the ``pv_quantile`` of the clear-sky index
     (0.1: P10, the margin rule); false: PV plants are left out of the plan.
+    ``load_window``: the local window (``HH:MM-HH:MM``, may span midnight) in which each
+    flexible load draws its daily energy (``e_kwh`` in the registry).
     ``bid_day_ahead``: once a day at ``bid_at`` (local, before the 12:00 gate closure)
     plan tomorrow's local day and submit its bids through the market gateway as the
     operator identity ``bidder`` (``spiffe://<domain>/operator/<bidder>``): every bid is
@@ -120,6 +127,7 @@ class PlanningConfig:
     latitude_deg: float = 52.52
     longitude_deg: float = 13.40
     pv_quantile: float = 0.1
+    load_window: str = "22:00-06:00"
     bid_day_ahead: bool = False
     bidder: str = "auto-bidder"
     bid_at: str = "07:30"  # before the FCR gate (08:00 the day before) and the DA gate (12:00)
@@ -148,6 +156,13 @@ class PlanningConfig:
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1e6:
                 raise ConfigError(f"planning.{name}: must be a number of kW in [0, 1e6]")
 
+        first, sep, last = str(self.load_window).partition("-")
+        if not sep:
+            raise ConfigError(
+                f"planning.load_window: expected HH:MM-HH:MM, got {self.load_window!r}"
+            )
+        if _local_time("planning.load_window", first) == _local_time("planning.load_window", last):
+            raise ConfigError("planning.load_window: start and end must differ")
         bid_at = _local_time("planning.bid_at", self.bid_at)
         if not time(0, 0) <= bid_at < time(12, 0):
             raise ConfigError("planning.bid_at: must be before the 12:00 day-ahead gate closure")
@@ -229,6 +244,20 @@ def ev_owner_steps(start_ms: int, config: PlanningConfig) -> EvOwnerConstraint:
     if departure < deadline:  # the departure time passed, the deadline is still ahead
         departure = STEPS
     return EvOwnerConstraint(deadline_step=deadline, departure_step=max(departure, deadline))
+
+
+def load_window_steps(start_ms: int, config: PlanningConfig) -> LoadWindow:
+    """The owners' load window as steps of the horizon at ``start_ms``: the window under
+    way (from step 0, with the share of the daily energy its remaining time stands for)
+    or the next one."""
+    tz = ZoneInfo(config.timezone)
+    first, _, last = config.load_window.partition("-")
+    opens, closes = _local_time("", first), _local_time("", last)
+    to_open, to_close = steps_until(start_ms, opens, tz), steps_until(start_ms, closes, tz)
+    length = (to_close - to_open) % STEPS or STEPS
+    if to_close < to_open:  # inside the window now: it closes before it opens again
+        return LoadWindow(0, to_close, share=min(1.0, to_close / length))
+    return LoadWindow(to_open, min(STEPS, to_close))
 
 
 def reference_prices(start_ms: int) -> MarketPrices:
@@ -361,6 +390,7 @@ class PlanningCycle:
         forecasts = self._pv_forecast(start, snapshot) if self._pv_forecast is not None else {}
         owner = ev_owner_steps(start, self.config)
         evs = [a.asset_id for a in snapshot.assets.values() if a.kind is AssetKind.EV_CHARGER]
+        loads = [a.asset_id for a in snapshot.assets.values() if a.kind is AssetKind.FLEXIBLE_LOAD]
         fleet = fleet_from_gated_state(
             snapshot,
             self._state,
@@ -368,6 +398,7 @@ class PlanningCycle:
             max_age_ms=int(self.config.max_age_s * 1000),
             ev_owner=dict.fromkeys(evs, owner),
             pv_forecast_kw=forecasts,
+            load_window=dict.fromkeys(loads, load_window_steps(start, self.config)),
             sites=sites,
             feeders=feeders,
         )

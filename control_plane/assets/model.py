@@ -27,6 +27,10 @@ class AssetKind(StrEnum):
     PV_INVERTER = "pv_inverter"
     BATTERY = "battery"
     EV_CHARGER = "ev_charger"
+    # A load whose daily energy (e_kwh) can be shifted within a window (heat pump, boiler,
+    # pool pump); rated_p_kw is its maximum draw. Planned by the optimizer; its edge
+    # reports its power like any meter.
+    FLEXIBLE_LOAD = "flexible_load"
     # Grid metering points of a substation RTU (see detection/points.py); no commands.
     GRID_BUS = "grid_bus"
     GRID_LINE = "grid_line"
@@ -76,6 +80,10 @@ class Asset:
             raise ValueError(f"asset {self.asset_id}: e_kwh must be in [0, 1000000] kWh")
         if self.kind is AssetKind.BATTERY and self.e_kwh <= 0:
             raise ValueError(f"asset {self.asset_id}: a battery needs e_kwh > 0")
+        if self.kind is AssetKind.FLEXIBLE_LOAD and self.e_kwh <= 0:
+            raise ValueError(
+                f"asset {self.asset_id}: a flexible load needs e_kwh > 0 (its daily energy)"
+            )
 
 
 Bounds = tuple[float, float]
@@ -127,6 +135,13 @@ CHANNELS: dict[AssetKind, dict[int, BoundsFn]] = {
         Q.QUANTITY_ENERGY_IMPORTED: _const(_ENERGY),
         Q.QUANTITY_EV_CONNECTED: _const(_BOOL),
         Q.QUANTITY_EV_TARGET_SOC: _const(_PERCENT),
+    },
+    AssetKind.FLEXIBLE_LOAD: {
+        Q.QUANTITY_ACTIVE_POWER: lambda a: (-_MARGIN * a.rated_p_kw, 0.05 * a.rated_p_kw),
+        Q.QUANTITY_REACTIVE_POWER: _symmetric,
+        Q.QUANTITY_VOLTAGE: _const(_VOLTAGE),
+        Q.QUANTITY_ENERGY_IMPORTED: _const(_ENERGY),
+        Q.QUANTITY_TEMPERATURE: _const(_TEMPERATURE),
     },
     # Grid points: rated_p_kw is the element's rating (a bus: its feeder's); flows of
     # either sign up to the rating (with margin) are physical.

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from control_plane.assets.model import AssetKind
 from control_plane.assets.registry import RegistrySnapshot
 from control_plane.optimizer.assets import (
+    DT_H,
     STEPS,
     Battery,
     EvSession,
     FeederLimit,
     FleetState,
+    FlexibleLoad,
     Pv,
     SiteLimits,
 )
@@ -45,6 +47,20 @@ class EvOwnerConstraint:
 
     deadline_step: int = 28
     departure_step: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class LoadWindow:
+    """A flexible load owner's window: its daily energy is drawn within steps
+    ``[start_step, end_step)`` of the horizon."""
+
+    start_step: int
+    end_step: int
+    share: float = 1.0  # of the daily energy still to draw (a window already under way)
+
+    @property
+    def hours(self) -> float:
+        return (self.end_step - self.start_step) * DT_H
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +85,18 @@ def fleet_from_gated_state(
     max_age_ms: int = DEFAULT_MAX_AGE_MS,
     ev_owner: Mapping[str, EvOwnerConstraint] | None = None,
     pv_forecast_kw: Mapping[str, tuple[float, ...]] | None = None,
+    load_window: Mapping[str, LoadWindow] | None = None,
     sites: tuple[SiteLimits, ...] = (),
     feeders: tuple[FeederLimit, ...] = (),
 ) -> GatedFleet:
     """Build the optimizer's fleet from the registry and gated state (see the module docstring)."""
     ev_owner = ev_owner or {}
     pv_forecast_kw = pv_forecast_kw or {}
+    load_window = load_window or {}
     batteries: list[Battery] = []
     evs: list[EvSession] = []
     pvs: list[Pv] = []
+    loads: list[FlexibleLoad] = []
     excluded: list[Exclusion] = []
 
     def fresh(asset_id: str, quantity: int) -> GatedValue | str:
@@ -151,10 +170,30 @@ def fleet_from_gated_state(
                 )
                 continue
             pvs.append(Pv(aid, asset.site_id, tuple(forecast)))
+        elif asset.kind is AssetKind.FLEXIBLE_LOAD:
+            window = load_window.get(aid)
+            if window is None:
+                excluded.append(Exclusion(aid, "no owner's window for its energy"))
+                continue
+            power = fresh(aid, Q.QUANTITY_ACTIVE_POWER)  # online and metered, not suspect
+            if isinstance(power, str):
+                excluded.append(Exclusion(aid, power))
+                continue
+            loads.append(
+                FlexibleLoad(
+                    aid,
+                    asset.site_id,
+                    energy_kwh=min(asset.e_kwh * window.share, asset.rated_p_kw * window.hours),
+                    p_max_kw=asset.rated_p_kw,
+                    window_start_step=window.start_step,
+                    window_end_step=window.end_step,
+                )
+            )
     fleet = FleetState(
         batteries=tuple(batteries),
         evs=tuple(evs),
         pvs=tuple(pvs),
+        loads=tuple(loads),
         sites=sites,
         feeders=feeders,
         as_of_ts_ms=now_ms,

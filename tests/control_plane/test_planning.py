@@ -23,6 +23,7 @@ from control_plane.planning import (
     PlanningCycle,
     ev_owner_steps,
     horizon_start_ms,
+    load_window_steps,
     reference_prices,
     steps_until,
 )
@@ -33,7 +34,7 @@ from gridfort.v1 import telemetry_pb2 as tpb
 from security.clock import ManualClock
 from security.refusals import ConfigError
 from tests.dispatch.sites import Control, add_site, build_control
-from tests.markets.gated_fleet import SOC, gated_batch
+from tests.markets.gated_fleet import SOC, P, gated_batch
 
 BERLIN = ZoneInfo("Europe/Berlin")
 T0 = int(datetime(2026, 6, 1, 10, 5, tzinfo=UTC).timestamp() * 1000)
@@ -324,3 +325,35 @@ async def test_each_block_of_the_plan_arms_the_sites_with_its_fcr_capacity(
     control.outbox.clear()
     clock.advance(15 * 60_000)  # the next step of the same block: setpoints, no new arming
     assert cycle.dispatch_current() is True and cycle.armed_sites == 2
+
+
+def test_the_load_window_is_the_next_one_or_the_rest_of_the_current_one() -> None:
+    cfg = PlanningConfig(load_window="22:00-06:00")
+    ahead = load_window_steps(ms(2026, 6, 1, 10, 0), cfg)
+    assert (ahead.start_step, ahead.end_step, ahead.share) == (48, 80, 1.0)
+    under_way = load_window_steps(ms(2026, 6, 1, 23, 0), cfg)
+    assert (under_way.start_step, under_way.end_step) == (0, 28)
+    assert under_way.share == pytest.approx(28 / 32)
+    with pytest.raises(ConfigError, match=r"planning\.load_window"):
+        PlanningConfig(load_window="22:00")
+
+
+async def test_a_flexible_load_draws_its_daily_energy_within_the_owners_window(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(T0)  # 12:05 local: the 22:00-06:00 window is ahead
+    control, registry, state = fleet(tmp_path, clock)
+    heat = Asset("s2-heat", "s2", AssetKind.FLEXIBLE_LOAD, rated_p_kw=3.0, e_kwh=12.0)
+    registry.add_assets([heat])
+    cycle = cycle_for(control, registry, state, clock)
+    record = await cycle.plan_now()
+    assert record is not None and "no gated active_power" in record.excluded["s2-heat"]
+    state.apply(gated_batch([*ASSETS, heat], [("s2-heat", P, T0 - 1000, -0.2)], now_ms=T0))
+    record = await cycle.plan_now()
+    assert record is not None and "s2-heat" in record.plan.asset_ids
+    row = record.plan.p_kw[record.plan.asset_ids.index("s2-heat")]
+    window = load_window_steps(record.horizon_start_ms, cycle.config)
+    inside = row[window.start_step : window.end_step]
+    assert -inside.sum() * 0.25 == pytest.approx(12.0, abs=1e-3)  # its 12 kWh, imported
+    assert abs(row).sum() == pytest.approx(abs(inside).sum(), abs=1e-6)  # none outside
+    assert (inside >= -3.0 - 1e-6).all()  # never above its 3 kW
