@@ -16,7 +16,9 @@ from security.refusals import ConfigError
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    """One device. ``protocol`` is ``sunspec`` (address ``host:port``, ``unit_id``) or
+    """One device. ``protocol`` is ``sunspec`` (address ``host:port``, ``unit_id``),
+    ``modbus_load`` (a ``flexible_load`` speaking the Gridfort load profile over Modbus
+    TCP, see ``edge_node/devices/modbus_load.py``; ``host:port``, ``unit_id``) or
     ``opcua`` (address ``opc.tcp://host:port/...``). A substation RTU is kind
     ``grid_rtu`` over ``opcua`` and names the ``grid`` model it measures."""
 
@@ -34,11 +36,18 @@ class DeviceConfig:
     grid: str = ""  # grid_rtu only: one of detection.grid.GRID_NAMES
 
     def __post_init__(self) -> None:
-        if self.protocol not in ("sunspec", "opcua"):
-            raise ConfigError(f"devices.{self.asset_id}.protocol: must be 'sunspec' or 'opcua'")
+        if self.protocol not in ("sunspec", "modbus_load", "opcua"):
+            raise ConfigError(
+                f"devices.{self.asset_id}.protocol: must be 'sunspec', 'modbus_load' or 'opcua'"
+            )
         if self.protocol == "opcua" and not self.address.startswith("opc.tcp://"):
             raise ConfigError(f"devices.{self.asset_id}.address: expected opc.tcp://HOST:PORT")
-        if self.protocol == "sunspec":
+        if (self.protocol == "modbus_load") != (self.kind is AssetKind.FLEXIBLE_LOAD):
+            raise ConfigError(
+                f"devices.{self.asset_id}.protocol: a flexible_load speaks 'modbus_load', "
+                "and only a flexible_load does"
+            )
+        if self.protocol in ("sunspec", "modbus_load"):
             host, _, port = self.address.rpartition(":")
             if not host or not port.isdigit():
                 raise ConfigError(f"devices.{self.asset_id}.address: expected HOST:PORT")

@@ -44,6 +44,8 @@ def check_active_power(
         return None if p_kw >= 0 else "a PV inverter setpoint is an export cap and must be >= 0"
     if kind is AssetKind.BATTERY:
         return _battery(p_kw, limits, soc_pct)
+    if kind is AssetKind.FLEXIBLE_LOAD:
+        return None if p_kw <= 0 else "a flexible load cannot export (setpoint must be <= 0)"
     return _ev(p_kw, ev, site, now_ms)
 
 
@@ -115,6 +117,8 @@ def active_power_bounds(
                 hi = min(hi, 0.0)
             if soc_pct >= limits.soc_max_pct:
                 lo = max(lo, 0.0)
+    elif kind is AssetKind.FLEXIBLE_LOAD:
+        hi = min(hi, 0.0)
     else:
         hi = min(hi, 0.0)
         if ev is not None and ev.connected and ev.departure_ms > 0:

@@ -64,9 +64,12 @@ class Reading:
 
 
 def asset_deviation_kw(expected: Expected, actual_kw: float) -> float:
-    """How far ``actual_kw`` is from what ``expected`` asks [kW] (a cap only counts excess)."""
+    """How far ``actual_kw`` is from what ``expected`` asks [kW]: a PV cap counts only
+    export above it, a load's draw limit only import beyond it (export positive)."""
     if expected.mode == "cap":
         return max(0.0, actual_kw - expected.p_kw)
+    if expected.mode == "draw_limit":
+        return max(0.0, expected.p_kw - actual_kw)
     return abs(actual_kw - expected.p_kw)
 
 

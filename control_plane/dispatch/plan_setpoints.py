@@ -7,7 +7,10 @@ A :class:`~control_plane.optimizer.plan.Plan` holds power per asset and quarter-
 * PV: the edge takes an export *cap*; the plan's power becomes the cap only where the
   plan curtails (planned < forecast), otherwise the cap is lifted to the inverter's
   rating, so a sunnier quarter-hour than forecast is not curtailed by accident;
-* flexible loads have no device kind at the edge yet and are not dispatched (counted).
+* flexible load (heat pump, boiler): the planned power is the setpoint, clipped to
+  [-rated, 0] (a load only imports; rated = its maximum draw ``p_max_kw``, or the
+  registry's rating where that is lower). The edge writes it as the device's draw
+  limit (``edge_node/devices/modbus_load.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class Expected:
 
     asset_id: str
     site_id: str
-    mode: str  # "setpoint" | "cap"
+    mode: str  # "setpoint" | "cap" (PV: at most) | "draw_limit" (a load: import at most)
     p_kw: float
 
 
@@ -61,7 +64,8 @@ def plan_step(
     day_start_ms: int,
     rated_kw: Mapping[str, float],
 ) -> StepSetpoints:
-    """The setpoints of ``step`` per site; ``rated_kw`` gives PV ratings (registry) [kW]."""
+    """The setpoints of ``step`` per site; ``rated_kw`` gives ratings from the registry [kW]
+    (PV: needed to lift a cap; flexible loads: bounds the draw with ``p_max_kw``)."""
     if not 0 <= step < STEPS:
         raise ValueError(f"step must be in 0..{STEPS - 1}, got {step}")
     if plan.asset_ids != fleet.asset_ids:
@@ -89,7 +93,10 @@ def plan_step(
         else:
             out.skipped[pv.asset_id] = "PV rating unknown: cannot lift its cap"
     for load in fleet.loads:
-        out.skipped[load.asset_id] = "flexible loads have no device kind at the edge"
+        max_draw_kw = min(load.p_max_kw, rated_kw.get(load.asset_id, load.p_max_kw))
+        planned = float(plan.p_kw[row[load.asset_id], step])
+        # the device takes it as a maximum draw: a load drawing less (a hot tank) follows
+        add(load.asset_id, load.site_id, "draw_limit", min(0.0, max(-max_draw_kw, planned)))
     out.sections = [
         SiteSetpoints(site, tuple(a for a, _ in entries), tuple(p for _, p in entries))
         for site, entries in sorted(per_site.items())

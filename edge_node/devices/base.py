@@ -19,6 +19,9 @@ class AssetKind(StrEnum):
     PV_INVERTER = "pv_inverter"
     BATTERY = "battery"
     EV_CHARGER = "ev_charger"
+    # A controllable load (heat pump, boiler; edge_node/devices/modbus_load.py): its
+    # setpoint is the power it may draw, in [-rated_p_kw, 0] kW (import negative).
+    FLEXIBLE_LOAD = "flexible_load"
     # A substation RTU (edge_node/devices/grid_rtu.py): metering only, takes no setpoint.
     GRID_RTU = "grid_rtu"
 
@@ -115,6 +118,7 @@ class DeviceAdapter(Protocol):
 
         PV inverter: ``p_kw`` >= 0 is the export cap (curtailment).
         Battery: + discharge, - charge. EV charger: <= 0, the charging power.
+        Flexible load: <= 0, the power it may draw.
         The caller has already checked local safety limits. Raises DeviceError.
         """
         ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 from edge_node.config import DeviceConfig
 from edge_node.devices.base import AssetKind, DeviceAdapter
 from edge_node.devices.grid_rtu import GridRtu
+from edge_node.devices.modbus_load import ModbusFlexibleLoad
 from edge_node.devices.opcua import OpcUaClientSecurity, OpcUaEvCharger
 from edge_node.devices.sunspec import SunSpecBattery, SunSpecPvInverter
 
@@ -17,6 +18,9 @@ def build_adapter(device: DeviceConfig) -> DeviceAdapter:
         if device.kind is AssetKind.BATTERY:
             return SunSpecBattery(device.asset_id, host, int(port), device.unit_id)
         raise ValueError(f"device {device.asset_id}: no SunSpec adapter for {device.kind.value}")
+    if device.protocol == "modbus_load":
+        host, _, port = device.address.rpartition(":")
+        return ModbusFlexibleLoad(device.asset_id, host, int(port), device.unit_id)
     security = None
     if device.opcua_client_cert and device.opcua_client_key and device.opcua_server_cert:
         security = OpcUaClientSecurity(

@@ -30,6 +30,9 @@ def test_a_setpoint_counts_both_ways_a_cap_only_excess() -> None:
     assert asset_deviation_kw(BAT, 5.5) == 1.5
     assert asset_deviation_kw(PV, 1.0) == 0.0  # clouds are not disobedience
     assert asset_deviation_kw(PV, 2.75) == 0.75
+    load = Expected("l1", "s1", "draw_limit", -2.0)  # import at most 2 kW
+    assert asset_deviation_kw(load, -0.5) == 0.0  # a hot tank draws less: it follows
+    assert asset_deviation_kw(load, -2.6) == pytest.approx(0.6)  # drawing more does not
 
 
 def test_tolerance_is_the_larger_of_absolute_and_relative() -> None:

@@ -59,12 +59,37 @@ def test_plan_step_makes_setpoints_and_caps_per_site() -> None:
     out = plan_step(plan(f), f, 3, day_start_ms=DAY, rated_kw=RATED)
     assert (out.start_ms, out.end_ms) == (DAY + 3 * QUARTER_HOUR_MS, DAY + 4 * QUARTER_HOUR_MS)
     by_site = {s.site_id: dict(zip(s.asset_ids, s.p_kw, strict=True)) for s in out.sections}
-    assert by_site == {"s1": {"b1": 4.0, "p1": 2.0}, "s2": {"b2": -3.0, "e1": -7.4, "p2": 5.0}}
+    assert by_site == {
+        "s1": {"b1": 4.0, "p1": 2.0, "l1": -1.0},
+        "s2": {"b2": -3.0, "e1": -7.4, "p2": 5.0},
+    }
     assert out.expected["p1"].mode == "cap" and out.expected["b1"].mode == "setpoint"
-    assert "flexible loads" in out.skipped["l1"]
+    assert out.expected["l1"].mode == "draw_limit"  # a hot tank drawing less follows
+    assert out.skipped == {}
     unrated = plan_step(plan(f), f, 3, day_start_ms=DAY, rated_kw={})
     assert "rating unknown" in unrated.skipped["p2"]
     assert unrated.expected["p1"].p_kw == 2.0  # a curtailment needs no rating
+
+
+@pytest.mark.parametrize(
+    ("planned_kw", "rated", "expected_kw"),
+    [
+        (-1.5, {}, -1.5),  # within [-p_max, 0]: as planned
+        (-5.0, {}, -2.0),  # beyond the load's maximum draw (p_max_kw 2)
+        (0.7, {}, 0.0),  # a load cannot export
+        (-5.0, {"l1": 1.2}, -1.2),  # the registry's lower rating bounds it too
+    ],
+)
+def test_flexible_loads_are_dispatched_clipped_to_their_draw(
+    planned_kw: float, rated: dict[str, float], expected_kw: float
+) -> None:
+    f = fleet()
+    p = plan(f)
+    p.p_kw[f.asset_ids.index("l1"), :] = planned_kw
+    out = plan_step(p, f, 10, day_start_ms=DAY, rated_kw={**RATED, **rated})
+    s1 = next(s for s in out.sections if s.site_id == "s1")
+    assert dict(zip(s1.asset_ids, s1.p_kw, strict=True))["l1"] == expected_kw
+    assert out.expected["l1"].p_kw == expected_kw
 
 
 def test_a_plan_for_another_fleet_is_refused() -> None:
@@ -90,7 +115,13 @@ def telemetry(state: GatedState, ts_ms: int, values: dict[str, float], suspect: 
 def setup(tmp_path: Path) -> tuple[Control, PlanDispatcher, GatedState, ManualClock]:
     clock = ManualClock(DAY + 2 * QUARTER_HOUR_MS + 60_000)
     control = build_control(tmp_path, clock)
-    add_site(control, tmp_path, clock, "s1", {"b1": AssetKind.BATTERY, "p1": AssetKind.PV_INVERTER})
+    add_site(
+        control,
+        tmp_path,
+        clock,
+        "s1",
+        {"b1": AssetKind.BATTERY, "p1": AssetKind.PV_INVERTER, "l1": AssetKind.FLEXIBLE_LOAD},
+    )
     add_site(
         control,
         tmp_path,
@@ -136,6 +167,7 @@ async def test_the_current_step_is_applied_and_a_deviating_site_is_flagged(
     }
     await control.deliver()
     assert control.sites["s1"].setpoint("b1") == 4.0
+    assert control.sites["s1"].setpoint("l1") == -1.0  # the edge applied the load's draw
     assert control.sites["s2"].setpoint("e1") == -7.4
     statuses = dispatcher.evaluate()
     assert statuses["s1"].verdict is Verdict.UNOBSERVABLE  # no gated telemetry yet
@@ -143,19 +175,20 @@ async def test_the_current_step_is_applied_and_a_deviating_site_is_flagged(
     # s1 follows (PV below its cap is fine); s2's battery stays at 0 instead of -3
     t = clock.now_ms() + 6_000
     clock.set(t)
-    telemetry(state, t, {"b1": 3.9, "p1": 1.0, "b2": 0.0, "e1": -7.4, "p2": 2.5})
+    telemetry(state, t, {"b1": 3.9, "p1": 1.0, "l1": -1.0, "b2": 0.0, "e1": -7.4, "p2": 2.5})
     statuses = dispatcher.evaluate()
     assert statuses["s1"].verdict is Verdict.FOLLOWING
     assert statuses["s2"].verdict is Verdict.DEVIATING
     assert statuses["s2"].deviation_kw == pytest.approx(3.0)
     assert statuses["s2"].tolerance_kw == pytest.approx(1.04)  # 10 % of 3 + 7.4 kW
     clock.set(t + 61_000)
-    telemetry(state, t + 60_000, {"b1": 4.0, "p1": 1.0, "b2": 0.0, "e1": -7.4, "p2": 2.5})
+    row = {"b1": 4.0, "p1": 1.0, "l1": -1.0, "b2": 0.0, "e1": -7.4, "p2": 2.5}
+    telemetry(state, t + 60_000, row)
     assert dispatcher.evaluate()["s2"].verdict is Verdict.NOT_FOLLOWING
     assert dispatcher.flagged() == {"s2": Verdict.NOT_FOLLOWING}
     dispatcher.evaluate()  # still flagged: audited once
     clock.set(t + 70_000)
-    telemetry(state, t + 69_000, {"b1": 4.0, "p1": 1.0, "b2": -2.9, "e1": -7.4, "p2": 2.5})
+    telemetry(state, t + 69_000, {**row, "b2": -2.9})
     assert dispatcher.evaluate()["s2"].verdict is Verdict.FOLLOWING
     assert flags(control) == [
         ("dispatch_site_flagged", "s2", Reason.DISPATCH_NOT_FOLLOWED.value),
@@ -190,7 +223,7 @@ async def test_entries_the_edge_refused_are_reported_not_judged(tmp_path: Path) 
     assert [(a.site_id, a.status) for a in control.acks] == [("s1", "applied"), ("s2", "partial")]
     t = clock.now_ms() + 6_000
     clock.set(t)
-    telemetry(state, t, {"b1": 4.0, "p1": 2.0, "b2": 0.0, "e1": -7.4, "p2": 3.0})
+    telemetry(state, t, {"b1": 4.0, "p1": 2.0, "l1": -1.0, "b2": 0.0, "e1": -7.4, "p2": 3.0})
     s2 = dispatcher.evaluate()["s2"]
     assert s2.refused == {"b2": Reason.COMMAND_UNSAFE.value}
     assert s2.verdict is Verdict.FOLLOWING  # judged on e1 and p2 only
