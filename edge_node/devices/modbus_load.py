@@ -38,23 +38,18 @@ call reconnects.
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException, ModbusIOException
-from pymodbus.pdu import ModbusPDU
-
 from edge_node.devices.base import AppliedSetpoint, AssetKind, DeviceError, DeviceLimits, Reading
+from edge_node.devices.modbus_link import ModbusAdapter, Request
 from gridfort.v1 import telemetry_pb2 as tpb
 
 PROFILE_ID = 0x474C  # "GL"
 PROFILE_VERSION = 1
 W_SF_RANGE = (0, 4)
 NOT_IMPLEMENTED = {"uint16": 0xFFFF, "int16": 0x8000, "uint32": 0xFFFF_FFFF}
-_Request = Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +147,7 @@ def decode_inputs(regs: Sequence[int]) -> LoadInputs:
     )
 
 
-class ModbusFlexibleLoad:
+class ModbusFlexibleLoad(ModbusAdapter):
     """A flexible load speaking the Gridfort load profile over Modbus TCP.
 
     ``apply_active_power(p_kw)`` with ``p_kw`` in [-rated, 0] kW writes W_LIM = -p_kw
@@ -162,20 +157,7 @@ class ModbusFlexibleLoad:
     def __init__(
         self, asset_id: str, host: str, port: int, unit_id: int, timeout_s: float = 2.0
     ) -> None:
-        if not asset_id:
-            raise ValueError("asset_id must be non-empty")
-        if not host:
-            raise ValueError("host must be non-empty")
-        if not 1 <= port <= 65535:
-            raise ValueError(f"port must be in 1..65535, got {port}")
-        if not 0 <= unit_id <= 255:
-            raise ValueError(f"unit_id must be in 0..255, got {unit_id}")
-        if not (math.isfinite(timeout_s) and 0 < timeout_s <= 60):
-            raise ValueError(f"timeout_s must be in (0, 60] s, got {timeout_s}")
-        self._asset_id, self._host, self._port = asset_id, host, port
-        self._unit_id, self._timeout_s = unit_id, timeout_s
-        self._client: AsyncModbusTcpClient | None = None
-        self._opened = False
+        super().__init__(asset_id, host, port, unit_id, timeout_s)
         self._rating: tuple[int, int] | None = None  # (W_RTG raw, W_SF) read at connect
 
     @property
@@ -280,55 +262,7 @@ class ModbusFlexibleLoad:
 
     # --- transport ----------------------------------------------------------------------
 
-    def _error(self, what: str) -> DeviceError:
-        return DeviceError(f"device {self._host}:{self._port} unit {self._unit_id}: {what}")
-
-    def _drop(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
-    async def _open(self) -> AsyncModbusTcpClient:
-        self._drop()
-        client = AsyncModbusTcpClient(
-            self._host, port=self._port, timeout=self._timeout_s, retries=0, reconnect_delay=0
-        )
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                ok = await client.connect()
-        except (TimeoutError, OSError, ModbusException):
-            ok = False
-        if not ok:
-            client.close()
-            raise self._error("cannot connect (refused, unreachable or timed out)")
-        self._client = client
-        return client
-
-    async def _live_client(self) -> AsyncModbusTcpClient:
-        if not self._opened:
-            raise self._error("not connected: call connect() first")
-        if self._client is not None and self._client.connected:
-            return self._client
-        return await self._open()
-
-    async def _call(self, what: str, request: _Request) -> ModbusPDU:
-        client = await self._live_client()
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                response = await request(client)
-        except (TimeoutError, ModbusIOException) as exc:
-            self._drop()
-            raise self._error(f"no response within {self._timeout_s} s {what}") from exc
-        except (ModbusException, OSError) as exc:
-            self._drop()
-            raise self._error(f"link failed {what} ({type(exc).__name__})") from exc
-        if response.isError():
-            raise self._error(f"Modbus exception {response.exception_code} {what}")
-        return response
-
-    async def _registers(
-        self, table: str, address: int, count: int, request: _Request
-    ) -> list[int]:
+    async def _registers(self, table: str, address: int, count: int, request: Request) -> list[int]:
         what = f"reading {count} {table} registers at {address}"
         registers = (await self._call(what, request)).registers
         if len(registers) != count:

@@ -21,33 +21,29 @@ SoCMin, SoCMax).
 from __future__ import annotations
 
 import abc
-import asyncio
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 
 from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
 from edge_node.devices import sunspec_models as ssm
 from edge_node.devices.base import AppliedSetpoint, AssetKind, DeviceError, DeviceLimits, Reading
+from edge_node.devices.modbus_link import (
+    ModbusAdapter,
+    ModbusExceptionResponse,
+)
 from gridfort.v1 import telemetry_pb2 as tpb
 
 MAX_MODELS = 64  # a longer chain is treated as a broken device
 _CHARGE_BIT, _DISCHARGE_BIT = 0x1, 0x2  # model 124 StorCtl_Mod: CHARGE=bit 0, DiSCHARGE=bit 1
 _ILLEGAL_ADDRESS = 2  # Modbus exception code: nothing mapped at that register
-_Request = Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]
 
 
-class _ExceptionResponse(DeviceError):
-    """The device answered with a Modbus exception; ``code`` is its exception code."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
+_ExceptionResponse = ModbusExceptionResponse  # a Modbus exception answer (its code)
 
 
-class SunSpecModbusDevice(abc.ABC):
+class SunSpecModbusDevice(ModbusAdapter, abc.ABC):
     """Modbus TCP plumbing shared by the SunSpec adapters; subclasses read the ratings."""
 
     required_models: tuple[int, ...] = (ssm.COMMON_MODEL_ID,)
@@ -55,20 +51,7 @@ class SunSpecModbusDevice(abc.ABC):
     def __init__(
         self, asset_id: str, host: str, port: int, unit_id: int, timeout_s: float = 2.0
     ) -> None:
-        if not asset_id:
-            raise ValueError("asset_id must be non-empty")
-        if not host:
-            raise ValueError("host must be non-empty")
-        if not 1 <= port <= 65535:
-            raise ValueError(f"port must be in 1..65535, got {port}")
-        if not 0 <= unit_id <= 255:
-            raise ValueError(f"unit_id must be in 0..255, got {unit_id}")
-        if not (math.isfinite(timeout_s) and 0 < timeout_s <= 60):
-            raise ValueError(f"timeout_s must be in (0, 60] s, got {timeout_s}")
-        self._asset_id, self._host, self._port = asset_id, host, port
-        self._unit_id, self._timeout_s = unit_id, timeout_s
-        self._client: AsyncModbusTcpClient | None = None
-        self._opened = False
+        super().__init__(asset_id, host, port, unit_id, timeout_s)
         self._models: dict[int, tuple[int, int]] = {}  # model id -> (address, L)
 
     @property
@@ -97,57 +80,6 @@ class SunSpecModbusDevice(abc.ABC):
         """Read the device's ratings once the required models are known."""
 
     # --- errors and transport ----------------------------------------------------------
-
-    def _error(self, what: str) -> DeviceError:
-        return DeviceError(f"{self._where}: {what}")
-
-    @property
-    def _where(self) -> str:
-        return f"device {self._host}:{self._port} unit {self._unit_id}"
-
-    def _drop(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
-    async def _open(self) -> AsyncModbusTcpClient:
-        self._drop()
-        client = AsyncModbusTcpClient(
-            self._host, port=self._port, timeout=self._timeout_s, retries=0, reconnect_delay=0
-        )
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                ok = await client.connect()
-        except (TimeoutError, OSError, ModbusException):
-            ok = False
-        if not ok:
-            client.close()
-            raise self._error("cannot connect (refused, unreachable or timed out)")
-        self._client = client
-        return client
-
-    async def _live_client(self) -> AsyncModbusTcpClient:
-        if not self._opened:
-            raise self._error("not connected: call connect() first")
-        if self._client is not None and self._client.connected:
-            return self._client
-        return await self._open()
-
-    async def _call(self, what: str, request: _Request) -> ModbusPDU:
-        client = await self._live_client()
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                response = await request(client)
-        except (TimeoutError, ModbusIOException) as exc:
-            self._drop()
-            raise self._error(f"no response within {self._timeout_s} s {what}") from exc
-        except (ModbusException, OSError) as exc:
-            self._drop()
-            raise self._error(f"link failed {what} ({type(exc).__name__})") from exc
-        if response.isError():
-            code = response.exception_code
-            raise _ExceptionResponse(f"{self._where}: Modbus exception {code} {what}", code)
-        return response
 
     async def _read(self, address: int, count: int) -> list[int]:
         regs: list[int] = []
