@@ -551,6 +551,7 @@ class ControlPlane:
         if self.nats is not None:
             await self.nats.stop()
         await self.transport.stop()
+        self.dispatcher.release_held_results()  # results held behind a fan-out: record them
         self.store.close()
         self.groups.close()
         self.command_log.close()
