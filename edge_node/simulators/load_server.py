@@ -14,7 +14,6 @@ Modbus exception 3 (illegal value), writes anywhere else with exception 2.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from edge_node.devices import modbus_load as ml
 from security.clock import Clock
+from security.tasks import reap
 
 _FC_READ_HOLDING, _FC_READ_INPUT = 3, 4
 _S_PER_H = 3600.0
@@ -202,10 +202,7 @@ class LoadSimulator:
     async def stop(self) -> None:
         """Stop stepping, close every connection and release the port. Idempotent."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await reap(task)
         server, self._server = self._server, None
         if server is not None:
             await server.shutdown()  # type: ignore[no-untyped-call]  # closes clients too

@@ -35,7 +35,6 @@ write caused (:attr:`control_log`), both at the device, where the truth is.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections import deque
@@ -50,6 +49,7 @@ from edge_node.devices import sunspec_models as ssm
 from edge_node.simulators import battery_model as bm
 from edge_node.simulators import pv_model as pvm
 from security.clock import Clock
+from security.tasks import reap
 
 PV_UNIT_ID = 1
 BATTERY_UNIT_ID = 2
@@ -462,15 +462,9 @@ class SunSpecSiteSimulator:
     async def stop(self) -> None:
         """Stop stepping, close every connection and release the port. Idempotent."""
         script, self._script = self._script, None
-        if script is not None:
-            script.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await script
+        await reap(script)
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await reap(task)
         server, self._server = self._server, None
         if server is not None:
             await server.shutdown()  # type: ignore[no-untyped-call]  # closes clients too
