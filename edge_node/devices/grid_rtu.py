@@ -39,9 +39,8 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 from urllib.parse import urlparse
 
 from asyncua import ua
@@ -54,9 +53,9 @@ from detection.points import GridPoint, grid_points
 from edge_node.devices.base import AppliedSetpoint, AssetKind, DeviceError, DeviceLimits, Reading
 from edge_node.devices.opcua import (
     OpcUaClientSecurity,
+    OpcUaIo,
     _is_builtin_type,
     _is_loopback,
-    _reason,
     _Sample,
     _sample,
     _set_security,
@@ -64,7 +63,6 @@ from edge_node.devices.opcua import (
 )
 
 _log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 NAMESPACE_URI = "urn:gridfort:sim:grid-rtu"
 OBJECT_NAME = "GridRTU"
@@ -105,7 +103,7 @@ class _Snapshot:
     values: list[float]
 
 
-class GridRtu:
+class GridRtu(OpcUaIo):
     """``DeviceAdapter`` for a substation RTU presenting the model above over OPC UA.
 
     Parameters
@@ -187,20 +185,6 @@ class GridRtu:
         return None if self._last is None else self._last[0]
 
     # -- error mapping -------------------------------------------------------
-
-    def _error(self, what: str, reason: str) -> DeviceError:
-        return DeviceError(f"{self._asset_id}: {what} at {self._where} failed: {reason}")
-
-    async def _io(self, what: str, call: Awaitable[_T]) -> _T:
-        """Await one OPC UA operation under the timeout; any failure becomes DeviceError."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await call
-        except DeviceError:
-            raise
-        except Exception as exc:
-            _log.debug("%s: %s failed", self._asset_id, what, exc_info=True)
-            raise self._error(what, _reason(exc)) from None
 
     # -- connect -------------------------------------------------------------
 

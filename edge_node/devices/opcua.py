@@ -242,7 +242,31 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class OpcUaEvCharger:
+class OpcUaIo:
+    """The error mapping every OPC UA client adapter shares: set ``_asset_id``,
+    ``_where`` (host:port) and ``_timeout_s``; ``_io`` bounds one operation and turns
+    any stack failure into a :class:`DeviceError` with a short, safe reason."""
+
+    _asset_id: str
+    _where: str
+    _timeout_s: float
+
+    def _error(self, what: str, reason: str) -> DeviceError:
+        return DeviceError(f"{self._asset_id}: {what} at {self._where} failed: {reason}")
+
+    async def _io(self, what: str, call: Awaitable[_T]) -> _T:
+        """Await one OPC UA operation under the timeout; any failure becomes DeviceError."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await call
+        except DeviceError:
+            raise
+        except Exception as exc:
+            _log.debug("%s: %s failed", self._asset_id, what, exc_info=True)
+            raise self._error(what, _reason(exc)) from None
+
+
+class OpcUaEvCharger(OpcUaIo):
     """``DeviceAdapter`` for an EV charger that presents the model above over OPC UA.
 
     Parameters
@@ -300,20 +324,6 @@ class OpcUaEvCharger:
         return AssetKind.EV_CHARGER
 
     # -- error mapping -------------------------------------------------------
-
-    def _error(self, what: str, reason: str) -> DeviceError:
-        return DeviceError(f"{self._asset_id}: {what} at {self._where} failed: {reason}")
-
-    async def _io(self, what: str, call: Awaitable[_T]) -> _T:
-        """Await one OPC UA operation under the timeout; any failure becomes DeviceError."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await call
-        except DeviceError:
-            raise
-        except Exception as exc:
-            _log.debug("%s: %s failed", self._asset_id, what, exc_info=True)
-            raise self._error(what, _reason(exc)) from None
 
     # -- connect -------------------------------------------------------------
 
