@@ -13,10 +13,16 @@ The running control plane's receding-horizon loop (``[control_plane.planning]``)
    problem gets a diagnosis and the safe fallback plan (:mod:`control_plane.optimizer`);
 3. at every quarter-hour boundary it sends that step of the newest plan as signed group
    setpoints (:class:`~control_plane.dispatch.plan_dispatcher.PlanDispatcher`), at the
-   first step of each of the plan's 4-h blocks it arms every site with the plan's FCR
+   first step of each reserve block it arms every site with the plan's FCR
    capacity as signed droop parameters (:mod:`control_plane.dispatch.arming`: the edges
    answer frequency locally), and every ``follow_interval_s`` it judges plan-vs-actual
    (flags audited there).
+
+Reserve capacity is planned per block of the *market's* local time (00:00-04:00,
+04:00-08:00, ... local, :func:`market_block_starts`), not per 16 steps of the rolling
+horizon: a horizon that starts at 13:15 holds a block to 16:00, four whole blocks and the
+start of the next; on a DST day the block holding the change lasts 3 or 5 hours. FCR is
+armed for exactly each block's window and paid per block hour.
 
 Every plan is audited (``plan``: status, assets planned and excluded, objective, the
 binding constraints of a diagnosis). Inputs the telemetry does not carry come from
@@ -77,8 +83,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Prices for the horizon that starts at the given instant [ms since epoch].
-PriceSource = Callable[[int], MarketPrices]
+#: Prices for the horizon that starts at the given instant [ms since epoch], with one
+#: capacity price per reserve block of the given rules.
+PriceSource = Callable[[int, MarketRules], MarketPrices]
 #: Extra caps for the horizon that starts at the instant (accepted OpenADR events).
 ConstraintSource = Callable[[int], tuple[DemandResponse, ...]]
 #: PV forecasts [kW per step] per PV asset of the registry snapshot, for the horizon that
@@ -260,10 +267,24 @@ def load_window_steps(start_ms: int, config: PlanningConfig) -> LoadWindow:
     return LoadWindow(to_open, min(STEPS, to_close))
 
 
-def reference_prices(start_ms: int) -> MarketPrices:
+def market_block_starts(start_ms: int, tz: ZoneInfo, block_hours: int = 4) -> tuple[int, ...]:
+    """The reserve market's blocks in the horizon at ``start_ms`` as their first steps: the
+    local wall-clock hours that are multiples of ``block_hours`` (00:00, 04:00, ... local)
+    start a block, and step 0 starts the block under way. A horizon that starts inside a
+    block has 7 blocks (a partial one at each end); on a DST day the local block that
+    holds the change lasts 3 or 5 hours, as in the market."""
+    starts = [0]
+    for k in range(1, STEPS):
+        local = datetime.fromtimestamp((start_ms + k * QUARTER_HOUR_MS) / 1000, tz)
+        if local.minute == 0 and local.hour % block_hours == 0:
+            starts.append(k)
+    return tuple(starts)
+
+
+def reference_prices(start_ms: int, rules: MarketRules) -> MarketPrices:
     """The market simulator's reference curve for the horizon at ``start_ms``: energy per
-    quarter-hour [EUR/MWh] and the FCR and aFRR (up, down) capacity prices per 4-h block
-    [EUR/MW/h]."""
+    quarter-hour [EUR/MWh] and the FCR and aFRR (up, down) capacity prices for each reserve
+    block of ``rules`` [EUR/MW/h]."""
     from control_plane.markets.actions import Product
     from control_plane.markets.exchanges.day_ahead import reference_price_eur_per_mwh
     from control_plane.markets.exchanges.reserves import reference_capacity_price
@@ -271,7 +292,7 @@ def reference_prices(start_ms: int) -> MarketPrices:
     energy = tuple(
         reference_price_eur_per_mwh(start_ms + k * QUARTER_HOUR_MS) for k in range(STEPS)
     )
-    blocks = MarketRules().blocks
+    blocks = rules.blocks
     return MarketPrices(
         energy,
         (reference_capacity_price(Product.FCR),) * blocks,
@@ -290,6 +311,11 @@ class PlanRecord:
     fleet: FleetState
     excluded: Mapping[str, str]
     method: str  # "exact" or "aggregated"
+    rules: MarketRules  # the reserve blocks the plan's capacities are per
+
+    def block_at(self, step: int) -> int:
+        """The plan's reserve block that holds ``step`` of its horizon."""
+        return int(self.rules.step_block()[step])
 
     def summary(self) -> dict[str, Any]:
         plan = self.plan
@@ -427,21 +453,29 @@ class PlanningCycle:
         )
         return sites, feeders
 
-    def solve(self, now_ms: int, start_ms: int, gated: GatedFleet) -> PlanRecord:
+    def rules_at(self, start_ms: int) -> MarketRules:
+        """The market rules with the reserve blocks of the market's local time for the
+        rolling horizon at ``start_ms`` (:func:`market_block_starts`)."""
+        hours = round(self.rules.fcr_block_steps * QUARTER_HOUR_MS / 3_600_000)
+        starts = market_block_starts(start_ms, ZoneInfo(self.config.timezone), max(1, hours))
+        return replace(self.rules, block_starts=starts)
+
+    def solve(
+        self, now_ms: int, start_ms: int, gated: GatedFleet, rules: MarketRules | None = None
+    ) -> PlanRecord:
         """Price the horizon and solve it (blocking, touches no database: run it off the
-        event loop)."""
-        prices = self._prices(start_ms)
+        event loop). ``rules``: default the market's local blocks (:meth:`rules_at`)."""
+        rules = self.rules_at(start_ms) if rules is None else rules
+        prices = self._prices(start_ms, rules)
         fleet = gated.fleet
         if len(fleet) <= self.config.exact_max_assets:
             method = "exact"
-            plan = schedule(fleet, prices, self.rules, time_limit_s=self.config.time_limit_s)
+            plan = schedule(fleet, prices, rules, time_limit_s=self.config.time_limit_s)
         else:
             method = "aggregated"
-            plan = schedule_aggregated(
-                fleet, prices, self.rules, time_limit_s=self.config.time_limit_s
-            )
+            plan = schedule_aggregated(fleet, prices, rules, time_limit_s=self.config.time_limit_s)
         excluded = {e.asset_id: e.reason for e in gated.excluded}
-        return PlanRecord(now_ms, start_ms, plan, fleet, excluded, method)
+        return PlanRecord(now_ms, start_ms, plan, fleet, excluded, method, rules)
 
     async def plan_now(self) -> PlanRecord | None:
         """One round: the fleet from gated state here, the solve in a worker thread;
@@ -494,8 +528,9 @@ class PlanningCycle:
             start = delivery_starts(Product.DAY_AHEAD, day)[0]
             _, gated = self.gated_fleet(now_ms, start)
             gated = replace(gated, fleet=replace(gated.fleet, evs=()))
-            record = await asyncio.to_thread(self.solve, now_ms, start, gated)
-            prices = self._prices(start)
+            # the day's bids: the even 4-h blocks from local midnight (plan_bids maps DST)
+            record = await asyncio.to_thread(self.solve, now_ms, start, gated, self.rules)
+            prices = self._prices(start, self.rules)
             schedule_id = f"auto-da-{day.isoformat()}"
             bids, results = await asyncio.to_thread(
                 markets.submit_plan,
@@ -569,7 +604,7 @@ class PlanningCycle:
             return False
         self._last_step = key
         self.dispatched_steps += 1
-        block = int(step) // self.rules.fcr_block_steps
+        block = record.block_at(int(step))
         if self._arm is not None and (record.planned_ms, block) != self._last_armed:
             self._last_armed = (record.planned_ms, block)
             self.armed_sites += self._arm_block(record, block)
@@ -580,7 +615,7 @@ class PlanningCycle:
         edges react to frequency locally); returns how many sites were sent one."""
         assert self._arm is not None
         armings = block_arming(
-            record.plan, record.fleet, self.rules, block, day_start_ms=record.horizon_start_ms
+            record.plan, record.fleet, record.rules, block, day_start_ms=record.horizon_start_ms
         )
         sent = 0
         for site_id, arming in armings.items():

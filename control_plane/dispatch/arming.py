@@ -59,8 +59,8 @@ def block_arming(
     if plan.reserve_kw.shape[0] != len(fleet.batteries):
         raise ValueError("the plan's reserve rows do not match the fleet's batteries")
     fcr = fcr or FcrSettings()
-    start = day_start_ms + block * rules.fcr_block_steps * QUARTER_HOUR_MS
-    end = start + rules.fcr_block_steps * QUARTER_HOUR_MS
+    start = day_start_ms + int(rules.starts()[block]) * QUARTER_HOUR_MS
+    end = start + int(rules.block_steps()[block]) * QUARTER_HOUR_MS
     per_site: dict[str, list[cpb.FrequencyResponseParams]] = defaultdict(list)
     for row, bat in enumerate(fleet.batteries):
         reserve = float(plan.reserve_kw[row, block])

@@ -103,7 +103,7 @@ def _check_batteries(
         sink.out.append(Violation("plan", "plan.reserve_shape", 0, float("inf")))
         return
     sink.over(ids, "fcr.nonnegative", -r)
-    rt = np.repeat(r, rules.fcr_block_steps, axis=1)
+    rt = rules.per_block(r)
     sink.over(ids, "fcr.headroom_up", p + rt - pmax)
     sink.over(ids, "fcr.headroom_down", rt - p - pmax)
     h = rules.fcr_energy_h
@@ -149,8 +149,7 @@ def _check_afrr(
     ids = [x.asset_id for x in b]
     sink.over(ids, "afrr.nonnegative", -np.minimum(up, down))
     pmax, eta_c, eta_d, lo, hi, before, soc = _battery_arrays(fleet, p)
-    k = rules.fcr_block_steps
-    rt, ut, dt = (np.repeat(x, k, axis=1) for x in (r, up, down))
+    rt, ut, dt = (rules.per_block(x) for x in (r, up, down))
 
     def where(held: FloatArray, excess: FloatArray) -> FloatArray:
         return np.where(held > 0, excess, -np.inf)
@@ -280,5 +279,5 @@ def _check_market(plan: Plan, rules: MarketRules, sink: _Sink) -> None:
             off = _lots_off(x_kw.sum(axis=0), rules.reserve_increment_kw)
             for blk, x in enumerate(off):
                 if x > sink.tol:
-                    step = blk * rules.fcr_block_steps
+                    step = int(rules.starts()[blk])
                     sink.out.append(Violation("portfolio", name, step, x))

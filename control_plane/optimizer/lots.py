@@ -178,7 +178,7 @@ def reallocate_reserves(
     hi = st.e_max_kwh[:, None] - np.maximum(before, after)  # room below the ceiling [kWh]
     if (lo < -1e-9).any() or (hi < -1e-9).any():
         return None
-    expand = np.kron(np.eye(blocks), np.ones((1, rules.fcr_block_steps)))
+    expand = rules.expand()
     r, up, down = (cp.Variable((n, blocks), nonneg=True) for _ in range(3))
     cons = [
         cp.sum(x, axis=0) == total.sum(axis=0)
@@ -222,7 +222,7 @@ def storage_ok(
 
     def held(x: FloatArray | None, h: float) -> FloatArray:
         x = np.zeros_like(reserve_kw) if x is None else x
-        return np.repeat(x, rules.fcr_block_steps, axis=1) * h
+        return rules.per_block(x) * h
 
     rt = held(reserve_kw, rules.fcr_energy_h)
     up, down = (

@@ -10,6 +10,7 @@ seed (no downloads).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -28,7 +29,11 @@ class MarketRules:
     ``energy_increment_kw``: the portfolio's net position per step is a whole multiple of it
     (0.1 MW day-ahead bids = 100 kW; 0 = continuous). ``reserve_increment_kw``: FCR is offered
     per block in whole multiples of it (1 MW), so the minimum bid is one increment (0 =
-    continuous). ``fcr_block_steps``: steps per FCR block (16 = 4 h). ``fcr_energy_h``: hours
+    continuous). ``fcr_block_steps``: steps per FCR block (16 = 4 h). ``block_starts``: the
+    step at which each reserve block of the horizon starts, when the blocks are not the even
+    ``fcr_block_steps`` split (a rolling horizon that starts inside a market block, a DST day
+    whose local 4-h blocks last 3 or 5 h: :func:`local_block_starts`); empty = even split.
+    ``fcr_energy_h``: hours
     of full activation a battery must hold in reserve in each direction while it offers FCR
     [h]. ``afrr_energy_h``: hours of full activation a battery must hold for the aFRR it
     offers, in the offered direction, on top of FCR's (aFRR is offered in the same blocks
@@ -43,6 +48,7 @@ class MarketRules:
     fcr_energy_h: float = 0.5
     self_consumption_eur_per_mwh: float = 10.0
     afrr_energy_h: float = 0.5
+    block_starts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.energy_increment_kw) and self.energy_increment_kw >= 0):
@@ -51,6 +57,16 @@ class MarketRules:
             raise OptimizerInputError("market: reserve_increment_kw must be >= 0")
         if self.fcr_block_steps <= 0 or STEPS % self.fcr_block_steps:
             raise OptimizerInputError(f"market: fcr_block_steps must divide {STEPS}")
+        starts = self.block_starts
+        if starts and (
+            starts[0] != 0
+            or any(b <= a for a, b in itertools.pairwise(starts))
+            or starts[-1] >= STEPS
+            or any(isinstance(s, bool) or not isinstance(s, int) for s in starts)
+        ):
+            raise OptimizerInputError(
+                f"market: block_starts must be increasing steps from 0, below {STEPS}"
+            )
         if not (0 <= self.fcr_energy_h <= STEPS * DT_H):
             raise OptimizerInputError("market: fcr_energy_h must be within [0, 24] h")
         if not (0 <= self.afrr_energy_h <= STEPS * DT_H):
@@ -61,7 +77,35 @@ class MarketRules:
     @property
     def blocks(self) -> int:
         """Number of FCR blocks in the horizon."""
-        return STEPS // self.fcr_block_steps
+        return len(self.block_starts) if self.block_starts else STEPS // self.fcr_block_steps
+
+    def starts(self) -> NDArray[np.int64]:
+        """The first step of each block (blocks,)."""
+        if self.block_starts:
+            return np.asarray(self.block_starts, dtype=np.int64)
+        return np.arange(0, STEPS, self.fcr_block_steps, dtype=np.int64)
+
+    def block_steps(self) -> NDArray[np.int64]:
+        """The steps in each block (blocks,)."""
+        return np.diff(np.append(self.starts(), STEPS))
+
+    def step_block(self) -> NDArray[np.int64]:
+        """The block of each step (STEPS,)."""
+        return np.repeat(np.arange(self.blocks, dtype=np.int64), self.block_steps())
+
+    def expand(self) -> FloatArray:
+        """(blocks, STEPS) 0/1 matrix: ``x @ expand`` holds each block's value in its steps."""
+        out = np.zeros((self.blocks, STEPS), dtype=np.float64)
+        out[self.step_block(), np.arange(STEPS)] = 1.0
+        return out
+
+    def per_block(self, x: FloatArray) -> FloatArray:
+        """``x`` (n, blocks) held in each of its block's steps (n, STEPS)."""
+        return np.asarray(x[:, self.step_block()], dtype=np.float64)
+
+    def block_hours(self) -> FloatArray:
+        """The length of each block [h]: what a capacity price per MW and hour pays for."""
+        return np.asarray(self.block_steps() * DT_H, dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)

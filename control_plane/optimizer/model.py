@@ -80,12 +80,6 @@ def _incidence(rows_list: list[Any], n: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(rr)), (rr, cc)), shape=(len(rows_list), n))
 
 
-def _expand(rules: MarketRules) -> FloatArray:
-    return np.asarray(
-        np.kron(np.eye(rules.blocks), np.ones((1, rules.fcr_block_steps))), dtype=np.float64
-    )
-
-
 def _reserves(
     b: Built,
     cons: list[Any],
@@ -101,8 +95,8 @@ def _reserves(
 ) -> Any:
     """FCR and (when priced) aFRR capacity of the storage rows: variables on ``b``, headroom,
     energy holding and lots appended to ``cons``; returns their capacity revenue [EUR]."""
-    n, blocks, expand = len(st), rules.blocks, _expand(rules)
-    per_kw_h = rules.fcr_block_steps * DT_H / 1000.0  # EUR/MW/h -> EUR/kW per block
+    n, blocks, expand = len(st), rules.blocks, rules.expand()
+    per_kw_h = rules.block_hours() / 1000.0  # EUR/MW/h -> EUR/kW per block (blocks,)
     r = cp.Variable((n, blocks), nonneg=True, name="fcr_kw")
     b.reserve = r
     rt = r @ expand
@@ -131,7 +125,7 @@ def _reserves(
     cons += [net_s + head_up <= st.p_discharge_max_kw, head_down - net_s <= st.p_charge_max_kw]
     # Energy for full activation of every offered product, per direction, after every step
     # and at the start of every block (the stock the previous block left behind).
-    starts = np.arange(blocks) * rules.fcr_block_steps
+    starts = rules.starts()
     e_all = cp.hstack([st.e_init_kwh[:, None], e])
     e_start = e_all[:, starts]
     for stock, per_step in ((e, True), (e_start, False)):
@@ -142,7 +136,7 @@ def _reserves(
 
         cons.append(stock - need(hold_up) >= st.e_min_kwh[:, None])
         cons.append(stock + need(hold_down) <= st.e_max_kwh[:, None])
-    value = cp.sum(r @ (prices.fcr(rules) / 1000.0 * rules.fcr_block_steps * DT_H))
+    value = cp.sum(r @ (prices.fcr(rules) * per_kw_h))
     for name, var, fixed_total in totals:
         total = cp.sum(var, axis=0)
         if fixed_total is not None:

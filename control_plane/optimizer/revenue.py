@@ -49,15 +49,15 @@ def evaluate(fleet: FleetState, plan: Plan, prices: MarketPrices, rules: MarketR
     energy = float(prices.energy() @ p.sum(axis=0)) * DT_H / 1000.0
     reserve = 0.0
     if plan.reserve_kw.size:
-        per_kw = prices.fcr(rules) / 1000.0 * rules.fcr_block_steps * DT_H
+        per_kw = prices.fcr(rules) / 1000.0 * rules.block_hours()
         reserve = float(plan.reserve_kw.sum(axis=0) @ per_kw)
     afrr = 0.0
     if plan.afrr_up_kw.size or plan.afrr_down_kw.size:
-        block_h = rules.fcr_block_steps * DT_H / 1000.0  # EUR/MW/h -> EUR/kW per block
+        block_h = rules.block_hours() / 1000.0  # EUR/MW/h -> EUR/kW per block (blocks,)
         up_price, down_price = prices.afrr(rules)
         for x, price in ((plan.afrr_up_kw, up_price), (plan.afrr_down_kw, down_price)):
             if x.size:
-                afrr += float(x.sum(axis=0) @ price) * block_h
+                afrr += float(x.sum(axis=0) @ (price * block_h))
     deg = np.array([x.degradation_eur_per_kwh for x in fleet.batteries])
     degradation = float(deg @ np.abs(p[:nb]).sum(axis=1)) * DT_H if nb else 0.0
     pv = p[nb + ne + nl :]

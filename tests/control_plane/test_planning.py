@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,15 @@ from control_plane.assets.model import Asset, AssetKind
 from control_plane.assets.registry import AssetRegistry
 from control_plane.config import ControlPlaneConfig
 from control_plane.dispatch.plan_dispatcher import PlanDispatcher
-from control_plane.optimizer.assets import STEPS, DemandResponse
-from control_plane.optimizer.market import MarketPrices
+from control_plane.optimizer.assets import STEPS, DemandResponse, OptimizerInputError
+from control_plane.optimizer.market import MarketPrices, MarketRules
 from control_plane.planning import (
     PlanningConfig,
     PlanningCycle,
     ev_owner_steps,
     horizon_start_ms,
     load_window_steps,
+    market_block_starts,
     reference_prices,
     steps_until,
 )
@@ -90,7 +92,7 @@ def test_a_planning_section_is_parsed() -> None:
         {"state_dir": ".", "planning": {"interval_s": 300, "dispatch": False}}, Path("/tmp")
     )
     assert cfg.planning == PlanningConfig(interval_s=300, dispatch=False)
-    assert len(reference_prices(T0).energy_eur_per_mwh) == STEPS
+    assert len(reference_prices(T0, MarketRules()).energy_eur_per_mwh) == STEPS
 
 
 def fleet(tmp_path: Path, clock: ManualClock) -> tuple[Control, AssetRegistry, FleetState]:
@@ -113,7 +115,7 @@ def cycle_for(
     state: FleetState,
     clock: ManualClock,
     config: PlanningConfig = CONTINUOUS,
-    prices: Any = lambda start: PEAK_NOW,
+    prices: Any = lambda start, rules: PEAK_NOW,
     constraints: Any = None,
     grid_limits: GridLimits | None = None,
     arming: Any = None,
@@ -192,7 +194,7 @@ async def test_a_failing_input_costs_the_round_keeps_the_plan_and_is_audited(
     control, registry, state = fleet(tmp_path, clock)
     answers: list[Any] = [PEAK_NOW, ValueError("price feed returned 95 values")]
 
-    def prices(start: int) -> MarketPrices:
+    def prices(start: int, rules: MarketRules) -> MarketPrices:
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -248,7 +250,9 @@ async def test_accepted_demand_response_caps_reach_the_plan(tmp_path: Path) -> N
     clock = ManualClock(T0)
     control, registry, state = fleet(tmp_path, clock)
     cheap_now = MarketPrices((5.0,) * 4 + (200.0,) * (STEPS - 4), (0.0,) * 6)
-    free = await cycle_for(control, registry, state, clock, prices=lambda s: cheap_now).plan_now()
+    free = await cycle_for(
+        control, registry, state, clock, prices=lambda s, r: cheap_now
+    ).plan_now()
     assert free is not None and -free.plan.portfolio_kw()[0] == pytest.approx(10.0)
     seen: list[int] = []
 
@@ -257,7 +261,9 @@ async def test_accepted_demand_response_caps_reach_the_plan(tmp_path: Path) -> N
         return (DemandResponse("utility-evt-1", 0, (2.0,) * 4),)
 
     # as the composition root passes OpenAdrService.active_constraints
-    cycle = cycle_for(control, registry, state, clock, prices=lambda s: cheap_now, constraints=caps)
+    cycle = cycle_for(
+        control, registry, state, clock, prices=lambda s, r: cheap_now, constraints=caps
+    )
     record = await cycle.plan_now()
     assert record is not None and record.plan.status == "optimal"
     assert seen == [horizon_start_ms(T0)]
@@ -309,7 +315,7 @@ async def test_each_block_of_the_plan_arms_the_sites_with_its_fcr_capacity(
     control, registry, state = fleet(tmp_path, clock)
     fcr_pays = MarketPrices((50.0,) * STEPS, (500.0,) * 6)
     cycle = cycle_for(
-        control, registry, state, clock, prices=lambda s: fcr_pays, arming=control.commands
+        control, registry, state, clock, prices=lambda s, r: fcr_pays, arming=control.commands
     )
     record = await cycle.plan_now()
     assert record is not None and record.plan.reserve_kw[:, 0].min() > 0
@@ -357,3 +363,65 @@ async def test_a_flexible_load_draws_its_daily_energy_within_the_owners_window(
     assert -inside.sum() * 0.25 == pytest.approx(12.0, abs=1e-3)  # its 12 kWh, imported
     assert abs(row).sum() == pytest.approx(abs(inside).sum(), abs=1e-6)  # none outside
     assert (inside >= -3.0 - 1e-6).all()  # never above its 3 kW
+
+
+def test_the_reserve_blocks_are_the_markets_local_4h_blocks_and_follow_dst() -> None:
+    """00:00, 04:00, ... local start a block; the horizon's first (partial) block is the one
+    under way; the local block that holds a DST change lasts 3 or 5 hours."""
+    assert market_block_starts(ms(2026, 6, 1, 12, 0), BERLIN) == (0, 16, 32, 48, 64, 80)
+    # 13:15 local: 11 steps to 16:00, then every 16 steps, a partial block at the end
+    assert market_block_starts(ms(2026, 6, 1, 13, 15), BERLIN) == (0, 11, 27, 43, 59, 75, 91)
+    # spring: 00:00-04:00 is 3 h on 29 March (12 steps); autumn: 5 h on 25 October
+    assert market_block_starts(ms(2026, 3, 29, 0, 0), BERLIN)[:3] == (0, 12, 28)
+    assert market_block_starts(ms(2026, 10, 25, 0, 0), BERLIN)[:3] == (0, 20, 36)
+    assert market_block_starts(ms(2026, 3, 28, 22, 0), BERLIN)[:3] == (0, 8, 20)
+    # UTC horizons in the optimizer, local blocks in the market: rules carry them
+    rules = replace(MarketRules(), block_starts=(0, 11, 27, 43, 59, 75, 91))
+    assert rules.blocks == 7 and rules.block_steps().tolist() == [11, 16, 16, 16, 16, 16, 5]
+    assert rules.step_block()[10:12].tolist() == [0, 1]
+    with pytest.raises(OptimizerInputError, match="block_starts"):
+        replace(MarketRules(), block_starts=(3, 16))
+
+
+async def test_a_plan_inside_a_market_block_holds_reserve_per_local_block_and_arms_it(
+    tmp_path: Path,
+) -> None:
+    """At 13:20 local the plan's first block runs to 16:00 local: its FCR is armed for
+    exactly that window, the next block's from 16:00, and capacity is paid per block hour."""
+    start_local = ms(2026, 6, 1, 13, 20)
+    clock = ManualClock(start_local)
+    control, registry, state = fleet(tmp_path, clock)
+    rows = [("s1-b1", SOC, start_local - 1000, 60.0), ("s2-b1", SOC, start_local - 1000, 40.0)]
+    state.apply(gated_batch(ASSETS, rows, now_ms=start_local))
+    seen: list[MarketRules] = []
+
+    def prices(start: int, rules: MarketRules) -> MarketPrices:
+        seen.append(rules)
+        return MarketPrices((50.0,) * STEPS, (500.0,) * rules.blocks)
+
+    cycle = cycle_for(control, registry, state, clock, prices=prices, arming=control.commands)
+    record = await cycle.plan_now()
+    assert record is not None and seen[0] is record.rules
+    assert record.rules.block_starts == (0, 11, 27, 43, 59, 75, 91)
+    assert record.plan.reserve_kw.shape == (2, 7) and record.plan.reserve_kw[:, 0].min() > 0
+    assert cycle.dispatch_current() is True
+
+    def armed() -> list[cpb.ArmFrequencyResponse]:
+        out = [
+            cpb.Command.FromString(m.command.payload).arm_frequency_response
+            for _, m in control.outbox
+            if cpb.Command.FromString(m.command.payload).HasField("arm_frequency_response")
+        ]
+        control.outbox.clear()
+        return out
+
+    first = armed()
+    assert len(first) == 2
+    assert {(a.active_from_ms, a.active_until_ms) for a in first} == {
+        (ms(2026, 6, 1, 13, 15), ms(2026, 6, 1, 16, 0))
+    }
+    clock.set(ms(2026, 6, 1, 16, 0))  # the next local block: armed again, from 16:00 to 20:00
+    assert cycle.dispatch_current() is True
+    assert {(a.active_from_ms, a.active_until_ms) for a in armed()} == {
+        (ms(2026, 6, 1, 16, 0), ms(2026, 6, 1, 20, 0))
+    }

@@ -59,7 +59,7 @@ def _cycle(
         audit=audit,
         clock=clock,
         identity=f"spiffe://{TD}/control-plane/cp",
-        prices=lambda start: PRICES,
+        prices=lambda start, rules: PRICES,
         rules=MarketRules(),
         markets=markets,
         trust_domain=TD,
