@@ -47,6 +47,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from control_plane.assets.grid_limits import GridLimits
 from control_plane.assets.model import ID_PATTERN, AssetKind
 from control_plane.assets.registry import AssetRegistry, RegistrySnapshot
+from control_plane.dispatch.activation import ActivationEvent
+from control_plane.dispatch.afrr import (
+    AfrrActivation,
+    offsets,
+    reserved,
+    reserved_participants,
+    sites_of,
+)
 from control_plane.dispatch.arming import block_arming
 from control_plane.dispatch.plan_dispatcher import PlanDispatcher
 from control_plane.dispatch.plan_setpoints import QUARTER_HOUR_MS
@@ -75,7 +83,7 @@ from control_plane.state import GatedStateView
 from security.audit_log import AuditLog
 from security.clock import Clock
 from security.identity import Role, SpiffeId
-from security.refusals import ConfigError, GridfortError, Refusal
+from security.refusals import ConfigError, GridfortError, Reason, Refusal
 
 if TYPE_CHECKING:
     from control_plane.commands.dispatcher import CommandDispatcher
@@ -405,6 +413,8 @@ class PlanningCycle:
         self.failures = 0
         self.dispatched_steps = 0
         self._last_step: tuple[int, int] | None = None
+        self.afrr: AfrrActivation | None = None  # the aFRR activation under way
+        self._afrr_sends = 0
 
     # -- one round -----------------------------------------------------------
     def gated_fleet(self, now_ms: int, start_ms: int | None = None) -> tuple[int, GatedFleet]:
@@ -596,19 +606,166 @@ class PlanningCycle:
         key = (record.planned_ms, int(step))
         if key == self._last_step:
             return False
-        rated = {a.asset_id: a.rated_p_kw for a in self._registry.snapshot().assets.values()}
+        block = record.block_at(int(step))
+        afrr = self.afrr
+        shift = None
+        if afrr is not None and now_ms < afrr.until_ms:  # re-shared on this step's plan
+            shift, _ = offsets(
+                reserved_participants(record.plan, record.fleet, int(step), block),
+                afrr.event.delta_kw,
+            )
+        rated = self._ratings()
         sent = self._dispatcher.dispatch(
-            record.plan, record.fleet, day_start_ms=record.horizon_start_ms, rated_kw=rated
+            record.plan,
+            record.fleet,
+            day_start_ms=record.horizon_start_ms,
+            rated_kw=rated,
+            offsets_kw=shift,
         )
         if sent is None:
             return False
         self._last_step = key
         self.dispatched_steps += 1
-        block = record.block_at(int(step))
         if self._arm is not None and (record.planned_ms, block) != self._last_armed:
             self._last_armed = (record.planned_ms, block)
             self.armed_sites += self._arm_block(record, block)
         return True
+
+    def _ratings(self) -> dict[str, float]:
+        return {a.asset_id: a.rated_p_kw for a in self._registry.snapshot().assets.values()}
+
+    # -- aFRR: the operator-signalled path -------------------------------------
+    async def activate_afrr(
+        self, event: ActivationEvent, requested_by: str
+    ) -> AfrrActivation | Refusal:
+        """Set the pool's aFRR activation to ``event.delta_kw`` [kW, + more export] for
+        ``event.duration_s`` (see :mod:`control_plane.dispatch.afrr`): shared among the
+        batteries pro rata to the aFRR the current plan reserved in the current block and
+        sent as signed setpoints to the sites whose setpoint changes. Replaces the
+        activation under way; 0 ends it. Refused (``AFRR_NOT_AVAILABLE``) without a
+        dispatched plan or without aFRR reserved in the requested direction. Audited
+        either way (``afrr_activation``)."""
+        now_ms = self._clock.now_ms()
+        record = self.latest
+        step = -1 if record is None else (now_ms - record.horizon_start_ms) // QUARTER_HOUR_MS
+        why = ""
+        if self._dispatcher is None:
+            why = "this control plane plans but does not dispatch ([planning] dispatch = false)"
+        elif record is None or not record.plan.asset_ids:
+            why = "there is no plan to activate reserve from yet"
+        elif not 0 <= step < STEPS:
+            why = "the newest plan has run out"
+        if why:
+            return self._afrr_refused(event, requested_by, why)
+        assert record is not None and self._dispatcher is not None
+        block = record.block_at(int(step))
+        parts = reserved_participants(record.plan, record.fleet, int(step), block)
+        room = reserved(parts, event.delta_kw)
+        if event.delta_kw != 0 and room <= 0:
+            direction = "up (more export)" if event.delta_kw > 0 else "down (less export)"
+            why = f"the plan reserved no aFRR {direction} in the current block"
+            return self._afrr_refused(event, requested_by, why)
+        shift, delivered = offsets(parts, event.delta_kw)
+        starts, lengths = record.rules.starts(), record.rules.block_steps()
+        block_end = record.horizon_start_ms + int(starts[block] + lengths[block]) * QUARTER_HOUR_MS
+        previous = self.afrr
+        touched = sites_of(parts, set(shift)) | (previous.sites if previous else frozenset())
+        activation = AfrrActivation(
+            event=event,
+            requested_by=requested_by,
+            started_ms=now_ms,
+            until_ms=min(now_ms + int(event.duration_s * 1000), block_end),
+            block_end_ms=block_end,
+            offsets_kw=shift,
+            sites=sites_of(parts, set(shift)),
+            delivered_kw=delivered,
+            reserved_kw=room,
+        )
+        self.afrr = activation if shift else None
+        self._afrr_sends += 1
+        group_id = f"afrr{self._afrr_sends}:{event.activation_id}"[:64]
+        sent = await self._dispatcher.dispatch_sites(
+            record.plan,
+            record.fleet,
+            day_start_ms=record.horizon_start_ms,
+            rated_kw=self._ratings(),
+            offsets_kw=shift,
+            sites=touched,
+            activation_id=group_id,
+        )
+        report = None if sent is None else sent[1]
+        self._audit.append(
+            "afrr_activation",
+            decision="info",
+            identity=requested_by,
+            details={
+                **activation.summary(),
+                "group": group_id,
+                "sites_sent": 0 if report is None else report.sites_sent,
+                "undeliverable": 0 if report is None else len(report.undeliverable),
+            },
+        )
+        return activation
+
+    def _afrr_refused(self, event: ActivationEvent, requested_by: str, why: str) -> Refusal:
+        self._audit.append(
+            "afrr_activation",
+            decision="deny",
+            identity=requested_by,
+            reason=Reason.AFRR_NOT_AVAILABLE.value,
+            details={"activation_id": event.activation_id, "delta_kw": event.delta_kw, "why": why},
+        )
+        return Refusal(Reason.AFRR_NOT_AVAILABLE, why, requested_by)
+
+    async def end_afrr_if_due(self) -> bool:
+        """End the activation under way once its time is up: its sites get the plan's
+        setpoints back (audited ``afrr_activation_end``). True if it ended now."""
+        afrr = self.afrr
+        record = self.latest
+        now_ms = self._clock.now_ms()
+        if afrr is None or now_ms < afrr.until_ms:
+            return False
+        self.afrr = None
+        sent = None
+        if self._dispatcher is not None and record is not None:
+            self._afrr_sends += 1
+            sent = await self._dispatcher.dispatch_sites(
+                record.plan,
+                record.fleet,
+                day_start_ms=record.horizon_start_ms,
+                rated_kw=self._ratings(),
+                offsets_kw={},
+                sites=afrr.sites,
+                activation_id=f"afrr{self._afrr_sends}:end"[:64],
+            )
+        self._audit.append(
+            "afrr_activation_end",
+            decision="info",
+            identity=self._identity,
+            details={
+                "activation_id": afrr.event.activation_id,
+                "ran_ms": now_ms - afrr.started_ms,
+                "sites_sent": 0 if sent is None else sent[1].sites_sent,
+            },
+        )
+        return True
+
+    def afrr_status(self) -> dict[str, Any]:
+        """The aFRR reserved in the current block per direction [kW] and the activation."""
+        record = self.latest
+        up = down = 0.0
+        if record is not None:
+            step = (self._clock.now_ms() - record.horizon_start_ms) // QUARTER_HOUR_MS
+            if 0 <= step < STEPS:
+                block = record.block_at(int(step))
+                parts = reserved_participants(record.plan, record.fleet, int(step), block)
+                up, down = float(parts.up_kw.sum()), float(parts.down_kw.sum())
+        active = self.afrr
+        return {
+            "reserved_up_kw": round(up, 3),
+            "reserved_down_kw": round(down, 3),
+            "active": None if active is None else active.summary(),
+        }
 
     def _arm_block(self, record: PlanRecord, block: int) -> int:
         """Send each site its FCR droop parameters for ``block`` of ``record``'s plan (the
@@ -639,6 +796,7 @@ class PlanningCycle:
                 due = self.bid_due(self._clock.now_ms())
                 if due is not None:
                     await self.bid_now(due)
+                await self.end_afrr_if_due()
                 self.dispatch_current()
                 if self._dispatcher is not None and loop.time() >= next_follow:
                     next_follow = loop.time() + self.config.follow_interval_s
@@ -651,6 +809,8 @@ class PlanningCycle:
             now_ms = self._clock.now_ms()
             to_step_s = (QUARTER_HOUR_MS - now_ms % QUARTER_HOUR_MS) / 1000 + 0.05
             wake = min(next_plan - loop.time(), to_step_s, self.config.follow_interval_s)
+            if self.afrr is not None:
+                wake = min(wake, (self.afrr.until_ms - now_ms) / 1000)
             await asyncio.sleep(max(0.05, wake))
 
     def status(self) -> dict[str, Any]:
@@ -660,6 +820,7 @@ class PlanningCycle:
             "failures": self.failures,
             "dispatched_steps": self.dispatched_steps,
             "armed_sites": self.armed_sites,
+            "afrr": self.afrr_status(),
             "latest": None if self.latest is None else self.latest.summary(),
             "last_bid": None if self.last_bid is None else self.last_bid.summary(),
         }

@@ -70,6 +70,7 @@ class Reason(StrEnum):
     # dispatch (decided at the control plane about a site's behaviour)
     DISPATCH_NOT_FOLLOWED = "DISPATCH_NOT_FOLLOWED"
     DISPATCH_NOT_ACKNOWLEDGED = "DISPATCH_NOT_ACKNOWLEDGED"
+    AFRR_NOT_AVAILABLE = "AFRR_NOT_AVAILABLE"  # no dispatched plan or no aFRR reserved
     # receipts (decided at the edge)
     RECEIPT_BAD_SIGNATURE = "RECEIPT_BAD_SIGNATURE"
     # catch-all: never carries detail to the peer

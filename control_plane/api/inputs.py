@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 
 from control_plane.api.problems import ApiRefusal, malformed
 from control_plane.assets.model import ID_PATTERN
+from control_plane.dispatch.activation import MAX_DURATION_S, ActivationEvent
 from security.refusals import Reason
 
 #: The longest request target (path and query) accepted [characters].
@@ -198,3 +199,40 @@ def parse_ack_body(content_type: str | None, body: bytes) -> AckRequest | ApiRef
     if not _NOTE_RE.fullmatch(note):
         return malformed("note must not contain control, invisible or bidi formatting characters")
     return AckRequest(note=note)
+
+
+#: The largest aFRR request magnitude accepted [kW] (10 GW: far above any pool).
+MAX_AFRR_KW = 1e7
+
+
+def parse_afrr_body(content_type: str | None, body: bytes) -> ActivationEvent | ApiRefusal:
+    """``{"activation_id": id, "delta_kw": number, "duration_s": number}``, every key
+    required, no other: ``delta_kw`` [kW, + more export] within +-:data:`MAX_AFRR_KW`,
+    ``duration_s`` [s] in (0, 3600]. Who asks is the client certificate."""
+    if not body:
+        return malformed("the body must name activation_id, delta_kw and duration_s")
+    obj = parse_json_object(content_type, body)
+    if isinstance(obj, ApiRefusal):
+        return obj
+    fields = ("activation_id", "delta_kw", "duration_s")
+    unknown = sorted(set(obj) - set(fields))
+    if unknown:
+        return malformed(
+            f"unknown field(s) {', '.join(k[:32] for k in unknown[:4])}: only "
+            "activation_id, delta_kw and duration_s are accepted"
+        )
+    missing = [f for f in fields if f not in obj]
+    if missing:
+        return malformed(f"missing field(s): {', '.join(missing)}")
+    activation_id, delta, duration = (obj[f] for f in fields)
+    if not isinstance(activation_id, str) or not is_id(activation_id):
+        return malformed(f"activation_id must match {ID_PATTERN.pattern}")
+    for name, value in (("delta_kw", delta), ("duration_s", duration)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return malformed(f"{name} must be a number")
+    assert isinstance(delta, int | float) and isinstance(duration, int | float)
+    if not abs(delta) <= MAX_AFRR_KW:
+        return malformed(f"delta_kw must be within +-{MAX_AFRR_KW:.0f} kW")
+    if not 0 < duration <= MAX_DURATION_S:
+        return malformed(f"duration_s must be in (0, {MAX_DURATION_S:.0f}] s")
+    return ActivationEvent(activation_id, float(delta), float(duration))

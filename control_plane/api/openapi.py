@@ -11,10 +11,17 @@ import json
 import sys
 from typing import Any
 
-from control_plane.api.inputs import MAX_NOTE_LEN, NOTE_PATTERN, ParamKind, QueryParam
+from control_plane.api.inputs import (
+    MAX_AFRR_KW,
+    MAX_NOTE_LEN,
+    NOTE_PATTERN,
+    ParamKind,
+    QueryParam,
+)
 from control_plane.api.problems import API_REASONS, REFUSAL_STATUSES
 from control_plane.api.routes import PATH_PARAMS, ROUTES, Route
 from control_plane.assets.model import ID_PATTERN, AssetKind
+from control_plane.dispatch.activation import MAX_DURATION_S
 
 Schema = dict[str, Any]
 _ID: Schema = {"type": "string", "pattern": ID_PATTERN.pattern}
@@ -83,6 +90,41 @@ SCHEMAS: dict[str, Schema] = {
         "additionalProperties": False,
         "description": "Optional. The analyst is the client certificate, never the body.",
     },
+    "AfrrRequest": {
+        **_object(
+            {
+                "activation_id": _ID,
+                "delta_kw": {
+                    "type": "number",
+                    "minimum": -MAX_AFRR_KW,
+                    "maximum": MAX_AFRR_KW,
+                    "description": "the pool's aFRR setpoint [kW], + more export; 0 ends it",
+                },
+                "duration_s": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": MAX_DURATION_S,
+                    "description": "how long it holds [s] (it ends with its reserve block)",
+                },
+            }
+        ),
+        "description": "The operator is the client certificate, never the body.",
+    },
+    "AfrrActivation": _object(
+        {
+            "activation_id": _ID,
+            "requested_by": _STR,
+            "delta_kw": _NUM,
+            "delivered_kw": _NUM,
+            "shortfall_kw": _NUM,
+            "reserved_kw": _NUM,
+            "started_ms": _MS,
+            "until_ms": _MS,
+            "ends_with_block": _BOOL,
+            "sites": _INT,
+            "assets": _INT,
+        }
+    ),
     "GateEvidence": _object(
         {
             "detector": _STR,
@@ -203,6 +245,13 @@ SCHEMAS: dict[str, Schema] = {
             "failures": _INT,
             "dispatched_steps": _INT,
             "armed_sites": _INT,
+            "afrr": _object(
+                {
+                    "reserved_up_kw": _NUM,
+                    "reserved_down_kw": _NUM,
+                    "active": _nullable(_ref("AfrrActivation")),
+                }
+            ),
             "latest": _nullable(_ref("PlanSummary")),
             "last_bid": _nullable(
                 _object(
@@ -231,8 +280,13 @@ RESPONSES: dict[str, str] = {
     "listSites": "SiteList",
     "getAssetState": "AssetState",
     "getPlan": "PlanStatus",
+    "activateAfrr": "AfrrActivation",
     "getOpenApi": "OpenApiDocument",
 }
+
+#: The schema of each operation's request body, and the operations that need one.
+BODIES: dict[str, str] = {"acknowledgeAlert": "AckRequest", "activateAfrr": "AfrrRequest"}
+REQUIRED_BODIES = frozenset({"activateAfrr"})
 
 _STATUS_TEXT = {
     400: "Malformed request (path, query or body)",
@@ -240,6 +294,7 @@ _STATUS_TEXT = {
     403: "This role may not use this route",
     404: "No such route or resource",
     405: "Method not allowed on this route (see Allow)",
+    409: "Not possible in the current state (e.g. no aFRR reserved that way)",
     413: "Request body too large",
     415: "Request body is not application/json",
     500: "Internal error (no detail is given)",
@@ -287,9 +342,10 @@ def _operation(route: Route) -> Schema:
         "responses": responses,
     }
     if route.has_body:
+        required = route.operation_id in REQUIRED_BODIES
         op["requestBody"] = {
-            "required": False,
-            "content": {"application/json": {"schema": _ref("AckRequest")}},
+            "required": required,
+            "content": {"application/json": {"schema": _ref(BODIES[route.operation_id])}},
         }
     return op
 

@@ -26,12 +26,15 @@ from control_plane.api.quarantine import (
     unit_name,
 )
 from control_plane.assets.model import CANONICAL_UNIT, CHANNELS
+from control_plane.dispatch.activation import ActivationEvent
+from control_plane.dispatch.afrr import AfrrActivation
 from control_plane.gate.gate import GateStats
 from control_plane.ingest.pipeline import IngestPipeline
 from control_plane.transports.streams import StreamRegistry
 from security.audit_log import AuditVerification, verify_audit_log
 from security.clock import Clock
 from security.identity import Role
+from security.refusals import Refusal
 
 Json = dict[str, Any]
 
@@ -53,6 +56,14 @@ class HasStatus(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+class Planning(HasStatus, Protocol):
+    """The planning cycle as the API sees it (:class:`control_plane.planning.PlanningCycle`)."""
+
+    async def activate_afrr(
+        self, event: ActivationEvent, requested_by: str
+    ) -> AfrrActivation | Refusal: ...
+
+
 class HasGateStats(Protocol):
     version: str
     stats: GateStats
@@ -71,7 +82,7 @@ class ApiSources:
     telemetry_db: Path
     audit_log: Path
     clock: Clock
-    planning: HasStatus | None = None  # the planning cycle, when configured
+    planning: Planning | None = None  # the planning cycle, when configured
 
 
 def jsonable(value: Any) -> Any:
@@ -272,6 +283,16 @@ class ApiOperations:
         if self._s.planning is None:
             return not_found("no planning cycle runs here ([control_plane.planning] is absent)")
         return jsonable(self._s.planning.status())  # type: ignore[no-any-return]
+
+    async def activate_afrr(self, event: ActivationEvent, operator: str) -> Json | ApiRefusal:
+        """Pass an aFRR request on to the planning cycle; 404 when nothing plans here, 409
+        (``AFRR_NOT_AVAILABLE``) when no dispatched plan reserved aFRR that way."""
+        if self._s.planning is None:
+            return not_found("no planning cycle runs here ([control_plane.planning] is absent)")
+        outcome = await self._s.planning.activate_afrr(event, operator)
+        if isinstance(outcome, Refusal):
+            return ApiRefusal(outcome.reason, outcome.message)
+        return jsonable(outcome.summary())  # type: ignore[no-any-return]
 
     def asset_state(self, asset_id: str) -> Json | ApiRefusal:
         """Gated values only (what the optimizer may see) and whether the asset is suspect."""

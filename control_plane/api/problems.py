@@ -30,6 +30,7 @@ _STATUS: dict[AnyReason, int] = {
     Reason.MALFORMED_REQUEST: 400,
     Reason.OVERSIZED: 413,
     Reason.UNSUPPORTED_MEDIA_TYPE: 415,
+    Reason.AFRR_NOT_AVAILABLE: 409,
     Reason.UNAVAILABLE: 503,
     Reason.INTERNAL: 500,
 }

@@ -33,7 +33,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
 
 from control_plane.api.access_audit import AccessAudit, AccessDecision
-from control_plane.api.inputs import parse_ack_body
+from control_plane.api.inputs import parse_ack_body, parse_afrr_body
 from control_plane.api.openapi import openapi_document
 from control_plane.api.operations import ApiOperations, Json
 from control_plane.api.problems import AnyReason, ApiRefusal, malformed
@@ -395,6 +395,13 @@ class RestApi:
             result = ops.asset_state(p["asset_id"])
         elif op == "getPlan":
             result = ops.plan()
+        elif op == "activateAfrr":
+            event = parse_afrr_body(content_type, body)
+            if isinstance(event, ApiRefusal):
+                return event
+            result = await ops.activate_afrr(event, peer.uri)
+            if not isinstance(result, ApiRefusal):
+                return result, {"activation_id": event.activation_id, "delta_kw": event.delta_kw}
         elif op == "getOpenApi":
             return self._openapi, {}
         else:  # a route without an operation is a bug: refuse, never guess

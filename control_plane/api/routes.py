@@ -127,6 +127,14 @@ ROUTES: tuple[Route, ...] = (
         OPERATOR,
         "The planning cycle: the newest plan's summary and the loop's counters",
     ),
+    Route(
+        "POST",
+        "/v1/afrr/activations",
+        "activateAfrr",
+        OPERATOR,
+        "Activate the aFRR the current plan reserved (the pool's setpoint; 0 ends it)",
+        has_body=True,
+    ),
     Route("GET", "/v1/openapi.json", "getOpenApi", HUMANS, "This API's OpenAPI 3.1 document"),
 )
 

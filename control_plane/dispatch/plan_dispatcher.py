@@ -92,20 +92,75 @@ class PlanDispatcher:
         *,
         day_start_ms: int,
         rated_kw: Mapping[str, float],
+        offsets_kw: Mapping[str, float] | None = None,
     ) -> tuple[StepSetpoints, GroupSend] | None:
-        """Send the quarter-hour that holds now (valid until it ends); None outside the day."""
+        """Send the quarter-hour that holds now (valid until it ends); None outside the day.
+        ``offsets_kw``: an aFRR activation under way, added to its batteries [kW]."""
+        prepared = self._prepare(plan, fleet, day_start_ms, rated_kw, offsets_kw, None, None)
+        if prepared is None:
+            return None
+        setpoints, activation_id, ttl_s = prepared
+        report = self._groups.send(setpoints.sections, ttl_s=ttl_s, activation_id=activation_id)
+        self._track(setpoints, activation_id)
+        return setpoints, report
+
+    async def dispatch_sites(
+        self,
+        plan: Plan,
+        fleet: FleetState,
+        *,
+        day_start_ms: int,
+        rated_kw: Mapping[str, float],
+        offsets_kw: Mapping[str, float],
+        sites: frozenset[str],
+        activation_id: str,
+    ) -> tuple[StepSetpoints, GroupSend] | None:
+        """Re-send the current quarter-hour to ``sites`` only, with ``offsets_kw`` [kW] on
+        their batteries (an aFRR activation or its end): the time-critical fan-out
+        (:meth:`GroupDispatcher.send_async`), tracked like any plan step."""
+        prepared = self._prepare(
+            plan, fleet, day_start_ms, rated_kw, offsets_kw, sites, activation_id
+        )
+        if prepared is None:
+            return None
+        setpoints, group_id, ttl_s = prepared
+        report = await self._groups.send_async(
+            setpoints.sections, ttl_s=ttl_s, activation_id=group_id
+        )
+        self._track(setpoints, group_id)
+        return setpoints, report
+
+    def _prepare(
+        self,
+        plan: Plan,
+        fleet: FleetState,
+        day_start_ms: int,
+        rated_kw: Mapping[str, float],
+        offsets_kw: Mapping[str, float] | None,
+        sites: frozenset[str] | None,
+        activation_id: str | None,
+    ) -> tuple[StepSetpoints, str, float] | None:
+        """The current step's setpoints (only ``sites``' sections if given), the group's
+        activation id (default ``plan:<day start>:<step>``) and its time to live [s]."""
         now_ms = self._clock.now_ms()
         step = step_at(day_start_ms, now_ms)
         if step is None:
             return None
-        setpoints = plan_step(plan, fleet, step, day_start_ms=day_start_ms, rated_kw=rated_kw)
-        activation_id = f"plan:{day_start_ms}:{step}"
+        setpoints = plan_step(
+            plan, fleet, step, day_start_ms=day_start_ms, rated_kw=rated_kw, offsets_kw=offsets_kw
+        )
+        if sites is not None:
+            setpoints.sections = [s for s in setpoints.sections if s.site_id in sites]
+        if activation_id is None:
+            activation_id = f"plan:{day_start_ms}:{step}"
         ttl_s = max(MIN_TTL_S, (setpoints.end_ms - now_ms) / 1000)
-        report = self._groups.send(setpoints.sections, ttl_s=ttl_s, activation_id=activation_id)
+        return setpoints, activation_id, ttl_s
+
+    def _track(self, setpoints: StepSetpoints, activation_id: str) -> None:
+        now_ms = self._clock.now_ms()
         for section in setpoints.sections:
             expected = {a: setpoints.expected[a] for a in section.asset_ids}
             self._sites[section.site_id] = _Track(activation_id, now_ms, expected)
-        return setpoints, report
 
     def on_ack(self, ack: GroupAck) -> None:
         """A site's verified answer: refused entries and the read-back deviation [kW]."""

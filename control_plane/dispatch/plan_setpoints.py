@@ -63,9 +63,12 @@ def plan_step(
     *,
     day_start_ms: int,
     rated_kw: Mapping[str, float],
+    offsets_kw: Mapping[str, float] | None = None,
 ) -> StepSetpoints:
     """The setpoints of ``step`` per site; ``rated_kw`` gives ratings from the registry [kW]
-    (PV: needed to lift a cap; flexible loads: bounds the draw with ``p_max_kw``)."""
+    (PV: needed to lift a cap; flexible loads: bounds the draw with ``p_max_kw``).
+    ``offsets_kw``: added to those batteries' planned power [kW, + export] (an aFRR
+    activation within the capacity the plan reserved, :mod:`control_plane.dispatch.afrr`)."""
     if not 0 <= step < STEPS:
         raise ValueError(f"step must be in 0..{STEPS - 1}, got {step}")
     if plan.asset_ids != fleet.asset_ids:
@@ -79,8 +82,10 @@ def plan_step(
         per_site[site_id].append((asset_id, p_kw))
         out.expected[asset_id] = Expected(asset_id, site_id, mode, p_kw)
 
+    offsets = offsets_kw or {}
     for bat in fleet.batteries:
-        add(bat.asset_id, bat.site_id, "setpoint", float(plan.p_kw[row[bat.asset_id], step]))
+        planned = float(plan.p_kw[row[bat.asset_id], step]) + offsets.get(bat.asset_id, 0.0)
+        add(bat.asset_id, bat.site_id, "setpoint", planned)
     for ev in fleet.evs:
         add(ev.asset_id, ev.site_id, "setpoint", min(0.0, float(plan.p_kw[row[ev.asset_id], step])))
     for pv in fleet.pvs:

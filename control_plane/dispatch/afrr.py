@@ -1,0 +1,114 @@
+"""aFRR: the capacity the plan reserved, activated on the operator's signal.
+
+FCR and FFR are answered at the edge from the frequency it measures (armed per block,
+:mod:`control_plane.dispatch.arming`). aFRR is the other path: the transmission system
+operator's load-frequency controller asks the pool for more or less power, and the
+control plane passes that request on to the batteries as signed setpoints, the round
+trip :mod:`control_plane.dispatch.activation` is built (and benchmarked) for.
+
+What may be activated is what the plan reserved: in the current reserve block each
+battery holds ``afrr_up_kw`` (more export on call) and ``afrr_down_kw`` (less export)
+with the headroom and stored energy the optimizer's checker verified for every step of
+the block. A request for ``delta_kw`` (+ more export) is shared pro rata to those
+reservations (:func:`~control_plane.dispatch.activation.allocate`), never beyond them: a
+request larger than the reservation saturates and the shortfall is reported, never forced
+onto an asset. An activation replaces the one before it (the request is the pool's
+setpoint, not an increment), ``delta_kw = 0`` ends it, and it ends by itself after
+``duration_s`` or with its reserve block, whichever comes first, since the next block's
+reservation may differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from control_plane.dispatch.activation import ActivationEvent, Participants, allocate
+from control_plane.optimizer.assets import FleetState
+from control_plane.optimizer.plan import Plan
+
+#: Offsets below this are not sent as a change [kW].
+MIN_OFFSET_KW = 1e-6
+
+
+def reserved_participants(plan: Plan, fleet: FleetState, step: int, block: int) -> Participants:
+    """The batteries with aFRR reserved in ``block``, with their planned power at ``step``
+    [kW, + export] as the base and their reservation per direction as the headroom [kW]."""
+    if plan.afrr_up_kw.shape != plan.reserve_kw.shape or plan.afrr_down_kw.shape != (
+        plan.reserve_kw.shape
+    ):
+        return Participants.from_rows(())
+    rows = []
+    index = {a: i for i, a in enumerate(plan.asset_ids)}
+    for b, bat in enumerate(fleet.batteries):
+        up = float(plan.afrr_up_kw[b, block]) if plan.afrr_up_kw.size else 0.0
+        down = float(plan.afrr_down_kw[b, block]) if plan.afrr_down_kw.size else 0.0
+        if up > MIN_OFFSET_KW or down > MIN_OFFSET_KW:
+            base = float(plan.p_kw[index[bat.asset_id], step])
+            rows.append((bat.site_id, bat.asset_id, base, max(up, 0.0), max(down, 0.0)))
+    return Participants.from_rows(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class AfrrActivation:
+    """One activation under way: who asked, when it ends [ms], the offset per battery
+    [kW, + export], what the reservation delivers of the request [kW], and the
+    reservation in the requested direction [kW]."""
+
+    event: ActivationEvent
+    requested_by: str
+    started_ms: int
+    until_ms: int
+    block_end_ms: int
+    offsets_kw: Mapping[str, float]
+    sites: frozenset[str]
+    delivered_kw: float
+    reserved_kw: float
+
+    @property
+    def shortfall_kw(self) -> float:
+        return self.event.delta_kw - self.delivered_kw
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "activation_id": self.event.activation_id,
+            "requested_by": self.requested_by,
+            "delta_kw": self.event.delta_kw,
+            "delivered_kw": round(self.delivered_kw, 3),
+            "shortfall_kw": round(self.shortfall_kw, 3),
+            "reserved_kw": round(self.reserved_kw, 3),
+            "started_ms": self.started_ms,
+            "until_ms": self.until_ms,
+            "ends_with_block": self.until_ms == self.block_end_ms,
+            "sites": len(self.sites),
+            "assets": len(self.offsets_kw),
+        }
+
+
+def offsets(participants: Participants, delta_kw: float) -> tuple[dict[str, float], float]:
+    """Per-battery offsets [kW] for the pool setpoint ``delta_kw`` and what they deliver."""
+    setpoints, delivered = allocate(participants, delta_kw)
+    moved = setpoints - participants.base_kw
+    out = {
+        participants.asset_ids[i]: float(moved[i])
+        for i in np.flatnonzero(np.abs(moved) > MIN_OFFSET_KW)
+    }
+    return out, delivered
+
+
+def reserved(participants: Participants, delta_kw: float) -> float:
+    """The reservation in the direction of ``delta_kw`` [kW]."""
+    return float((participants.up_kw if delta_kw >= 0 else participants.down_kw).sum())
+
+
+def sites_of(participants: Participants, asset_ids: set[str]) -> frozenset[str]:
+    """The sites that own any of ``asset_ids``."""
+    bounds = participants.site_bounds.tolist()
+    out = set()
+    for k, site in enumerate(participants.site_ids):
+        if asset_ids.intersection(participants.asset_ids[bounds[k] : bounds[k + 1]]):
+            out.add(site)
+    return frozenset(out)
