@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from control_plane.alerts import AlertBook
 from control_plane.api.operations import ApiOperations, ApiSources
@@ -63,8 +64,11 @@ from security.tasks import reap
 
 if TYPE_CHECKING:
     from control_plane.assets.grid_limits import GridLimits
+    from control_plane.forecast.history import GatedHistory
+    from control_plane.forecast.weather_feed import WeatherForecasts
+    from control_plane.markets.actions import Product
     from control_plane.markets.service import MarketService
-    from control_plane.planning import PlanningCycle
+    from control_plane.planning import PlanningCycle, PvForecastSource
     from control_plane.transports.nats_client import ControlPlaneClientTls
     from control_plane.transports.nats_cluster import EmbeddedNatsCluster
     from control_plane.transports.nats_ingest import NatsIngest
@@ -73,6 +77,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: How often the gate's temporal tracks are saved for the next start [s].
 GATE_SAVE_S = 30.0
+#: How often completed quarter-hours of gated PV power are written to history.db [s].
+HISTORY_FLUSH_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -269,20 +275,37 @@ class ControlPlane:
         self.planning: PlanningCycle | None = None  # gated state -> plan -> dispatch
         self.grid_limits: GridLimits | None = None
         self._planning_task: asyncio.Task[None] | None = None
+        # the live PV forecast's inputs: gated PV history and the submitted weather feed
+        self.history: GatedHistory | None = None
+        self.weather: WeatherForecasts | None = None
+        self.planning_pv_source: PvForecastSource | None = None
+        self._history_task: asyncio.Task[None] | None = None
+        self._pv_train_task: asyncio.Future[None] | None = None
         if config.planning is not None:
             from control_plane.assets.grid_limits import GridLimits
             from control_plane.dispatch.plan_dispatcher import PlanDispatcher
             from control_plane.planning import PlanningCycle
 
             self.grid_limits = GridLimits(self.paths.registry_db)
+            if config.planning.pv_forecast and config.planning.pv_live_model:
+                from control_plane.forecast.history import GatedHistory
+                from control_plane.forecast.weather_feed import WeatherForecasts
+
+                self.history = GatedHistory(self.paths.root / "history.db")
+                self.weather = WeatherForecasts(
+                    self.paths.root / "weather.db", config.planning.forecast_site()
+                )
+                self.pipeline.add_commit_observer(self.history.observe)
+            self.planning_pv_source = config.planning.pv_source(self.history, self.weather)
             self.planning = PlanningCycle(
                 config.planning,
-                pv_forecast=config.planning.pv_source(),
+                pv_forecast=self.planning_pv_source,
                 constraints=None if self.openadr is None else self.openadr.active_constraints,
                 markets=self.markets,
                 trust_domain=config.trust_domain,
                 grid_limits=self.grid_limits,
                 arming=self.dispatcher,
+                positions=None if self.markets is None else self._sold_kw,
                 registry=self.registry,
                 state=self.pipeline.state,
                 audit=self.audit,
@@ -345,6 +368,7 @@ class ControlPlane:
                         audit_log=self.paths.audit_log,
                         clock=clock_,
                         planning=self.planning,
+                        weather=None if self.weather is None else self.submit_weather,
                     )
                 ),
             )
@@ -361,6 +385,75 @@ class ControlPlane:
         while True:
             await asyncio.sleep(interval_s)
             await self.save_gate_state()
+
+    def _is_pv(self, asset_id: str) -> bool:
+        """The history keeps PV plants only (what the live forecast reads)."""
+        from control_plane.assets.model import AssetKind
+
+        asset = self.pipeline.registry_snapshot.assets.get(asset_id)
+        return asset is not None and asset.kind is AssetKind.PV_INVERTER
+
+    async def flush_history(self, everything: bool = False) -> None:
+        """Write completed quarter-hours (``everything``: all, at stop) of the gated PV
+        history to history.db, off the event loop."""
+        if self.history is None:
+            return
+        now = self.clock.now_ms()
+        if everything:
+            rows = self.history.detach_all(self._is_pv)
+        else:
+            rows = self.history.detach_completed(now, self._is_pv)
+        try:
+            await asyncio.to_thread(self.history.write, rows, now)
+        except (OSError, sqlite3.Error) as e:  # costs forecast inputs, not the run
+            log.warning("history: %d quarter-hours not written: %s", len(rows), e)
+
+    def _sold_kw(self, product: Product, delivery_start_ms: int) -> float:
+        """Reserve capacity the market gateway has sold for one block [kW] (fills)."""
+        assert self.markets is not None
+        return max(0.0, 1000.0 * self.markets.gateway.position_mw(product, delivery_start_ms))
+
+    def ensure_pv_model(self) -> None:
+        """Train the live PV model (a few seconds in a worker thread; the climatology
+        serves until it is done) unless it is loaded, trained or training. Called at start
+        when the weather store holds forecasts and after each accepted weather forecast:
+        without a weather feed the model is never used, so it is not trained."""
+        from control_plane.forecast.live import ModelPvForecastSource
+
+        source = self.planning_pv_source
+        if not isinstance(source, ModelPvForecastSource) or source.model is not None:
+            return
+        if self._pv_train_task is None or (
+            self._pv_train_task.done() and source.training_error is not None
+        ):
+            self._pv_train_task = asyncio.ensure_future(asyncio.to_thread(source.train))
+
+    async def submit_weather(
+        self, document: Mapping[str, Any], submitted_by: str
+    ) -> dict[str, Any]:
+        """A day-ahead weather forecast for the live PV model (``PUT /v1/weather``) from
+        ``submitted_by`` (SPIFFE ID): the store's answer (accepted, or the refusal's code
+        and message), audited either way."""
+        if self.weather is None:
+            raise GridfortError("no weather feed here (planning pv_forecast/pv_live_model off)")
+        now = self.clock.now_ms()
+        result = await asyncio.to_thread(self.weather.submit, document, now)
+        answer = result.to_json()
+        self.audit.append(
+            "weather_forecast",
+            decision="allow" if result.accepted else "deny",
+            identity=submitted_by,
+            reason="" if result.reason is None else result.reason.value,
+            details={k: v for k, v in answer.items() if k != "accepted"},
+        )
+        if result.accepted:
+            self.ensure_pv_model()
+        return answer
+
+    async def _flush_history_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.flush_history()
 
     @property
     def api_port(self) -> int | None:
@@ -386,6 +479,10 @@ class ControlPlane:
         if self.planning is not None:
             self._planning_task = asyncio.ensure_future(self.planning.run())
         self._gate_saver = asyncio.ensure_future(self._save_gate_state_every(GATE_SAVE_S))
+        if self.history is not None:
+            self._history_task = asyncio.ensure_future(self._flush_history_every(HISTORY_FLUSH_S))
+        if self.weather is not None and self.weather.stored_steps() > 0:
+            self.ensure_pv_model()  # a weather feed is connected: the model will be used
         if self.openadr is not None:  # OpenADR VEN: registers in the background
             await self.openadr.start()
         self.audit.append(
@@ -544,6 +641,8 @@ class ControlPlane:
             await self.api.stop()
         await reap(self._planning_task)
         await reap(self._gate_saver)
+        await reap(self._history_task)
+        await reap(self._pv_train_task)
         await self.save_gate_state()
         await reap(self._nats_sync)
         if self.nats_ingest is not None:
@@ -551,6 +650,7 @@ class ControlPlane:
         if self.nats is not None:
             await self.nats.stop()
         await self.transport.stop()
+        await self.flush_history(everything=True)  # no more ingest: write the open ones
         self.dispatcher.release_held_results()  # results held behind a fan-out: record them
         self.store.close()
         self.groups.close()
@@ -558,5 +658,9 @@ class ControlPlane:
         self.alerts.close()
         if self.grid_limits is not None:
             self.grid_limits.close()
+        if self.history is not None:
+            self.history.close()
+        if self.weather is not None:
+            self.weather.close()
         self.audit.close()
         self.registry.close()

@@ -87,6 +87,8 @@ from security.refusals import ConfigError, GridfortError, Reason, Refusal
 
 if TYPE_CHECKING:
     from control_plane.commands.dispatcher import CommandDispatcher
+    from control_plane.forecast.live import HistoryReader, WeatherReader
+    from control_plane.forecast.site import ForecastSite
     from control_plane.markets.service import MarketService
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,10 @@ log = logging.getLogger(__name__)
 #: Prices for the horizon that starts at the given instant [ms since epoch], with one
 #: capacity price per reserve block of the given rules.
 PriceSource = Callable[[int, MarketRules], MarketPrices]
+#: The capacity already sold [kW, >= 0] of a reserve product for the block that starts at
+#: the instant [ms] (the market gateway's filled position, e.g.
+#: ``lambda product, start: 1000 * gateway.position_mw(product, start)``).
+PositionSource = Callable[[Product, int], float]
 #: Extra caps for the horizon that starts at the instant (accepted OpenADR events).
 ConstraintSource = Callable[[int], tuple[DemandResponse, ...]]
 #: PV forecasts [kW per step] per PV asset of the registry snapshot, for the horizon that
@@ -118,6 +124,11 @@ class PlanningConfig:
     plants on the climatological forecast at ``latitude_deg`` / ``longitude_deg`` [deg]
     (:mod:`control_plane.forecast.live`), at the ``pv_quantile`` of the clear-sky index
     (0.1: P10, the margin rule); false: PV plants are left out of the plan.
+    ``pv_live_model``: plan each PV plant on the trained quantile PV model where its gated
+    history and the weather feed cover the horizon (else the climatology,
+    :class:`control_plane.forecast.live.ModelPvForecastSource`); the model is trained at
+    start on generated history at the location unless ``pv_model`` names a signed
+    ``.gfcast`` file, verified with the Ed25519 public key (PEM) at ``pv_model_key``.
     ``load_window``: the local window (``HH:MM-HH:MM``, may span midnight) in which each
     flexible load draws its daily energy (``e_kwh`` in the registry).
     ``bid_day_ahead``: once a day at ``bid_at`` (local, before the 12:00 gate closure)
@@ -142,6 +153,9 @@ class PlanningConfig:
     latitude_deg: float = 52.52
     longitude_deg: float = 13.40
     pv_quantile: float = 0.1
+    pv_live_model: bool = True
+    pv_model: str = ""
+    pv_model_key: str = ""
     load_window: str = "22:00-06:00"
     bid_day_ahead: bool = False
     bidder: str = "auto-bidder"
@@ -191,21 +205,50 @@ class PlanningConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
                 raise ConfigError(f"planning.{name}: must be a number in [{lo:g}, {hi:g}]")
+        for name in ("pv_model", "pv_model_key"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"planning.{name}: must be a file path")
+        if bool(self.pv_model) != bool(self.pv_model_key):
+            raise ConfigError("planning.pv_model: needs pv_model_key (and the other way round)")
+        if self.pv_model and not (self.pv_forecast and self.pv_live_model):
+            raise ConfigError("planning.pv_model: needs pv_forecast and pv_live_model")
 
-    def pv_source(self) -> PvForecastSource | None:
-        """The PV forecast the cycle plans on (learned here, ~0.4 s), or None."""
-        if not self.pv_forecast:
-            return None
-        from control_plane.forecast.live import ClimatologicalPv
-        from control_plane.forecast.live import PvForecastSource as Climatological
+    def forecast_site(self) -> ForecastSite:
+        """The fleet's location as a forecast site (PV plant of the default size)."""
         from control_plane.forecast.site import ForecastSite
 
-        site = ForecastSite(
+        return ForecastSite(
             latitude_deg=float(self.latitude_deg),
             longitude_deg=float(self.longitude_deg),
             tz=self.timezone,
         )
-        return Climatological(ClimatologicalPv.learn(site, quantile=float(self.pv_quantile)))
+
+    def pv_source(
+        self, history: HistoryReader | None = None, weather: WeatherReader | None = None
+    ) -> PvForecastSource | None:
+        """The PV forecast the cycle plans on, or None. With ``history`` and ``weather``
+        and ``pv_live_model``: a :class:`~control_plane.forecast.live.ModelPvForecastSource`
+        holding the signed ``pv_model`` (verified here: :class:`ConfigError` if refused) or
+        no model yet (the owner trains it, :meth:`ModelPvForecastSource.train`); else the
+        climatological source. The climatology is learned here (~1 s)."""
+        if not self.pv_forecast:
+            return None
+        from pathlib import Path
+
+        from control_plane.forecast.live import ClimatologicalPv, ModelPvForecastSource
+        from control_plane.forecast.live import PvForecastSource as Climatological
+        from control_plane.forecast.live_inputs import load_pv_model
+
+        site = self.forecast_site()
+        model = None
+        if self.pv_model:
+            model = load_pv_model(Path(self.pv_model), Path(self.pv_model_key), site)
+        climate = ClimatologicalPv.learn(site, quantile=float(self.pv_quantile))
+        if history is None or weather is None or not self.pv_live_model:
+            return Climatological(climate)
+        return ModelPvForecastSource(
+            climate, history, weather, model=model, quantile=float(self.pv_quantile)
+        )
 
     def market_rules(self) -> MarketRules:
         return MarketRules(
@@ -287,6 +330,18 @@ def market_block_starts(start_ms: int, tz: ZoneInfo, block_hours: int = 4) -> tu
         if local.minute == 0 and local.hour % block_hours == 0:
             starts.append(k)
     return tuple(starts)
+
+
+def block_delivery_start(start_ms: int, tz: ZoneInfo, block_hours: int = 4) -> int:
+    """The start [ms] of the market block that holds ``start_ms``: the latest local
+    wall-clock hour at or before it that is a multiple of ``block_hours``."""
+    t = start_ms - start_ms % QUARTER_HOUR_MS
+    for _ in range(4 * (block_hours + 2)):  # a DST block lasts at most block_hours + 1
+        local = datetime.fromtimestamp(t / 1000, tz)
+        if local.minute == 0 and local.hour % block_hours == 0:
+            return t
+        t -= QUARTER_HOUR_MS
+    raise ValueError(f"no {block_hours}-h block boundary before {start_ms} in {tz}")
 
 
 def reference_prices(start_ms: int, rules: MarketRules) -> MarketPrices:
@@ -387,6 +442,7 @@ class PlanningCycle:
         trust_domain: str = "gridfort.local",
         grid_limits: GridLimits | None = None,
         arming: CommandDispatcher | None = None,
+        positions: PositionSource | None = None,
     ) -> None:
         self.config = config
         self._registry = registry
@@ -399,6 +455,7 @@ class PlanningCycle:
         self._pv_forecast = pv_forecast
         self._constraints = constraints
         self._grid_limits = grid_limits
+        self._positions = positions  # reserve capacity already sold, kept by every re-plan
         # FCR arming at each block of the plan (None: not armed by this cycle)
         self._arm = arming if config.dispatch else None
         self._last_armed: tuple[int, int] | None = None
@@ -417,13 +474,16 @@ class PlanningCycle:
         self._afrr_sends = 0
 
     # -- one round -----------------------------------------------------------
-    def gated_fleet(self, now_ms: int, start_ms: int | None = None) -> tuple[int, GatedFleet]:
+    async def gated_fleet(self, now_ms: int, start_ms: int | None = None) -> tuple[int, GatedFleet]:
         """The horizon start (default: the current quarter-hour) and the fleet built from
-        gated state at ``now_ms``."""
+        gated state at ``now_ms``. The PV forecast runs in a worker thread (a trained
+        model reads history and weather from SQLite and runs torch: ~3 ms per plant)."""
         start = horizon_start_ms(now_ms) if start_ms is None else start_ms
         snapshot = self._registry.snapshot()
         sites, feeders = self._limits(snapshot)
-        forecasts = self._pv_forecast(start, snapshot) if self._pv_forecast is not None else {}
+        forecasts: Mapping[str, tuple[float, ...]] = {}
+        if self._pv_forecast is not None:
+            forecasts = await asyncio.to_thread(self._pv_forecast, start, snapshot)
         owner = ev_owner_steps(start, self.config)
         evs = [a.asset_id for a in snapshot.assets.values() if a.kind is AssetKind.EV_CHARGER]
         loads = [a.asset_id for a in snapshot.assets.values() if a.kind is AssetKind.FLEXIBLE_LOAD]
@@ -465,10 +525,27 @@ class PlanningCycle:
 
     def rules_at(self, start_ms: int) -> MarketRules:
         """The market rules with the reserve blocks of the market's local time for the
-        rolling horizon at ``start_ms`` (:func:`market_block_starts`)."""
-        hours = round(self.rules.fcr_block_steps * QUARTER_HOUR_MS / 3_600_000)
-        starts = market_block_starts(start_ms, ZoneInfo(self.config.timezone), max(1, hours))
-        return replace(self.rules, block_starts=starts)
+        rolling horizon at ``start_ms`` (:func:`market_block_starts`) and, with a position
+        source, the capacity already sold in each of them (held by the plan: a re-plan
+        inside a block never drops what the market awarded)."""
+        hours = max(1, round(self.rules.fcr_block_steps * QUARTER_HOUR_MS / 3_600_000))
+        tz = ZoneInfo(self.config.timezone)
+        starts = market_block_starts(start_ms, tz, hours)
+        rules = replace(self.rules, block_starts=starts)
+        if self._positions is None:
+            return rules
+        delivery = [block_delivery_start(start_ms, tz, hours)]
+        delivery += [start_ms + k * QUARTER_HOUR_MS for k in starts[1:]]
+        inc = rules.reserve_increment_kw
+        sold: list[tuple[float, ...]] = []
+        for product in (Product.FCR, Product.AFRR_POS, Product.AFRR_NEG):
+            kw = [max(0.0, float(self._positions(product, d))) for d in delivery]
+            if inc > 0:  # whole lots; a fraction (never sold so) is held as the lot above
+                kw = [inc * math.ceil(x / inc - 1e-6) for x in kw]
+            sold.append(tuple(kw) if any(x > 0 for x in kw) else ())
+        return replace(
+            rules, sold_fcr_kw=sold[0], sold_afrr_up_kw=sold[1], sold_afrr_down_kw=sold[2]
+        )
 
     def solve(
         self, now_ms: int, start_ms: int, gated: GatedFleet, rules: MarketRules | None = None
@@ -493,7 +570,7 @@ class PlanningCycle:
         now_ms = self._clock.now_ms()
         self.rounds += 1
         try:
-            start, gated = self.gated_fleet(now_ms)
+            start, gated = await self.gated_fleet(now_ms)
             record = await asyncio.to_thread(self.solve, now_ms, start, gated)
         except (OptimizerInputError, ValueError, OSError) as e:
             self.failures += 1
@@ -536,7 +613,7 @@ class PlanningCycle:
         self._bid_days.add(day)
         try:
             start = delivery_starts(Product.DAY_AHEAD, day)[0]
-            _, gated = self.gated_fleet(now_ms, start)
+            _, gated = await self.gated_fleet(now_ms, start)
             gated = replace(gated, fleet=replace(gated.fleet, evs=()))
             # the day's bids: the even 4-h blocks from local midnight (plan_bids maps DST)
             record = await asyncio.to_thread(self.solve, now_ms, start, gated, self.rules)
@@ -750,6 +827,13 @@ class PlanningCycle:
         )
         return True
 
+    def _pv_status(self) -> dict[str, Any] | None:
+        """The PV source's own status (the live model: ready or not, sources used), if any."""
+        status = getattr(self._pv_forecast, "status", None)
+        if status is None:
+            return None if self._pv_forecast is None else {"model": "climatology only"}
+        return dict(status())
+
     def afrr_status(self) -> dict[str, Any]:
         """The aFRR reserved in the current block per direction [kW] and the activation."""
         record = self.latest
@@ -821,6 +905,7 @@ class PlanningCycle:
             "dispatched_steps": self.dispatched_steps,
             "armed_sites": self.armed_sites,
             "afrr": self.afrr_status(),
+            "pv_forecast": self._pv_status(),
             "latest": None if self.latest is None else self.latest.summary(),
             "last_bid": None if self.last_bid is None else self.last_bid.summary(),
         }

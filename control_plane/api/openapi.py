@@ -110,6 +110,41 @@ SCHEMAS: dict[str, Schema] = {
         ),
         "description": "The operator is the client certificate, never the body.",
     },
+    "WeatherForecast": {
+        **_object(
+            {
+                "issued_ms": {
+                    **_MS,
+                    "description": "when it was issued: not in the future, at most 7 days old",
+                },
+                "steps": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1000,
+                    "description": "strictly increasing quarter-hours, within [now - 1 day, "
+                    "now + 10 days]; the newest issue wins per quarter-hour",
+                    "items": _object(
+                        {
+                            "ts_ms": {**_MS, "description": "a multiple of 900000"},
+                            "ghi_w_per_m2": {"type": "number", "minimum": 0, "maximum": 1500},
+                            "air_temp_c": {"type": "number", "minimum": -60, "maximum": 60},
+                        }
+                    ),
+                },
+            }
+        ),
+        "description": "Day-ahead global horizontal irradiance (the quarter-hour's mean) "
+        "and air temperature at the fleet's location, for the live PV model.",
+    },
+    "WeatherAccepted": _object(
+        {
+            "accepted": {"type": "boolean", "enum": [True]},
+            "steps": _INT,
+            "issued_ms": _MS,
+            "first_ms": _MS,
+            "last_ms": _MS,
+        }
+    ),
     "AfrrActivation": _object(
         {
             "activation_id": _ID,
@@ -252,6 +287,19 @@ SCHEMAS: dict[str, Schema] = {
                     "active": _nullable(_ref("AfrrActivation")),
                 }
             ),
+            "pv_forecast": _nullable(
+                {
+                    "type": "object",
+                    "required": ["model"],
+                    "properties": {
+                        "model": _STR,
+                        "training_error": _nullable(_STR),
+                        "quantile": _NUM,
+                        "sources": {"type": "object", "additionalProperties": _INT},
+                    },
+                    "additionalProperties": False,
+                }
+            ),
             "latest": _nullable(_ref("PlanSummary")),
             "last_bid": _nullable(
                 _object(
@@ -281,12 +329,17 @@ RESPONSES: dict[str, str] = {
     "getAssetState": "AssetState",
     "getPlan": "PlanStatus",
     "activateAfrr": "AfrrActivation",
+    "putWeatherForecast": "WeatherAccepted",
     "getOpenApi": "OpenApiDocument",
 }
 
 #: The schema of each operation's request body, and the operations that need one.
-BODIES: dict[str, str] = {"acknowledgeAlert": "AckRequest", "activateAfrr": "AfrrRequest"}
-REQUIRED_BODIES = frozenset({"activateAfrr"})
+BODIES: dict[str, str] = {
+    "acknowledgeAlert": "AckRequest",
+    "activateAfrr": "AfrrRequest",
+    "putWeatherForecast": "WeatherForecast",
+}
+REQUIRED_BODIES = frozenset({"activateAfrr", "putWeatherForecast"})
 
 _STATUS_TEXT = {
     400: "Malformed request (path, query or body)",

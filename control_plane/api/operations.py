@@ -13,7 +13,7 @@ import fcntl
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,7 +34,7 @@ from control_plane.transports.streams import StreamRegistry
 from security.audit_log import AuditVerification, verify_audit_log
 from security.clock import Clock
 from security.identity import Role
-from security.refusals import Refusal
+from security.refusals import Reason, Refusal
 
 Json = dict[str, Any]
 
@@ -64,6 +64,10 @@ class Planning(HasStatus, Protocol):
     ) -> AfrrActivation | Refusal: ...
 
 
+#: Store a weather forecast document from the named identity; the store's answer.
+WeatherSubmit = Callable[[Mapping[str, Any], str], Awaitable[dict[str, Any]]]
+
+
 class HasGateStats(Protocol):
     version: str
     stats: GateStats
@@ -83,6 +87,7 @@ class ApiSources:
     audit_log: Path
     clock: Clock
     planning: Planning | None = None  # the planning cycle, when configured
+    weather: WeatherSubmit | None = None  # the live PV model's weather feed, when configured
 
 
 def jsonable(value: Any) -> Any:
@@ -283,6 +288,22 @@ class ApiOperations:
         if self._s.planning is None:
             return not_found("no planning cycle runs here ([control_plane.planning] is absent)")
         return jsonable(self._s.planning.status())  # type: ignore[no-any-return]
+
+    async def submit_weather(self, document: Mapping[str, Any], operator: str) -> Json | ApiRefusal:
+        """Store a day-ahead weather forecast; 404 where no live PV model runs, a refusal
+        (``MALFORMED_REQUEST`` with the store's precise message) stores nothing."""
+        if self._s.weather is None:
+            return not_found(
+                "no weather feed here ([control_plane.planning] with pv_live_model is absent)"
+            )
+        answer = await self._s.weather(document, operator)
+        if not answer.get("accepted"):
+            return ApiRefusal(
+                Reason.MALFORMED_REQUEST,
+                f"{answer.get('reason')}: {answer.get('message')}",
+                details={"weather_reason": str(answer.get("reason"))},
+            )
+        return answer
 
     async def activate_afrr(self, event: ActivationEvent, operator: str) -> Json | ApiRefusal:
         """Pass an aFRR request on to the planning cycle; 404 when nothing plans here, 409

@@ -33,7 +33,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
 
 from control_plane.api.access_audit import AccessAudit, AccessDecision
-from control_plane.api.inputs import parse_ack_body, parse_afrr_body
+from control_plane.api.inputs import parse_ack_body, parse_afrr_body, parse_json_object
 from control_plane.api.openapi import openapi_document
 from control_plane.api.operations import ApiOperations, Json
 from control_plane.api.problems import AnyReason, ApiRefusal, malformed
@@ -339,7 +339,7 @@ class RestApi:
         return result
 
     async def _read_body(self, request: web.Request, match: RouteMatch) -> bytes | ApiRefusal:
-        limit = self.settings.max_body_bytes
+        limit = match.route.max_body_bytes or self.settings.max_body_bytes
         too_big = ApiRefusal(Reason.OVERSIZED, f"the request body is larger than {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
             return too_big
@@ -395,6 +395,11 @@ class RestApi:
             result = ops.asset_state(p["asset_id"])
         elif op == "getPlan":
             result = ops.plan()
+        elif op == "putWeatherForecast":
+            document = parse_json_object(content_type, body)
+            if isinstance(document, ApiRefusal):
+                return document
+            result = await ops.submit_weather(document, peer.uri)
         elif op == "activateAfrr":
             event = parse_afrr_body(content_type, body)
             if isinstance(event, ApiRefusal):

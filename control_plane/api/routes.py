@@ -28,6 +28,9 @@ SOC = frozenset({Role.SOC})
 OPERATOR = frozenset({Role.OPERATOR})
 HUMANS = frozenset({Role.SOC, Role.OPERATOR})
 
+#: The largest weather forecast body [bytes]: 1,000 quarter-hours of about 80 bytes each,
+#: with room for indentation.
+WEATHER_MAX_BODY_BYTES = 256 << 10
 #: Largest page of a list [items].
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -64,6 +67,7 @@ class Route:
     summary: str
     query: tuple[QueryParam, ...] = ()
     has_body: bool = False
+    max_body_bytes: int | None = None  # None: the API's limit (RestSettings.max_body_bytes)
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -134,6 +138,15 @@ ROUTES: tuple[Route, ...] = (
         OPERATOR,
         "Activate the aFRR the current plan reserved (the pool's setpoint; 0 ends it)",
         has_body=True,
+    ),
+    Route(
+        "PUT",
+        "/v1/weather",
+        "putWeatherForecast",
+        OPERATOR,
+        "A day-ahead weather forecast (GHI, air temperature per quarter-hour) for live PV",
+        has_body=True,
+        max_body_bytes=WEATHER_MAX_BODY_BYTES,
     ),
     Route("GET", "/v1/openapi.json", "getOpenApi", HUMANS, "This API's OpenAPI 3.1 document"),
 )

@@ -83,6 +83,7 @@ class IngestPipeline:
         self._gate_listeners: list[Callable[[GatedBatch], object]] = (
             [on_gate_quarantine] if on_gate_quarantine else []
         )
+        self._commit_observers: list[Callable[[GatedBatch], object]] = []
         self.guard = ReplayGuard(
             replay_policy or ReplayPolicy(), store.high_water_marks(), store.batch_digest
         )
@@ -235,6 +236,8 @@ class IngestPipeline:
         self.guard.commit(site, seq)
         if outcome is CommitOutcome.COMMITTED:
             self.state.apply(v)
+            for observe in self._commit_observers:
+                observe(v)
         if outcome is CommitOutcome.DUPLICATE:
             self.stats.batches_duplicate += 1
             return IngestResult(site, seq, DUPLICATE, digest)
@@ -262,6 +265,12 @@ class IngestPipeline:
             quarantined=len(v.quarantined),
             quarantined_detail=[(q.index, q.reason) for q in v.quarantined],
         )
+
+    def add_commit_observer(self, observer: Callable[[GatedBatch], object]) -> None:
+        """Call ``observer`` with every committed batch, right after fleet state applied it
+        (on the event loop, for every batch: it must be cheap and must not raise), e.g.
+        :meth:`control_plane.forecast.history.GatedHistory.observe`."""
+        self._commit_observers.append(observer)
 
     def add_gate_listener(self, listener: Callable[[GatedBatch], object]) -> None:
         """Call ``listener`` with every committed batch in which the gate quarantined something."""

@@ -82,7 +82,30 @@ def check_plan(
     _check_demand_response(fleet, p, sink)
     if plan.bids:
         _check_market(plan, rules, sink)
+    _check_sold(plan, rules, sink)
     return sink.out
+
+
+def _check_sold(plan: Plan, rules: MarketRules, sink: _Sink) -> None:
+    """The portfolio holds at least the capacity already sold, per product and block."""
+    for name, x_kw in (
+        ("fcr", plan.reserve_kw),
+        ("afrr_up", plan.afrr_up_kw),
+        ("afrr_down", plan.afrr_down_kw),
+    ):
+        sold = rules.sold(name)
+        if not sold.any():
+            continue
+        held = x_kw.sum(axis=0) if x_kw.size else np.zeros(rules.blocks)
+        if held.shape != sold.shape:
+            sink.out.append(Violation("plan", "plan.reserve_shape", 0, float("inf")))
+            return
+        short = sold - held
+        for blk in np.flatnonzero(short > sink.tol):  # reported at the block's first step
+            step = int(rules.starts()[blk])
+            sink.out.append(
+                Violation("portfolio", f"market.sold_{name}_kw", step, float(short[blk]))
+            )
 
 
 def _check_batteries(

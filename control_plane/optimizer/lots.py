@@ -48,11 +48,14 @@ REALLOCATE_TIME_S = 5.0  #: time limit of the reserve re-split LP [s]
 
 
 def lots(x: FloatArray, inc: float, how: str = "round") -> FloatArray:
-    """``x`` [kW] in whole ``inc`` [kW] lots, rounded (``round``) or down (``floor``)."""
+    """``x`` [kW] in whole ``inc`` [kW] lots, rounded (``round``) or down (``floor``; a
+    total within a millionth of a lot below a whole lot, the solver's tolerance, counts as
+    that lot, so a sold position held to the solver's accuracy is not cut by one lot)."""
     if inc <= 0:
         return x
-    f = np.round if how == "round" else np.floor
-    return np.asarray(inc * f(x / inc + 1e-9), dtype=np.float64)
+    if how == "round":
+        return np.asarray(inc * np.round(x / inc + 1e-9), dtype=np.float64)
+    return np.asarray(inc * np.floor(x / inc + 1e-6), dtype=np.float64)
 
 
 def lot_path(x_kw: FloatArray, inc: float) -> FloatArray:

@@ -32,7 +32,11 @@ class MarketRules:
     continuous). ``fcr_block_steps``: steps per FCR block (16 = 4 h). ``block_starts``: the
     step at which each reserve block of the horizon starts, when the blocks are not the even
     ``fcr_block_steps`` split (a rolling horizon that starts inside a market block, a DST day
-    whose local 4-h blocks last 3 or 5 h: :func:`local_block_starts`); empty = even split.
+    whose local 4-h blocks last 3 or 5 h: ``control_plane.planning.market_block_starts``);
+    empty = even split. ``sold_fcr_kw`` / ``sold_afrr_up_kw`` / ``sold_afrr_down_kw``: the
+    capacity the portfolio has already sold per block [kW] (the reserve market's awards, a
+    position a re-plan must keep): the plan holds at least that much in each block; empty =
+    nothing sold.
     ``fcr_energy_h``: hours
     of full activation a battery must hold in reserve in each direction while it offers FCR
     [h]. ``afrr_energy_h``: hours of full activation a battery must hold for the aFRR it
@@ -49,6 +53,9 @@ class MarketRules:
     self_consumption_eur_per_mwh: float = 10.0
     afrr_energy_h: float = 0.5
     block_starts: tuple[int, ...] = ()
+    sold_fcr_kw: tuple[float, ...] = ()
+    sold_afrr_up_kw: tuple[float, ...] = ()
+    sold_afrr_down_kw: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.energy_increment_kw) and self.energy_increment_kw >= 0):
@@ -67,6 +74,19 @@ class MarketRules:
             raise OptimizerInputError(
                 f"market: block_starts must be increasing steps from 0, below {STEPS}"
             )
+        for name in ("sold_fcr_kw", "sold_afrr_up_kw", "sold_afrr_down_kw"):
+            sold = getattr(self, name)
+            if sold and (
+                len(sold) != self.blocks or not all(math.isfinite(x) and x >= 0 for x in sold)
+            ):
+                raise OptimizerInputError(
+                    f"market: {name} needs {self.blocks} finite values >= 0 (one per block)"
+                )
+            inc = self.reserve_increment_kw
+            if inc > 0 and any(abs(x / inc - round(x / inc)) > 1e-6 for x in sold):
+                raise OptimizerInputError(
+                    f"market: {name} must be in whole {inc:g} kW lots (what the market sells)"
+                )
         if not (0 <= self.fcr_energy_h <= STEPS * DT_H):
             raise OptimizerInputError("market: fcr_energy_h must be within [0, 24] h")
         if not (0 <= self.afrr_energy_h <= STEPS * DT_H):
@@ -102,6 +122,17 @@ class MarketRules:
     def per_block(self, x: FloatArray) -> FloatArray:
         """``x`` (n, blocks) held in each of its block's steps (n, STEPS)."""
         return np.asarray(x[:, self.step_block()], dtype=np.float64)
+
+    def sold(self, product: str) -> FloatArray:
+        """Capacity already sold per block [kW] of ``product`` (``fcr``, ``afrr_up``,
+        ``afrr_down``); zeros where nothing is."""
+        values: tuple[float, ...] = getattr(self, f"sold_{product}_kw")
+        return np.asarray(values, dtype=np.float64) if values else np.zeros(self.blocks)
+
+    @property
+    def sold_afrr(self) -> bool:
+        """True if some aFRR capacity is already sold (the plan must hold it)."""
+        return any(x > 0 for x in self.sold_afrr_up_kw + self.sold_afrr_down_kw)
 
     def block_hours(self) -> FloatArray:
         """The length of each block [h]: what a capacity price per MW and hour pays for."""

@@ -38,6 +38,7 @@ positive are the ones that make the problem infeasible (see :mod:`.diagnosis`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,9 +93,11 @@ def _reserves(
     lots: bool,
     fixed_fcr: FloatArray | None,
     fixed_afrr: tuple[FloatArray, FloatArray] | None,
+    relax: Callable[[str, Any, list[str]], Any],
 ) -> Any:
-    """FCR and (when priced) aFRR capacity of the storage rows: variables on ``b``, headroom,
-    energy holding and lots appended to ``cons``; returns their capacity revenue [EUR]."""
+    """FCR and (when priced or already sold) aFRR capacity of the storage rows: variables on
+    ``b``, headroom, energy holding, lots and the sold positions (``market.sold_<product>``,
+    relaxable for the diagnosis) appended to ``cons``; returns their capacity revenue [EUR]."""
     n, blocks, expand = len(st), rules.blocks, rules.expand()
     per_kw_h = rules.block_hours() / 1000.0  # EUR/MW/h -> EUR/kW per block (blocks,)
     r = cp.Variable((n, blocks), nonneg=True, name="fcr_kw")
@@ -107,14 +110,19 @@ def _reserves(
     hold_down: list[tuple[FloatArray, Any]] = [(h * eta, r)]
     totals: list[tuple[str, Any, FloatArray | None]] = [("fcr", r, fixed_fcr)]
     afrr_value: Any = 0
-    if prices.offers_afrr:
+    if prices.offers_afrr or rules.sold_afrr:
         ha = rules.afrr_energy_h
         up = cp.Variable((n, blocks), nonneg=True, name="afrr_up_kw")
         down = cp.Variable((n, blocks), nonneg=True, name="afrr_down_kw")
         b.afrr_up, b.afrr_down = up, down
-        for var, price in zip((up, down), prices.afrr(rules), strict=True):
-            idle = np.flatnonzero(price <= 0)
-            if len(idle):  # not offered where it earns nothing
+        for var, price, sold in zip(
+            (up, down),
+            prices.afrr(rules),
+            (rules.sold("afrr_up"), rules.sold("afrr_down")),
+            strict=True,
+        ):
+            idle = np.flatnonzero((price <= 0) & (sold <= 0))
+            if len(idle):  # not offered where it earns nothing (and nothing is sold)
                 cons.append(var[:, idle] == 0)
             afrr_value += cp.sum(var @ (price * per_kw_h))
         head_up, head_down = rt + up @ expand, rt + down @ expand
@@ -137,8 +145,12 @@ def _reserves(
         cons.append(stock - need(hold_up) >= st.e_min_kwh[:, None])
         cons.append(stock + need(hold_down) <= st.e_max_kwh[:, None])
     value = cp.sum(r @ (prices.fcr(rules) * per_kw_h))
+    block_ids = [f"block {k}" for k in range(blocks)]
     for name, var, fixed_total in totals:
         total = cp.sum(var, axis=0)
+        sold = rules.sold(name)
+        if sold.any():  # a position the market awarded: held, whatever it earns now
+            cons.append(relax(f"market.sold_{name}", total - sold, block_ids))
         if fixed_total is not None:
             cons.append(total == fixed_total)
         elif lots:
@@ -201,7 +213,7 @@ def build(
                 b, cons, st, net_s, e, prices, rules,
                 lots=rules.reserve_increment_kw > 0 and integral and not elastic,
                 fixed_fcr=None if fixed_lots is None else fixed_lots[1],
-                fixed_afrr=fixed_afrr,
+                fixed_afrr=fixed_afrr, relax=relax,
             )  # fmt: skip
     imp: Any = None
     if len(dm):

@@ -131,9 +131,7 @@ async def test_hostile_afrr_requests_over_the_wire_change_nothing(
     assert system.control_plane.planning.afrr is None
 
 
-async def test_afrr_is_for_operators_in_json_only(
-    system: EmbeddedSystem, clients: Clients
-) -> None:
+async def test_afrr_is_for_operators_in_json_only(system: EmbeddedSystem, clients: Clients) -> None:
     body = b'{"activation_id": "a", "delta_kw": 1, "duration_s": 60}'
     soc = await clients(Role.SOC, "alice").request(
         "POST", "/v1/afrr/activations", body=body, headers={"Content-Type": "application/json"}

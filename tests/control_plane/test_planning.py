@@ -22,6 +22,7 @@ from control_plane.optimizer.market import MarketPrices, MarketRules
 from control_plane.planning import (
     PlanningConfig,
     PlanningCycle,
+    block_delivery_start,
     ev_owner_steps,
     horizon_start_ms,
     load_window_steps,
@@ -425,3 +426,43 @@ async def test_a_plan_inside_a_market_block_holds_reserve_per_local_block_and_ar
     assert {(a.active_from_ms, a.active_until_ms) for a in armed()} == {
         (ms(2026, 6, 1, 16, 0), ms(2026, 6, 1, 20, 0))
     }
+
+
+def test_the_block_under_way_starts_at_the_last_local_boundary() -> None:
+    assert block_delivery_start(ms(2026, 6, 1, 13, 20), BERLIN) == ms(2026, 6, 1, 12, 0)
+    assert block_delivery_start(ms(2026, 6, 1, 12, 0), BERLIN) == ms(2026, 6, 1, 12, 0)
+    # the spring DST day: 00:00-04:00 local lasts 3 h
+    assert block_delivery_start(ms(2026, 3, 29, 3, 45), BERLIN) == ms(2026, 3, 29, 0, 0)
+
+
+async def test_reserve_already_sold_is_held_by_every_re_plan(tmp_path: Path) -> None:
+    """The market awarded 2 kW of FCR for 12:00-16:00 local (sold before the horizon
+    started); FCR pays nothing now, yet the 13:20 re-plan holds the award in that block
+    and arms it, and nothing in blocks without an award."""
+    start_local = ms(2026, 6, 1, 13, 20)
+    clock = ManualClock(start_local)
+    control, registry, state = fleet(tmp_path, clock)
+    rows = [("s1-b1", SOC, start_local - 1000, 60.0), ("s2-b1", SOC, start_local - 1000, 40.0)]
+    state.apply(gated_batch(ASSETS, rows, now_ms=start_local))
+    asked: list[tuple[str, int]] = []
+
+    def sold(product: Any, delivery_start_ms: int) -> float:
+        asked.append((product.value, delivery_start_ms))
+        return 2.0 if (product.value, delivery_start_ms) == ("fcr", ms(2026, 6, 1, 12, 0)) else 0
+
+    cycle = PlanningCycle(
+        CONTINUOUS,
+        registry=registry,
+        state=state,
+        audit=control.audit,
+        clock=clock,
+        identity=control.signer.signer,
+        prices=lambda s, r: MarketPrices((50.0,) * STEPS, (0.0,) * r.blocks),
+        positions=sold,
+    )
+    record = await cycle.plan_now()
+    assert record is not None and record.plan.status != "fallback"
+    assert record.rules.sold_fcr_kw == (2.0,) + (0.0,) * 6
+    held = record.plan.reserve_kw.sum(axis=0)
+    assert held[0] == pytest.approx(2.0, abs=1e-6) and held[1:].max() == pytest.approx(0.0)
+    assert ("fcr", ms(2026, 6, 1, 12, 0)) in asked and ("afrr_pos", ms(2026, 6, 1, 16, 0)) in asked

@@ -50,7 +50,9 @@ async def planned(tmp_path: Path, config: PlanningConfig = CONTINUOUS, **kw: Any
 
 def setpoints(control: Any) -> dict[str, float | None]:
     return {
-        a: site.setpoint(a) for site in control.sites.values() for a in site.devices  # type: ignore[misc]
+        a: site.setpoint(a)
+        for site in control.sites.values()
+        for a in site.devices  # type: ignore[misc]
     }
 
 
@@ -95,7 +97,7 @@ async def test_an_activation_moves_the_reserved_batteries_pro_rata_and_no_furthe
 async def test_an_activation_ends_by_itself_and_holds_across_quarter_hours(
     tmp_path: Path,
 ) -> None:
-    _, control, cycle, record = await planned(tmp_path)
+    clock, control, cycle, record = await planned(tmp_path)
     base = setpoints(control)
     got = await cycle.activate_afrr(ActivationEvent("tso-1", 1.0, 1200.0), OPERATOR)
     assert isinstance(got, AfrrActivation)
@@ -104,14 +106,20 @@ async def test_an_activation_ends_by_itself_and_holds_across_quarter_hours(
     assert cycle.dispatch_current() is True
     await control.deliver()
     next_step = setpoints(control)
-    assert sum(next_step.values()) == pytest.approx(  # type: ignore[arg-type]
-        sum(record.plan.p_kw[:2, 1]) + 1.0, abs=1e-6
+    assert (
+        sum(next_step.values())
+        == pytest.approx(  # type: ignore[arg-type]
+            sum(record.plan.p_kw[:2, 1]) + 1.0, abs=1e-6
+        )
     )
     clock.advance(6 * 60_000)  # 21 min > 20 min: over
     assert await cycle.end_afrr_if_due() is True and cycle.afrr is None
     await control.deliver()
-    assert sum(setpoints(control).values()) == pytest.approx(  # type: ignore[arg-type]
-        sum(record.plan.p_kw[:2, 1]), abs=1e-6
+    assert (
+        sum(setpoints(control).values())
+        == pytest.approx(  # type: ignore[arg-type]
+            sum(record.plan.p_kw[:2, 1]), abs=1e-6
+        )
     )
     assert base  # the first step's base was the plan's
     ended = audit(tmp_path, "afrr_activation_end")

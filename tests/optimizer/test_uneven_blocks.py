@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from control_plane.optimizer.aggregation import schedule_aggregated
-from control_plane.optimizer.assets import DT_H, STEPS, FleetState
+from control_plane.optimizer.assets import DT_H, STEPS, FleetState, OptimizerInputError
 from control_plane.optimizer.check import check_plan
 from control_plane.optimizer.market import MarketPrices, MarketRules, synthetic_prices
 from control_plane.optimizer.revenue import evaluate
@@ -57,7 +57,7 @@ def test_capacity_is_paid_per_block_hour() -> None:
 
 @pytest.mark.parametrize("increment", [0.0, 1000.0])
 def test_exact_and_aggregated_plans_hold_uneven_blocks(increment: float) -> None:
-    fleet = synthetic_fleet(160, seed=11)
+    fleet = synthetic_fleet(100, seed=11)
     r = rules(energy_increment_kw=increment / 10, reserve_increment_kw=increment)
     day = prices(11)
     exact = schedule(fleet, day, r, time_limit_s=30)
@@ -87,3 +87,63 @@ def test_a_plan_for_uneven_blocks_is_checked_against_them() -> None:
                   afrr_down_kw=np.zeros((1, 7)))  # fmt: skip
     found = {v.constraint for v in check_plan(fleet, bad, rules())}
     assert "fcr.headroom_up" in found
+
+
+# -- positions already sold: a re-plan keeps them -------------------------------------------
+
+
+def test_sold_fcr_is_held_even_where_it_no_longer_pays() -> None:
+    fleet = FleetState(batteries=(big_battery(),))
+    free = MarketPrices((50.0,) * STEPS, (0.0,) * 7)
+    sold = (1000.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2000.0)
+    r = replace(rules(), sold_fcr_kw=sold)
+    plan = schedule(fleet, free, r)
+    assert plan.status != "fallback"
+    held = plan.reserve_kw.sum(axis=0)
+    assert held[0] >= 1000.0 - 1e-6 and held[6] >= 2000.0 - 1e-6
+    assert check_plan(fleet, plan, r) == []
+    unsold = schedule(fleet, free, rules())
+    assert check_plan(fleet, unsold, r) != []  # a plan that drops the position is caught
+    assert {v.constraint for v in check_plan(fleet, unsold, r)} == {"market.sold_fcr_kw"}
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_sold_afrr_is_held_without_an_afrr_price(big: bool) -> None:
+    """Exact and aggregated; continuous on a mixed fleet (328 kW of batteries), whole 1 MW
+    lots on a utility battery."""
+    day = synthetic_prices(3)  # no aFRR prices at all
+    seven = (0, 1, 2, 3, 4, 5, 0)
+    no_afrr = MarketPrices(day.energy_eur_per_mwh, tuple(day.fcr_eur_per_mw_h[i] for i in seven))
+    if big:
+        fleet = FleetState(batteries=(big_battery(),))
+        r, up, down = rules(energy_increment_kw=100.0, reserve_increment_kw=1000.0), 1000.0, 1000.0
+        no_afrr = MarketPrices((50.0,) * STEPS, no_afrr.fcr_eur_per_mw_h)  # a quick MILP
+    else:
+        fleet = synthetic_fleet(120, seed=3)
+        r, up, down = rules(energy_increment_kw=0.0, reserve_increment_kw=0.0), 100.0, 80.0
+    r = replace(r, sold_afrr_up_kw=(up,) + (0.0,) * 6, sold_afrr_down_kw=(0.0,) * 6 + (down,))
+    for plan in (
+        schedule(fleet, no_afrr, r, time_limit_s=10),
+        schedule_aggregated(fleet, no_afrr, r, time_limit_s=10),
+    ):
+        assert plan.status != "fallback", plan.diagnosis
+        assert plan.afrr_up_kw.sum(axis=0)[0] >= up - 1e-6
+        assert plan.afrr_down_kw.sum(axis=0)[6] >= down - 1e-6
+        assert check_plan(fleet, plan, r) == []
+
+
+def test_a_position_the_fleet_cannot_hold_is_diagnosed() -> None:
+    fleet = FleetState(batteries=(big_battery(),))  # 2 MW
+    r = replace(rules(), sold_fcr_kw=(5000.0,) + (0.0,) * 6)
+    plan = schedule(fleet, MarketPrices((50.0,) * STEPS, (0.0,) * 7), r)
+    assert plan.status == "fallback"
+    assert "market.sold_fcr" in {d.constraint for d in plan.diagnosis}
+
+
+def test_sold_positions_are_validated() -> None:
+    with pytest.raises(OptimizerInputError, match="sold_fcr_kw needs 7"):
+        replace(rules(), sold_fcr_kw=(1.0,) * 6)
+    with pytest.raises(OptimizerInputError, match="sold_afrr_up_kw"):
+        replace(rules(), sold_afrr_up_kw=(float("nan"),) * 7)
+    with pytest.raises(OptimizerInputError, match="whole 1000 kW lots"):
+        replace(rules(), sold_fcr_kw=(1500.0,) + (0.0,) * 6)
