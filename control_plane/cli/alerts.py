@@ -57,8 +57,14 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=api_get)
     p = api_sub.add_parser("post", help="POST a path, e.g. /v1/alerts/ID/ack")
     _client(p)
-    p.add_argument("--json", dest="body", default=None, help='request body, e.g. {"note": "..."}')
+    p.add_argument(
+        "--json", dest="body", default=None, help='request body, e.g. {"note": "..."}, or @FILE'
+    )
     p.set_defaults(handler=api_post)
+    p = api_sub.add_parser("put", help="PUT a path, e.g. /v1/weather --json @forecast.json")
+    _client(p)
+    p.add_argument("--json", dest="body", required=True, help="request body, or @FILE")
+    p.set_defaults(handler=api_put)
 
 
 def _state(p: argparse.ArgumentParser) -> None:
@@ -192,7 +198,24 @@ def api_get(args: argparse.Namespace) -> int:
     return _answer(answer.status, answer.body)
 
 
+def _body(text: str | None) -> bytes | None:
+    """``--json``: the body itself, or ``@FILE`` to read it from a file."""
+    if text is None:
+        return None
+    if not text.startswith("@"):
+        return text.encode("utf-8")
+    path = Path(text[1:])
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise GridfortError(f"--json {text}: cannot read {path} ({e.strerror})") from None
+
+
 def api_post(args: argparse.Namespace) -> int:
-    body = None if args.body is None else args.body.encode("utf-8")
-    answer = call(args.url, "POST", args.path, _files(args), body=body)
+    answer = call(args.url, "POST", args.path, _files(args), body=_body(args.body))
+    return _answer(answer.status, answer.body)
+
+
+def api_put(args: argparse.Namespace) -> int:
+    answer = call(args.url, "PUT", args.path, _files(args), body=_body(args.body))
     return _answer(answer.status, answer.body)

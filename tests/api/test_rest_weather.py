@@ -4,6 +4,7 @@ model from its gated history; hostile documents are refused precisely and store 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from control_plane.forecast.solar import clear_sky
 from control_plane.forecast.train import Forecaster, TrainConfig
 from control_plane.planning import PlanningConfig
 from security.identity import Role
+from security.refusals import GridfortError
 from tests.api.conftest import BatteryEdge, Clients, EnrollSite
 from tests.api.test_rest_openapi import conforms
 from tests.conftest import TRUST_DOMAIN
@@ -173,3 +175,27 @@ async def test_weather_is_for_operators_bounded_in_size_and_json(
     assert (bad.status, bad.reason) == (400, "MALFORMED_REQUEST")
     assert system.control_plane.weather is not None
     assert system.control_plane.weather.stored_steps() == 0
+
+
+async def test_the_cli_puts_a_forecast_file_with_an_operator_certificate(
+    system: EmbeddedSystem, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.api.test_alerts_cli import run
+
+    certs = tmp_path / "bob"
+    state = str(system.state_dir)
+    operator = f"spiffe://{TRUST_DOMAIN}/operator/bob"
+    assert run(["ca", "issue", operator, "--out-dir", str(certs), "--state-dir", state]) == 0
+    document = weather_document(system.clock.now_ms())
+    document["steps"] = document["steps"][:16]
+    path = tmp_path / "forecast.json"
+    path.write_text(json.dumps(document))
+    capsys.readouterr()
+    argv = ["api", "put", "/v1/weather", "--json", f"@{path}", "--url", system.api_url,
+            "--cert-dir", str(certs)]  # fmt: skip
+    assert await asyncio.to_thread(run, argv) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 16
+    assert system.control_plane.weather is not None
+    assert system.control_plane.weather.stored_steps() == 16
+    with pytest.raises(GridfortError, match="cannot read"):
+        run([*argv[:4], f"@{tmp_path / 'missing.json'}", *argv[5:]])
