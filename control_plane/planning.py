@@ -472,6 +472,9 @@ class PlanningCycle:
         self._last_step: tuple[int, int] | None = None
         self.afrr: AfrrActivation | None = None  # the aFRR activation under way
         self._afrr_sends = 0
+        # one aFRR change at a time: a fan-out yields while it signs, and a later request's
+        # setpoints must never be overtaken at a site by an earlier request's
+        self._afrr_lock = asyncio.Lock()
 
     # -- one round -----------------------------------------------------------
     async def gated_fleet(self, now_ms: int, start_ms: int | None = None) -> tuple[int, GatedFleet]:
@@ -721,7 +724,13 @@ class PlanningCycle:
         sent as signed setpoints to the sites whose setpoint changes. Replaces the
         activation under way; 0 ends it. Refused (``AFRR_NOT_AVAILABLE``) without a
         dispatched plan or without aFRR reserved in the requested direction. Audited
-        either way (``afrr_activation``)."""
+        either way (``afrr_activation``). Requests are applied one at a time, in order."""
+        async with self._afrr_lock:
+            return await self._activate_afrr(event, requested_by)
+
+    async def _activate_afrr(
+        self, event: ActivationEvent, requested_by: str
+    ) -> AfrrActivation | Refusal:
         now_ms = self._clock.now_ms()
         record = self.latest
         step = -1 if record is None else (now_ms - record.horizon_start_ms) // QUARTER_HOUR_MS
@@ -797,6 +806,10 @@ class PlanningCycle:
     async def end_afrr_if_due(self) -> bool:
         """End the activation under way once its time is up: its sites get the plan's
         setpoints back (audited ``afrr_activation_end``). True if it ended now."""
+        async with self._afrr_lock:
+            return await self._end_afrr_if_due()
+
+    async def _end_afrr_if_due(self) -> bool:
         afrr = self.afrr
         record = self.latest
         now_ms = self._clock.now_ms()

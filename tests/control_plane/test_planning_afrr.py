@@ -4,6 +4,7 @@ the reservation, replaced by the next request, ended by 0, by its duration or it
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -165,3 +166,21 @@ async def test_without_reserve_that_way_or_without_a_plan_it_is_refused_and_audi
     await plan_only.plan_now()
     refused = await plan_only.activate_afrr(ActivationEvent("tso-3", 1.0, 60.0), OPERATOR)
     assert isinstance(refused, Refusal) and "does not dispatch" in refused.message
+
+
+async def test_concurrent_requests_are_applied_in_order(tmp_path: Path) -> None:
+    """Two requests at once: the later one is what every site ends with (a fan-out that
+    yields while signing never lets the earlier request overtake it)."""
+    _, control, cycle, record = await planned(tmp_path)
+    base = setpoints(control)
+    up = record.plan.afrr_up_kw[:, 0]
+    first, second = await asyncio.gather(
+        cycle.activate_afrr(ActivationEvent("tso-1", float(up.sum()), 300.0), OPERATOR),
+        cycle.activate_afrr(ActivationEvent("tso-2", float(up.sum()) / 4, 300.0), OPERATOR),
+    )
+    assert isinstance(first, AfrrActivation) and isinstance(second, AfrrActivation)
+    await control.deliver()
+    final = setpoints(control)
+    for row, asset in enumerate(("s1-b1", "s2-b1")):
+        assert final[asset] == pytest.approx(base[asset] + up[row] / 4, abs=1e-6)
+    assert cycle.afrr is not None and cycle.afrr.event.activation_id == "tso-2"
