@@ -106,7 +106,7 @@ def evaluate_ramp_stage(
 ) -> tuple[Scorecard, np.ndarray]:
     """The ``gnn+ramp`` scorecard and its verdicts on the test rows (see the module
     docstring). ``detector`` is a fitted ``DeepDetector``."""
-    from detection.models.detector import judge, residuals, score, verdicts
+    from detection.models.detector import judge, replay_repeats, residuals, score, verdicts
     from detection.models.sequential import RAMP_FPR_SHARE, fit_ramp_scale, ramp_scores
 
     model = getattr(detector, "model", None)
@@ -128,10 +128,12 @@ def evaluate_ramp_stage(
 
     started = clock()
     rows, cells = score(model, data.x[test])
-    ramp = ramp_scores(scale, residuals(model, data.x[test]), rows > row_thr, ramp_thr)
+    resid = residuals(model, data.x[test])
+    ramp = ramp_scores(scale, resid, rows > row_thr, ramp_thr)
     at = copy.copy(model)
     at.row_threshold, at.ramp_scale, at.ramp_threshold = row_thr, scale, ramp_thr
-    flags, flagged = verdicts(at, rows, cells, ramp)
+    rep = replay_repeats(model, data.x[test], np.flatnonzero(rows > row_thr))
+    flags, flagged = verdicts(at, rows, cells, ramp, resid=resid, replay=rep)
     elapsed = clock() - started
     loc = metrics.localization_f1(
         flagged.astype(np.float64), data.cell_labels[test], np.full(cells.shape[1], 0.5)

@@ -5,7 +5,8 @@ grid (``detection.points``: ``cigre_mv.bus3`` voltage and power, line and
 transformer flows) at one sample time. The judge assembles the snapshot in the
 model's fixed layout (kW -> MW), scores it with the window of earlier accepted
 snapshots as temporal context, and flags the measurements the model localizes as
-falsified (``detection.models.detector.verdicts``). Flagged cells never enter the
+falsified (``detection.models.detector.judge_latest``: structured localization,
+``detection.models.localize``). Flagged cells never enter the
 context: the next snapshot is judged against the last values the gate accepted.
 
 A snapshot the model cannot judge (too many metering points missing, or several
@@ -78,7 +79,7 @@ class GridJudge:
         return asset_id.startswith(self.grid + ".")
 
     def judge(self, batch: ValidatedBatch) -> list[Flag]:
-        from detection.models.detector import score_latest, verdicts
+        from detection.models.detector import judge_latest
 
         self._pending = None
         assets = batch.authorized.assets
@@ -114,20 +115,18 @@ class GridJudge:
             x[missing] = last[missing]
         context = list(self._context)[-(self.info.window - 1) :]
         window = np.stack([*context, x])
-        row_score, cells = score_latest(self._model, window)
-        row_scores, cell_scores = np.array([row_score]), cells[None, :]
-        attacked, flagged = verdicts(self._model, row_scores, cell_scores)
+        verdict = judge_latest(self._model, window, None)
         self.snapshots_judged += 1
         self._pending = (x, [int(p) for p in pos_of_cell], times.pop())
-        if not attacked[0]:
+        if not verdict.attacked:
             return []
         self.snapshots_attacked += 1
-        cells = np.flatnonzero(flagged[0] & (pos_of_cell >= 0))
+        cells = np.flatnonzero(verdict.flagged & (pos_of_cell >= 0))
         names = tuple(self.info.columns[k] for k in cells[:MAX_EVIDENCE_NAMES])
         ev = GateEvidence(
             detector=self.name,
             model_version=self.version,
-            score=float(row_scores[-1]),
+            score=verdict.row_score,
             threshold=float(self._model.row_threshold),
             flagged=names,
             detail=(

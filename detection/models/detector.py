@@ -2,9 +2,13 @@
 
 Scores: per measurement, the network's attack logit; per row, the largest cell logit.
 Verdicts (:func:`verdicts`): a row is attacked when its score exceeds the calibrated
-row threshold; in an attacked row, a measurement is judged falsified when its logit
-exceeds its cell threshold (at least the row's top cell is always flagged), so the
-gate can quarantine just those measurements.
+row threshold. In an attacked row, the falsified measurements are found by structured
+localization (:mod:`detection.models.localize`: the row's residual explained by a few
+buses of the AC state Jacobian and single measurements, replayed and DER-coordinated
+rows recognized) when the row's conditional residuals are at hand (:func:`judge`,
+:func:`judge_latest`, ``DeepDetector.verdicts``); from scores alone, a measurement is
+judged falsified when its logit exceeds its cell threshold. The row's top cell is
+always flagged, so the gate can quarantine just those measurements.
 
 Two ways to score:
 
@@ -39,6 +43,7 @@ import torch
 from detection.generate import STEPS_PER_DAY
 from detection.layout import MeasurementLayout
 from detection.models.artifacts import TrainedModel
+from detection.models.localize import localizer_for
 from detection.models.network import GridDetectorNet, RowFeatures, layout_hash
 from detection.models.normal import factor_count
 from detection.models.sequential import (
@@ -118,8 +123,9 @@ def score(model: TrainedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, cells
 
 
-def _latest(model: TrainedModel, window_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cell logits (m,) and conditional residuals (m,) of the last snapshot of a window."""
+def _latest(model: TrainedModel, window_x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell logits (m,), conditional residuals (m,) and bit-exact repeats (m,) bool of the
+    last snapshot of a window."""
     arr = np.asarray(window_x, dtype=np.float64)
     if arr.ndim == 1:
         arr = arr[None, :]
@@ -136,7 +142,8 @@ def _latest(model: TrainedModel, window_x: np.ndarray) -> tuple[np.ndarray, np.n
         hist[0, t - len(r) :] = r
         replay = net.replay_flags(arr, np.array([len(arr) - 1]))
         logits = net(hist, z[-1:], replay, g[-1:])[0].numpy().astype(np.float64)
-    return logits, r[-1].numpy().astype(np.float64)
+    repeats = np.asarray(replay[0].numpy().any(axis=1), dtype=bool)
+    return logits, r[-1].numpy().astype(np.float64), repeats
 
 
 def score_latest(model: TrainedModel, window_x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -147,7 +154,7 @@ def score_latest(model: TrainedModel, window_x: np.ndarray) -> tuple[float, np.n
     :func:`score`). Equal to the last row of ``score(model, window_x)``, at the cost
     of a single snapshot.
     """
-    logits, _ = _latest(model, window_x)
+    logits, _, _ = _latest(model, window_x)
     return float(logits.max()), logits
 
 
@@ -156,17 +163,33 @@ def verdicts(
     rows: np.ndarray,
     cells: np.ndarray,
     ramp_cells: np.ndarray | None = None,
+    *,
+    resid: np.ndarray | None = None,
+    replay: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Attacked rows (n,) and falsified cells (n, m) from scores, with the model's thresholds.
 
-    With ``ramp_cells`` (n, m) (:func:`judge`, :func:`judge_latest`), a row is also
-    attacked when its ramp score exceeds the ramp threshold, and the measurements above
-    it are flagged (at least the row's top one).
+    With ``resid`` (n, m), the conditional residuals of the same rows (:func:`residuals`;
+    only the attacked rows are read), an attacked row's cells come from structured
+    localization (:mod:`detection.models.localize`), with ``replay`` (n, m) bool the
+    bit-exact repeats of the replay look-back if known; without, from the cell
+    thresholds. With ``ramp_cells`` (n, m) (:func:`judge`, :func:`judge_latest`), a
+    row is also attacked when its ramp score exceeds the ramp threshold, and the
+    measurements above it are flagged (at least the row's top one).
     """
     attacked = rows > model.row_threshold
-    flagged = attacked[:, None] & (cells > model.cell_thresholds[None, :])
     top = np.argmax(cells, axis=1)
-    flagged[np.flatnonzero(attacked), top[attacked]] = True
+    if resid is None:
+        flagged = attacked[:, None] & (cells > model.cell_thresholds[None, :])
+        flagged[np.flatnonzero(attacked), top[attacked]] = True
+    else:
+        flagged = np.zeros(cells.shape, dtype=bool)
+        hit = np.flatnonzero(attacked)
+        if len(hit):
+            loc = localizer_for(model)
+            for i in hit:
+                rep = None if replay is None else replay[i]
+                flagged[i] = loc.localize(resid[i], rep, int(top[i]))
     if ramp_cells is not None and model.ramp_scale is not None:
         ramp_hit = ramp_cells > model.ramp_threshold
         ramp_rows = ramp_hit.any(axis=1)
@@ -177,9 +200,18 @@ def verdicts(
     return attacked, flagged
 
 
-def residuals(model: TrainedModel, x: np.ndarray) -> np.ndarray:
-    """Conditional residuals (n, m) of rows ``x`` under the model of normal operation."""
+def residuals(model: TrainedModel, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Conditional residuals (n, m) of rows ``x`` under the model of normal operation.
+
+    ``rows``: compute only those rows (the others are zero); default every row.
+    """
     arr = _as_rows(model, x)
+    if rows is not None:
+        idx = np.asarray(rows, dtype=np.int64)
+        out = np.zeros(arr.shape, dtype=np.float64)
+        if len(idx):
+            out[idx] = residuals(model, arr[idx])
+        return out
     out = np.empty(arr.shape, dtype=np.float64)
     with torch.inference_mode():
         for s in range(0, len(arr), SCORE_BLOCK):
@@ -209,19 +241,37 @@ class Judgement:
         return np.asarray(self.ramp_cells.max(axis=1)) if self.ramp_cells.size else np.zeros(0)
 
 
+def replay_repeats(model: TrainedModel, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(n, m) bool: at ``rows`` of consecutive snapshots ``x``, the measurements that repeat,
+    bit for bit, their value of one to ``replay_days`` days earlier (the replay look-back
+    of the network's input; the rest is False)."""
+    arr = _as_rows(model, x)
+    out = np.zeros(arr.shape, dtype=bool)
+    idx = np.asarray(rows, dtype=np.int64)
+    if len(idx):
+        out[idx] = model.net.replay_flags(arr, idx).numpy().any(axis=2)
+    return out
+
+
 def judge(model: TrainedModel, x: np.ndarray) -> Judgement:
     """Both stages on consecutive snapshots ``x`` (n, m), in order (the batch path of
     ``detect score``); row ``i`` is judged as :func:`judge_latest` would judge it with a
-    monitor that saw rows ``0..i-1``."""
+    monitor that saw rows ``0..i-1``. Attacked rows are localized
+    (:mod:`detection.models.localize`)."""
     rows, cells = score(model, x)
+    hit = np.flatnonzero(rows > model.row_threshold)
     if model.ramp_scale is None:
         ramp = np.zeros_like(cells)
-        attacked, flagged = verdicts(model, rows, cells)
+        resid = residuals(model, x, rows=hit)
+        rep = replay_repeats(model, x, hit)
+        attacked, flagged = verdicts(model, rows, cells, resid=resid, replay=rep)
     else:
+        resid = residuals(model, x)
         ramp = ramp_scores(
-            model.ramp_scale, residuals(model, x), rows > model.row_threshold, model.ramp_threshold
+            model.ramp_scale, resid, rows > model.row_threshold, model.ramp_threshold
         )
-        attacked, flagged = verdicts(model, rows, cells, ramp)
+        rep = replay_repeats(model, x, hit)
+        attacked, flagged = verdicts(model, rows, cells, ramp, resid=resid, replay=rep)
     return Judgement(rows, cells, ramp, attacked, flagged)
 
 
@@ -244,15 +294,18 @@ def judge_latest(
 
     ``monitor`` (from :func:`ramp_monitor`, one per stream, kept by the caller between
     snapshots) is advanced by this snapshot and emptied when it is judged attacked;
-    None: the row test only.
+    None: the row test only. An attacked snapshot is localized like a row of
+    :func:`judge` (:mod:`detection.models.localize`).
     """
-    logits, r = _latest(model, window_x)
+    logits, r, rep = _latest(model, window_x)
     ramp = monitor.push(r) if monitor is not None else np.zeros_like(logits)
     attacked, flagged = verdicts(
         model,
         np.array([logits.max()]),
         logits[None, :],
         ramp[None, :] if monitor is not None else None,
+        resid=r[None, :],
+        replay=rep[None, :],
     )
     if attacked[0] and monitor is not None:
         monitor.reset()
@@ -479,13 +532,14 @@ class DeepDetector:
         rows, cells = self._scores(x)
         if self.model is None:
             raise DetectorNotFittedError("DeepDetector.fit must be called before scoring")
-        if self.model.ramp_scale is None:
-            return verdicts(self.model, rows, cells)
         arr = np.asarray(x, dtype=np.float64)
+        hit = np.flatnonzero(rows > self.model.row_threshold)
+        rep = replay_repeats(self.model, arr, hit)
+        if self.model.ramp_scale is None:
+            resid = residuals(self.model, arr, rows=hit)
+            return verdicts(self.model, rows, cells, resid=resid, replay=rep)
+        resid = residuals(self.model, arr)
         ramp = ramp_scores(
-            self.model.ramp_scale,
-            residuals(self.model, arr),
-            rows > self.model.row_threshold,
-            self.model.ramp_threshold,
+            self.model.ramp_scale, resid, rows > self.model.row_threshold, self.model.ramp_threshold
         )
-        return verdicts(self.model, rows, cells, ramp)
+        return verdicts(self.model, rows, cells, ramp, resid=resid, replay=rep)
