@@ -19,7 +19,6 @@ Security modes:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -74,6 +73,7 @@ from edge_node.simulators.ev_model import (
     with_setpoint,
 )
 from security.clock import Clock
+from security.tasks import reap
 
 _log = logging.getLogger(__name__)
 
@@ -225,7 +225,149 @@ def _same(a: ua.DataValue | None, b: ua.DataValue) -> bool:
     return a is not None and a.StatusCode == b.StatusCode and a.Value == b.Value
 
 
-class OpcUaEvChargerSimulator:
+class OpcUaSimulatorServer:
+    """The lifecycle Gridfort's OPC UA simulators share (the EV charger, the grid RTU):
+    the listening endpoint, the certificate clients pin, start and stop, and the scratch
+    directory for a generated certificate and the trust store.
+
+    A subclass sets the class constants, calls :meth:`_init_server` from its
+    ``__init__`` and implements ``_build_address_space`` (nodes into ``self._nodes``)
+    and ``_run`` (its periodic task); ``_before_listen`` runs after the address space is
+    built and before the port opens (e.g. to publish a first value).
+    """
+
+    SERVER_NAME = ""
+    APPLICATION_URI = ""
+    ENDPOINT_PATH = ""
+    CERT_NAME = ""
+    TASK_NAME = ""
+    WHAT = "OPC UA simulator"
+
+    def _init_server(
+        self,
+        *,
+        clock: Clock,
+        host: str,
+        port: int,
+        security: SecurityMode,
+        server_cert_path: Path | None,
+        server_key_path: Path | None,
+        trusted_client_certs: Sequence[Path],
+        state_dir: Path | None,
+    ) -> None:
+        if security not in ("none", "sign_encrypt"):
+            raise ValueError(f"unknown security mode {security!r}")
+        if (server_cert_path is None) != (server_key_path is None):
+            raise ValueError("give both server_cert_path and server_key_path, or neither")
+        self._clock = clock
+        self._host = host
+        self._port = port
+        self._security: SecurityMode = security
+        self._server_cert_path = server_cert_path
+        self._server_key_path = server_key_path
+        self._generated_cert = False
+        self._trusted_client_certs = tuple(trusted_client_certs)
+        self._state_dir = state_dir
+        self._own_state_dir: Path | None = None
+        self._server: Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._nodes: dict[str, Node] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str:
+        """``opc.tcp://host:port<ENDPOINT_PATH>`` once started."""
+        if self._server is None:
+            raise RuntimeError(f"{self.WHAT} not started")
+        return f"opc.tcp://{self._host}:{self._port}{self.ENDPOINT_PATH}"
+
+    @property
+    def server_cert_path(self) -> Path:
+        """The server certificate clients pin (sign_encrypt mode, after ``start``)."""
+        if self._server_cert_path is None:
+            raise RuntimeError("no server certificate: not started, or security is 'none'")
+        return self._server_cert_path
+
+    async def start(self) -> int:
+        """Build the address space, listen and start the periodic task; returns the real
+        port. A failure on the way releases everything it made."""
+        if self._server is not None:
+            return self._port
+        self._nodes = {}
+        try:
+            server = await self._build_server()
+            await self._build_address_space(server)
+            self._server = server
+            await self._before_listen()
+            await server.start()
+        except BaseException:
+            self._server = None
+            await self._cleanup_files()
+            raise
+        if server.bserver is None:
+            raise RuntimeError("asyncua server did not open a listener")
+        self._port = server.bserver.port
+        self._task = asyncio.create_task(self._run(), name=self.TASK_NAME)
+        _log.info("%s listening on %s", self.WHAT, self.endpoint_url)
+        return self._port
+
+    async def stop(self) -> None:
+        """Stop the periodic task and the server, release the port; idempotent."""
+        task, server = self._task, self._server
+        self._task, self._server = None, None
+        await reap(task)
+        if server is not None:
+            await server.stop()
+        await self._cleanup_files()
+
+    async def _cleanup_files(self) -> None:
+        if self._own_state_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, self._own_state_dir, True)
+            self._own_state_dir = None
+            if self._generated_cert:  # it lived in the removed directory
+                self._server_cert_path = self._server_key_path = None
+                self._generated_cert = False
+
+    # -- server construction -------------------------------------------------
+
+    def _files_dir(self) -> Path:
+        if self._state_dir is not None:
+            return self._state_dir
+        if self._own_state_dir is None:
+            self._own_state_dir = Path(tempfile.mkdtemp(prefix=f"gridfort-{self.CERT_NAME}-"))
+        return self._own_state_dir
+
+    async def _build_server(self) -> Server:
+        built = await build_simulator_server(
+            server_name=self.SERVER_NAME,
+            application_uri=self.APPLICATION_URI,
+            endpoint=f"opc.tcp://{self._host}:{self._port}{self.ENDPOINT_PATH}",
+            security=self._security,
+            trusted_client_certs=self._trusted_client_certs,
+            files_dir=self._files_dir,
+            cert=_cert_pair(self._server_cert_path, self._server_key_path),
+            cert_name=self.CERT_NAME,
+            now_ms=self._clock.now_ms(),
+        )
+        if built.generated_cert is not None:
+            self._server_cert_path, self._server_key_path = built.generated_cert
+            self._generated_cert = True
+        return built.server
+
+    # -- the subclass's part -------------------------------------------------
+
+    async def _build_address_space(self, server: Server) -> None:
+        raise NotImplementedError
+
+    async def _before_listen(self) -> None:
+        return None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class OpcUaEvChargerSimulator(OpcUaSimulatorServer):
     """An OPC UA server simulating one EV charge point with one vehicle plugged in.
 
     Parameters
@@ -257,6 +399,13 @@ class OpcUaEvChargerSimulator:
         Wall-clock pause between physics steps [s].
     """
 
+    SERVER_NAME = "Gridfort EV charger simulator"
+    APPLICATION_URI = SERVER_APPLICATION_URI
+    ENDPOINT_PATH = ENDPOINT_PATH
+    CERT_NAME = "ev-charger-sim"
+    TASK_NAME = "ev-charger-physics"
+    WHAT = "EV charger simulator"
+
     def __init__(
         self,
         *,
@@ -278,89 +427,26 @@ class OpcUaEvChargerSimulator:
         state_dir: Path | None = None,
         step_interval_s: float = 0.15,
     ) -> None:
-        if security not in ("none", "sign_encrypt"):
-            raise ValueError(f"unknown security mode {security!r}")
-        if (server_cert_path is None) != (server_key_path is None):
-            raise ValueError("give both server_cert_path and server_key_path, or neither")
+        self._init_server(
+            clock=clock,
+            host=host,
+            port=port,
+            security=security,
+            server_cert_path=server_cert_path,
+            server_key_path=server_key_path,
+            trusted_client_certs=trusted_client_certs,
+            state_dir=state_dir,
+        )
         if not 0.01 <= step_interval_s <= 1.0:
             raise ValueError("step_interval_s must be within 0.01..1 s")
         now_ms = clock.now_ms()
         departure_ms = 0 if departure_in_s is None else now_ms + round(departure_in_s * 1000)
         vehicle = Vehicle(e_kwh, soc_pct, target_soc_pct, departure_ms)
-        self._clock = clock
         self._time = SimulatedTime(origin_ms=now_ms, time_scale=time_scale)
         self._state = ChargerState(ChargerSpec(max_charge_kw, efficiency), now_ms, vehicle)
         self._schedule = tuple(schedule)
-        self._host = host
-        self._port = port
-        self._security: SecurityMode = security
-        self._server_cert_path = server_cert_path
-        self._server_key_path = server_key_path
-        self._generated_cert = False
-        self._trusted_client_certs = tuple(trusted_client_certs)
-        self._state_dir = state_dir
-        self._own_state_dir: Path | None = None
         self._step_interval_s = step_interval_s
-        self._server: Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._nodes: dict[str, Node] = {}
         self._shown: dict[str, ua.DataValue] = {}
-
-    # -- lifecycle -----------------------------------------------------------
-
-    @property
-    def endpoint_url(self) -> str:
-        """``opc.tcp://host:port/gridfort/ev-charger/`` once started."""
-        if self._server is None:
-            raise RuntimeError("simulator not started")
-        return f"opc.tcp://{self._host}:{self._port}{ENDPOINT_PATH}"
-
-    @property
-    def server_cert_path(self) -> Path:
-        """The server certificate clients pin (sign_encrypt mode, after ``start``)."""
-        if self._server_cert_path is None:
-            raise RuntimeError("no server certificate: not started, or security is 'none'")
-        return self._server_cert_path
-
-    async def start(self) -> int:
-        """Build the address space, listen, start the physics task; returns the real port."""
-        if self._server is not None:
-            return self._port
-        self._nodes, self._shown = {}, {}
-        try:
-            server = await self._build_server()
-            await self._build_address_space(server)
-            await server.start()
-        except BaseException:
-            await self._cleanup_files()
-            raise
-        if server.bserver is None:
-            raise RuntimeError("asyncua server did not open a listener")
-        self._port = server.bserver.port
-        self._server = server
-        self._task = asyncio.create_task(self._run(), name="ev-charger-physics")
-        _log.info("EV charger simulator listening on %s", self.endpoint_url)
-        return self._port
-
-    async def stop(self) -> None:
-        """Stop the physics task and the server, release the port; idempotent."""
-        task, server = self._task, self._server
-        self._task, self._server = None, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if server is not None:
-            await server.stop()
-        await self._cleanup_files()
-
-    async def _cleanup_files(self) -> None:
-        if self._own_state_dir is not None:
-            await asyncio.to_thread(shutil.rmtree, self._own_state_dir, True)
-            self._own_state_dir = None
-            if self._generated_cert:  # it lived in the removed directory
-                self._server_cert_path = self._server_key_path = None
-                self._generated_cert = False
 
     def snapshot(self) -> ChargerState:
         """The simulated charge point as of the last physics step."""
@@ -368,31 +454,8 @@ class OpcUaEvChargerSimulator:
 
     # -- server construction -------------------------------------------------
 
-    def _files_dir(self) -> Path:
-        if self._state_dir is not None:
-            return self._state_dir
-        if self._own_state_dir is None:
-            self._own_state_dir = Path(tempfile.mkdtemp(prefix="gridfort-opcua-sim-"))
-        return self._own_state_dir
-
-    async def _build_server(self) -> Server:
-        built = await build_simulator_server(
-            server_name="Gridfort EV charger simulator",
-            application_uri=SERVER_APPLICATION_URI,
-            endpoint=f"opc.tcp://{self._host}:{self._port}{ENDPOINT_PATH}",
-            security=self._security,
-            trusted_client_certs=self._trusted_client_certs,
-            files_dir=self._files_dir,
-            cert=_cert_pair(self._server_cert_path, self._server_key_path),
-            cert_name="ev-charger-sim",
-            now_ms=self._clock.now_ms(),
-        )
-        if built.generated_cert is not None:
-            self._server_cert_path, self._server_key_path = built.generated_cert
-            self._generated_cert = True
-        return built.server
-
     async def _build_address_space(self, server: Server) -> None:
+        self._shown = {}
         ns = await server.register_namespace(NAMESPACE_URI)
         charger = await server.nodes.objects.add_object(
             ua.NodeId(ua.String(OBJECT_NAME), ua.Int16(ns)), ua.QualifiedName(OBJECT_NAME, ns)

@@ -24,17 +24,13 @@ activation) or ``"none"`` (loopback tests).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
-import shutil
-import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 from asyncua import ua
-from asyncua.common.node import Node
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
@@ -49,8 +45,8 @@ from edge_node.devices.grid_rtu import (
 )
 from edge_node.simulators.grid_sim import GridSimulationError, GridSimulator, GridSnapshot
 from edge_node.simulators.opcua_server import (
+    OpcUaSimulatorServer,
     SecurityMode,
-    build_simulator_server,
 )
 from security.clock import Clock
 
@@ -70,7 +66,7 @@ def _unit(column: str) -> str:
     return _UNITS[column.rsplit("_", 1)[-1]]
 
 
-class GridRtuSimulator:
+class GridRtuSimulator(OpcUaSimulatorServer):
     """An OPC UA server simulating a substation RTU over a :class:`GridSimulator`.
 
     Parameters
@@ -98,6 +94,13 @@ class GridRtuSimulator:
         How many served snapshots :meth:`served` keeps.
     """
 
+    SERVER_NAME = "Gridfort grid RTU simulator"
+    APPLICATION_URI = SERVER_APPLICATION_URI
+    ENDPOINT_PATH = ENDPOINT_PATH
+    CERT_NAME = "grid-rtu-sim"
+    TASK_NAME = "grid-rtu-steps"
+    WHAT = "grid RTU simulator"
+
     def __init__(
         self,
         grid: GridSimulator,
@@ -114,30 +117,23 @@ class GridRtuSimulator:
         state_dir: Path | None = None,
         history: int = 64,
     ) -> None:
-        if security not in ("none", "sign_encrypt"):
-            raise ValueError(f"unknown security mode {security!r}")
-        if (server_cert_path is None) != (server_key_path is None):
-            raise ValueError("give both server_cert_path and server_key_path, or neither")
+        self._init_server(
+            clock=clock,
+            host=host,
+            port=port,
+            security=security,
+            server_cert_path=server_cert_path,
+            server_key_path=server_key_path,
+            trusted_client_certs=trusted_client_certs,
+            state_dir=state_dir,
+        )
         if not 0.01 <= interval_s <= 3600.0:
             raise ValueError("interval_s must be within 0.01..3600 s")
         if history < 1:
             raise ValueError("history must be >= 1")
         self.grid = grid
-        self._clock = clock
         self._sim_clock = sim_clock or clock
         self._interval_s = interval_s
-        self._host = host
-        self._port = port
-        self._security: SecurityMode = security
-        self._server_cert_path = server_cert_path
-        self._server_key_path = server_key_path
-        self._generated_cert = False
-        self._trusted_client_certs = tuple(trusted_client_certs)
-        self._state_dir = state_dir
-        self._own_state_dir: Path | None = None
-        self._server: Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._nodes: dict[str, Node] = {}
         self._history: OrderedDict[int, GridSnapshot] = OrderedDict()
         self._history_size = history
         self._publishing = asyncio.Lock()
@@ -148,64 +144,8 @@ class GridRtuSimulator:
 
     # -- lifecycle -----------------------------------------------------------
 
-    @property
-    def endpoint_url(self) -> str:
-        """``opc.tcp://host:port/gridfort/grid-rtu/`` once started."""
-        if self._server is None:
-            raise RuntimeError("RTU simulator not started")
-        return f"opc.tcp://{self._host}:{self._port}{ENDPOINT_PATH}"
-
-    @property
-    def server_cert_path(self) -> Path:
-        """The server certificate clients pin (sign_encrypt mode, after ``start``)."""
-        if self._server_cert_path is None:
-            raise RuntimeError("no server certificate: not started, or security is 'none'")
-        return self._server_cert_path
-
-    async def start(self) -> int:
-        """Build the address space, publish a first snapshot, listen and start stepping.
-
-        Returns the real port.
-        """
-        if self._server is not None:
-            return self._port
-        self._nodes = {}
-        try:
-            server = await self._build_server()
-            await self._build_address_space(server)
-            self._server = server
-            await self.step_now()
-            await server.start()
-        except BaseException:
-            self._server = None
-            await self._cleanup_files()
-            raise
-        if server.bserver is None:
-            raise RuntimeError("asyncua server did not open a listener")
-        self._port = server.bserver.port
-        self._task = asyncio.create_task(self._run(), name="grid-rtu-steps")
-        _log.info("grid RTU simulator (%s) listening on %s", self.grid.grid, self.endpoint_url)
-        return self._port
-
-    async def stop(self) -> None:
-        """Stop stepping and the server, release the port; idempotent."""
-        task, server = self._task, self._server
-        self._task, self._server = None, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if server is not None:
-            await server.stop()
-        await self._cleanup_files()
-
-    async def _cleanup_files(self) -> None:
-        if self._own_state_dir is not None:
-            await asyncio.to_thread(shutil.rmtree, self._own_state_dir, True)
-            self._own_state_dir = None
-            if self._generated_cert:  # it lived in the removed directory
-                self._server_cert_path = self._server_key_path = None
-                self._generated_cert = False
+    async def _before_listen(self) -> None:
+        await self.step_now()  # a first snapshot is there before any client connects
 
     def served(self, seq: int) -> GridSnapshot | None:
         """The snapshot published as ``seq``, if still in the history."""
@@ -219,32 +159,6 @@ class GridRtuSimulator:
         return seq, self._history[seq]
 
     # -- server construction -------------------------------------------------
-
-    def _files_dir(self) -> Path:
-        if self._state_dir is not None:
-            return self._state_dir
-        if self._own_state_dir is None:
-            self._own_state_dir = Path(tempfile.mkdtemp(prefix="gridfort-rtu-sim-"))
-        return self._own_state_dir
-
-    async def _build_server(self) -> Server:
-        built = await build_simulator_server(
-            server_name="Gridfort grid RTU simulator",
-            application_uri=SERVER_APPLICATION_URI,
-            endpoint=f"opc.tcp://{self._host}:{self._port}{ENDPOINT_PATH}",
-            security=self._security,
-            trusted_client_certs=self._trusted_client_certs,
-            files_dir=self._files_dir,
-            cert=None
-            if self._server_cert_path is None or self._server_key_path is None
-            else (self._server_cert_path, self._server_key_path),
-            cert_name="grid-rtu-sim",
-            now_ms=self._clock.now_ms(),
-        )
-        if built.generated_cert is not None:
-            self._server_cert_path, self._server_key_path = built.generated_cert
-            self._generated_cert = True
-        return built.server
 
     async def _build_address_space(self, server: Server) -> None:
         ns = await server.register_namespace(NAMESPACE_URI)
