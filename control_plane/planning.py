@@ -47,9 +47,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from control_plane.assets.grid_limits import GridLimits
 from control_plane.assets.model import ID_PATTERN, AssetKind
 from control_plane.assets.registry import AssetRegistry, RegistrySnapshot
-from control_plane.dispatch.activation import ActivationEvent
+from control_plane.dispatch.activation import ActivationEvent, Participants
 from control_plane.dispatch.afrr import (
     AfrrActivation,
+    activation_sections,
     offsets,
     reserved,
     reserved_participants,
@@ -674,7 +675,7 @@ class PlanningCycle:
         tomorrow = local.date() + timedelta(days=1)
         return None if tomorrow in self._bid_days else tomorrow
 
-    def dispatch_current(self) -> bool:
+    async def dispatch_current(self) -> bool:
         """Send the current quarter-hour of the newest plan, once per step. True if sent."""
         record = self.latest
         if self._dispatcher is None or record is None or not record.plan.asset_ids:
@@ -695,7 +696,7 @@ class PlanningCycle:
                 afrr.event.delta_kw,
             )
         rated = self._ratings()
-        sent = self._dispatcher.dispatch(
+        sent = await self._dispatcher.dispatch_async(
             record.plan,
             record.fleet,
             day_start_ms=record.horizon_start_ms,
@@ -745,17 +746,19 @@ class PlanningCycle:
             return self._afrr_refused(event, requested_by, why)
         assert record is not None and self._dispatcher is not None
         block = record.block_at(int(step))
-        parts = reserved_participants(record.plan, record.fleet, int(step), block)
+        previous = self.afrr
+        moved_before = frozenset(() if previous is None else previous.offsets_kw)
+        parts = reserved_participants(record.plan, record.fleet, int(step), block, moved_before)
         room = reserved(parts, event.delta_kw)
         if event.delta_kw != 0 and room <= 0:
             direction = "up (more export)" if event.delta_kw > 0 else "down (less export)"
             why = f"the plan reserved no aFRR {direction} in the current block"
             return self._afrr_refused(event, requested_by, why)
-        shift, delivered = offsets(parts, event.delta_kw)
+        # the batteries that hold aFRR (and those the activation before moved), nothing
+        # else: the fan-out carries only what changes
+        to_send, shift, delivered = activation_sections(parts, event.delta_kw)
         starts, lengths = record.rules.starts(), record.rules.block_steps()
         block_end = record.horizon_start_ms + int(starts[block] + lengths[block]) * QUARTER_HOUR_MS
-        previous = self.afrr
-        touched = sites_of(parts, set(shift)) | (previous.sites if previous else frozenset())
         activation = AfrrActivation(
             event=event,
             requested_by=requested_by,
@@ -770,16 +773,10 @@ class PlanningCycle:
         self.afrr = activation if shift else None
         self._afrr_sends += 1
         group_id = f"afrr{self._afrr_sends}:{event.activation_id}"[:64]
-        sent = await self._dispatcher.dispatch_sites(
-            record.plan,
-            record.fleet,
-            day_start_ms=record.horizon_start_ms,
-            rated_kw=self._ratings(),
-            offsets_kw=shift,
-            sites=touched,
-            activation_id=group_id,
+        step_end = record.horizon_start_ms + (int(step) + 1) * QUARTER_HOUR_MS
+        report = await self._dispatcher.send_overrides(
+            to_send, until_ms=step_end, activation_id=group_id
         )
-        report = None if sent is None else sent[1]
         self._audit.append(
             "afrr_activation",
             decision="info",
@@ -787,8 +784,8 @@ class PlanningCycle:
             details={
                 **activation.summary(),
                 "group": group_id,
-                "sites_sent": 0 if report is None else report.sites_sent,
-                "undeliverable": 0 if report is None else len(report.undeliverable),
+                "sites_sent": report.sites_sent,
+                "undeliverable": len(report.undeliverable),
             },
         )
         return activation
@@ -816,18 +813,30 @@ class PlanningCycle:
         if afrr is None or now_ms < afrr.until_ms:
             return False
         self.afrr = None
-        sent = None
-        if self._dispatcher is not None and record is not None:
+        sites_sent = 0
+        step = -1 if record is None else (now_ms - record.horizon_start_ms) // QUARTER_HOUR_MS
+        if self._dispatcher is not None and record is not None and 0 <= step < STEPS:
             self._afrr_sends += 1
-            sent = await self._dispatcher.dispatch_sites(
+            moved = reserved_participants(  # the moved batteries, back to the plan's value
                 record.plan,
                 record.fleet,
-                day_start_ms=record.horizon_start_ms,
-                rated_kw=self._ratings(),
-                offsets_kw={},
-                sites=afrr.sites,
-                activation_id=f"afrr{self._afrr_sends}:end"[:64],
+                int(step),
+                record.block_at(int(step)),
+                frozenset(afrr.offsets_kw),
             )
+            only_moved = Participants.from_rows(
+                (site, asset, base, 0.0, 0.0)
+                for site, asset, base in zip(
+                    moved.site_of_row(), moved.asset_ids, moved.base_kw.tolist(), strict=True
+                )
+                if asset in afrr.offsets_kw
+            )
+            back, _, _ = activation_sections(only_moved, 0.0)
+            step_end = record.horizon_start_ms + (int(step) + 1) * QUARTER_HOUR_MS
+            report = await self._dispatcher.send_overrides(
+                back, until_ms=step_end, activation_id=f"afrr{self._afrr_sends}:end"
+            )
+            sites_sent = report.sites_sent
         self._audit.append(
             "afrr_activation_end",
             decision="info",
@@ -835,7 +844,7 @@ class PlanningCycle:
             details={
                 "activation_id": afrr.event.activation_id,
                 "ran_ms": now_ms - afrr.started_ms,
-                "sites_sent": 0 if sent is None else sent[1].sites_sent,
+                "sites_sent": sites_sent,
             },
         )
         return True
@@ -894,7 +903,7 @@ class PlanningCycle:
                 if due is not None:
                     await self.bid_now(due)
                 await self.end_afrr_if_due()
-                self.dispatch_current()
+                await self.dispatch_current()
                 if self._dispatcher is not None and loop.time() >= next_follow:
                     next_follow = loop.time() + self.config.follow_interval_s
                     self._dispatcher.evaluate()

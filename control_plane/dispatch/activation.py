@@ -56,6 +56,11 @@ class Participants:
         if not np.all(np.isfinite(arrays)) or np.any(self.up_kw < 0) or np.any(self.down_kw < 0):
             raise ValueError("powers must be finite and headrooms >= 0")
 
+    def site_of_row(self) -> list[str]:
+        """The site of each row (asset), in row order."""
+        counts = np.diff(self.site_bounds).tolist()
+        return [site for site, n in zip(self.site_ids, counts, strict=True) for _ in range(n)]
+
     @classmethod
     def from_rows(cls, rows: Iterable[tuple[str, str, float, float, float]]) -> Participants:
         """From (site_id, asset_id, base_kw, up_kw, down_kw) rows, in any order."""

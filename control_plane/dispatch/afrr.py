@@ -20,13 +20,14 @@ reservation may differ.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from control_plane.dispatch.activation import ActivationEvent, Participants, allocate
+from control_plane.commands.group_messages import SiteSetpoints
+from control_plane.dispatch.activation import ActivationEvent, Participants, allocate, sections
 from control_plane.optimizer.assets import FleetState
 from control_plane.optimizer.plan import Plan
 
@@ -34,22 +35,31 @@ from control_plane.optimizer.plan import Plan
 MIN_OFFSET_KW = 1e-6
 
 
-def reserved_participants(plan: Plan, fleet: FleetState, step: int, block: int) -> Participants:
-    """The batteries with aFRR reserved in ``block``, with their planned power at ``step``
-    [kW, + export] as the base and their reservation per direction as the headroom [kW]."""
+def reserved_participants(
+    plan: Plan, fleet: FleetState, step: int, block: int, also: Collection[str] = ()
+) -> Participants:
+    """The batteries with aFRR reserved in ``block`` (and those in ``also``: the ones an
+    earlier activation moved, to be set back), with their planned power at ``step``
+    [kW, + export] as the base and their reservation per direction as the headroom [kW].
+    Plan rows are in fleet order (the batteries first), so this is a few array
+    operations and one pass over the participants."""
+    bats = fleet.batteries
+    nb = len(bats)
     if plan.afrr_up_kw.shape != plan.reserve_kw.shape or plan.afrr_down_kw.shape != (
         plan.reserve_kw.shape
     ):
         return Participants.from_rows(())
-    rows = []
-    index = {a: i for i, a in enumerate(plan.asset_ids)}
-    for b, bat in enumerate(fleet.batteries):
-        up = float(plan.afrr_up_kw[b, block]) if plan.afrr_up_kw.size else 0.0
-        down = float(plan.afrr_down_kw[b, block]) if plan.afrr_down_kw.size else 0.0
-        if up > MIN_OFFSET_KW or down > MIN_OFFSET_KW:
-            base = float(plan.p_kw[index[bat.asset_id], step])
-            rows.append((bat.site_id, bat.asset_id, base, max(up, 0.0), max(down, 0.0)))
-    return Participants.from_rows(rows)
+    zero = np.zeros(nb)
+    up = np.clip(plan.afrr_up_kw[:, block], 0.0, None) if plan.afrr_up_kw.size else zero
+    down = np.clip(plan.afrr_down_kw[:, block], 0.0, None) if plan.afrr_down_kw.size else zero
+    base = plan.p_kw[:nb, step]
+    held = (up > MIN_OFFSET_KW) | (down > MIN_OFFSET_KW)
+    if also:
+        held |= np.fromiter((b.asset_id in also for b in bats), dtype=bool, count=nb)
+    return Participants.from_rows(
+        (bats[i].site_id, bats[i].asset_id, float(base[i]), float(up[i]), float(down[i]))
+        for i in np.flatnonzero(held).tolist()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +96,22 @@ class AfrrActivation:
             "sites": len(self.sites),
             "assets": len(self.offsets_kw),
         }
+
+
+def activation_sections(
+    participants: Participants, delta_kw: float
+) -> tuple[list[SiteSetpoints], dict[str, float], float]:
+    """What an activation (or its end, ``delta_kw = 0``) sends: each participant's planned
+    power plus its share [kW], one section per site of the participants only (the rest of
+    each site keeps the quarter-hour's setpoints it has); the offsets that are not zero
+    [kW] and what they deliver [kW]."""
+    setpoints, delivered = allocate(participants, delta_kw)
+    moved = setpoints - participants.base_kw
+    shift = {
+        participants.asset_ids[i]: float(moved[i])
+        for i in np.flatnonzero(np.abs(moved) > MIN_OFFSET_KW).tolist()
+    }
+    return sections(participants, setpoints), shift, delivered
 
 
 def offsets(participants: Participants, delta_kw: float) -> tuple[dict[str, float], float]:

@@ -10,11 +10,13 @@ every change into or out of *not following* / *not acknowledged*.
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from control_plane.commands.group_dispatcher import GroupAck, GroupDispatcher, GroupSend
+from control_plane.commands.group_messages import SiteSetpoints
 from control_plane.dispatch.follow import (
     FollowPolicy,
     Reading,
@@ -24,7 +26,13 @@ from control_plane.dispatch.follow import (
     judge,
     observe,
 )
-from control_plane.dispatch.plan_setpoints import Expected, StepSetpoints, plan_step, step_at
+from control_plane.dispatch.plan_setpoints import (
+    QUARTER_HOUR_MS,
+    Expected,
+    StepSetpoints,
+    plan_step,
+    step_at,
+)
 from control_plane.optimizer.assets import FleetState
 from control_plane.optimizer.plan import Plan
 from control_plane.state import GatedStateView
@@ -95,53 +103,9 @@ class PlanDispatcher:
         offsets_kw: Mapping[str, float] | None = None,
     ) -> tuple[StepSetpoints, GroupSend] | None:
         """Send the quarter-hour that holds now (valid until it ends); None outside the day.
-        ``offsets_kw``: an aFRR activation under way, added to its batteries [kW]."""
-        prepared = self._prepare(plan, fleet, day_start_ms, rated_kw, offsets_kw, None, None)
-        if prepared is None:
-            return None
-        setpoints, activation_id, ttl_s = prepared
-        report = self._groups.send(setpoints.sections, ttl_s=ttl_s, activation_id=activation_id)
-        self._track(setpoints, activation_id)
-        return setpoints, report
-
-    async def dispatch_sites(
-        self,
-        plan: Plan,
-        fleet: FleetState,
-        *,
-        day_start_ms: int,
-        rated_kw: Mapping[str, float],
-        offsets_kw: Mapping[str, float],
-        sites: frozenset[str],
-        activation_id: str,
-    ) -> tuple[StepSetpoints, GroupSend] | None:
-        """Re-send the current quarter-hour to ``sites`` only, with ``offsets_kw`` [kW] on
-        their batteries (an aFRR activation or its end): the time-critical fan-out
-        (:meth:`GroupDispatcher.send_async`), tracked like any plan step."""
-        prepared = self._prepare(
-            plan, fleet, day_start_ms, rated_kw, offsets_kw, sites, activation_id
-        )
-        if prepared is None:
-            return None
-        setpoints, group_id, ttl_s = prepared
-        report = await self._groups.send_async(
-            setpoints.sections, ttl_s=ttl_s, activation_id=group_id
-        )
-        self._track(setpoints, group_id)
-        return setpoints, report
-
-    def _prepare(
-        self,
-        plan: Plan,
-        fleet: FleetState,
-        day_start_ms: int,
-        rated_kw: Mapping[str, float],
-        offsets_kw: Mapping[str, float] | None,
-        sites: frozenset[str] | None,
-        activation_id: str | None,
-    ) -> tuple[StepSetpoints, str, float] | None:
-        """The current step's setpoints (only ``sites``' sections if given), the group's
-        activation id (default ``plan:<day start>:<step>``) and its time to live [s]."""
+        ``offsets_kw``: an aFRR activation under way, added to its batteries [kW]. Blocking
+        (:func:`plan_step` costs about 5 us per asset): the running cycle uses
+        :meth:`dispatch_async`."""
         now_ms = self._clock.now_ms()
         step = step_at(day_start_ms, now_ms)
         if step is None:
@@ -149,12 +113,62 @@ class PlanDispatcher:
         setpoints = plan_step(
             plan, fleet, step, day_start_ms=day_start_ms, rated_kw=rated_kw, offsets_kw=offsets_kw
         )
-        if sites is not None:
-            setpoints.sections = [s for s in setpoints.sections if s.site_id in sites]
-        if activation_id is None:
-            activation_id = f"plan:{day_start_ms}:{step}"
+        return self._send(setpoints, now_ms, None)
+
+    async def dispatch_async(
+        self,
+        plan: Plan,
+        fleet: FleetState,
+        *,
+        day_start_ms: int,
+        rated_kw: Mapping[str, float],
+        offsets_kw: Mapping[str, float] | None = None,
+    ) -> tuple[StepSetpoints, GroupSend] | None:
+        """:meth:`dispatch` with the setpoints computed in a worker thread (a 100,000-asset
+        fleet costs about half a second, which the event loop must not wait for)."""
+        now_ms = self._clock.now_ms()
+        step = step_at(day_start_ms, now_ms)
+        if step is None:
+            return None
+        setpoints = await asyncio.to_thread(
+            plan_step,
+            plan,
+            fleet,
+            step,
+            day_start_ms=day_start_ms,
+            rated_kw=rated_kw,
+            offsets_kw=offsets_kw,
+        )
+        return self._send(setpoints, self._clock.now_ms(), None)
+
+    async def send_overrides(
+        self, sections: Sequence[SiteSetpoints], *, until_ms: int, activation_id: str
+    ) -> GroupSend:
+        """Send new setpoints for some assets only (an aFRR activation or its end), valid
+        until ``until_ms`` (the end of the quarter-hour), as the time-critical fan-out
+        (:meth:`GroupDispatcher.send_async`). Afterwards (the sites first) each site's
+        tracked expectations take the new values; its other assets keep theirs."""
+        now_ms = self._clock.now_ms()
+        ttl_s = max(MIN_TTL_S, (until_ms - now_ms) / 1000)
+        report = await self._groups.send_async(sections, ttl_s=ttl_s, activation_id=activation_id)
+        for section in sections:
+            site = section.site_id
+            before = self._sites.get(site)
+            expected = dict(before.expected) if before is not None else {}
+            for asset_id, p_kw in zip(section.asset_ids, section.p_kw, strict=True):
+                expected[asset_id] = Expected(asset_id, site, "setpoint", p_kw)
+            self._sites[site] = _Track(activation_id, now_ms, expected)
+        return report
+
+    def _send(
+        self, setpoints: StepSetpoints, now_ms: int, activation_id: str | None
+    ) -> tuple[StepSetpoints, GroupSend]:
+        day_start_ms = setpoints.start_ms - setpoints.step * QUARTER_HOUR_MS
+        group_id = activation_id or f"plan:{day_start_ms}:{setpoints.step}"
         ttl_s = max(MIN_TTL_S, (setpoints.end_ms - now_ms) / 1000)
-        return setpoints, activation_id, ttl_s
+        report = self._groups.send(setpoints.sections, ttl_s=ttl_s, activation_id=group_id)
+        self._track(setpoints, group_id)
+        return setpoints, report
 
     def _track(self, setpoints: StepSetpoints, activation_id: str) -> None:
         now_ms = self._clock.now_ms()

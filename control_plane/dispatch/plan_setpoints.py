@@ -18,6 +18,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
 
 from control_plane.commands.group_messages import SiteSetpoints
 from control_plane.optimizer.assets import STEPS, FleetState
@@ -27,10 +30,10 @@ QUARTER_HOUR_MS = 900_000
 CURTAILMENT_EPS_KW = 0.01
 
 
-@dataclass(frozen=True, slots=True)
-class Expected:
+class Expected(NamedTuple):
     """What one asset should do during a step: follow ``p_kw`` (``setpoint``) or stay at or
-    below it (``cap``, PV) [kW]."""
+    below it (``cap``, PV) [kW]. A named tuple: a plan step makes one per asset (100,000
+    for a large fleet), and a tuple is built several times faster than a dataclass."""
 
     asset_id: str
     site_id: str
@@ -68,42 +71,55 @@ def plan_step(
     """The setpoints of ``step`` per site; ``rated_kw`` gives ratings from the registry [kW]
     (PV: needed to lift a cap; flexible loads: bounds the draw with ``p_max_kw``).
     ``offsets_kw``: added to those batteries' planned power [kW, + export] (an aFRR
-    activation within the capacity the plan reserved, :mod:`control_plane.dispatch.afrr`)."""
+    activation within the capacity the plan reserved, :mod:`control_plane.dispatch.afrr`).
+    Pure: may run in a worker thread (it costs about 5 us per asset)."""
     if not 0 <= step < STEPS:
         raise ValueError(f"step must be in 0..{STEPS - 1}, got {step}")
     if plan.asset_ids != fleet.asset_ids:
         raise ValueError("the plan was not made for this fleet (asset order differs)")
     start = day_start_ms + step * QUARTER_HOUR_MS
     out = StepSetpoints(step, start, start + QUARTER_HOUR_MS)
-    row = {aid: i for i, aid in enumerate(plan.asset_ids)}
-    per_site: dict[str, list[tuple[str, float]]] = defaultdict(list)
-
-    def add(asset_id: str, site_id: str, mode: str, p_kw: float) -> None:
-        per_site[site_id].append((asset_id, p_kw))
-        out.expected[asset_id] = Expected(asset_id, site_id, mode, p_kw)
-
-    offsets = offsets_kw or {}
-    for bat in fleet.batteries:
-        planned = float(plan.p_kw[row[bat.asset_id], step]) + offsets.get(bat.asset_id, 0.0)
-        add(bat.asset_id, bat.site_id, "setpoint", planned)
-    for ev in fleet.evs:
-        add(ev.asset_id, ev.site_id, "setpoint", min(0.0, float(plan.p_kw[row[ev.asset_id], step])))
-    for pv in fleet.pvs:
-        planned = max(0.0, float(plan.p_kw[row[pv.asset_id], step]))
+    # Plan rows are in fleet order (batteries, EVs, loads, PVs): one column, sliced by kind.
+    p = plan.p_kw[:, step]
+    nb, ne, nl = len(fleet.batteries), len(fleet.evs), len(fleet.loads)
+    entries: list[Expected] = []
+    bat = p[:nb].tolist()
+    if offsets_kw:
+        index = {b.asset_id: i for i, b in enumerate(fleet.batteries)}
+        for asset_id, offset in offsets_kw.items():
+            i = index.get(asset_id)
+            if i is not None:
+                bat[i] += offset
+    entries += [
+        Expected(b.asset_id, b.site_id, "setpoint", v)
+        for b, v in zip(fleet.batteries, bat, strict=True)
+    ]
+    ev_kw = np.minimum(p[nb : nb + ne], 0.0).tolist()
+    entries += [
+        Expected(ev.asset_id, ev.site_id, "setpoint", v)
+        for ev, v in zip(fleet.evs, ev_kw, strict=True)
+    ]
+    for pv, value in zip(fleet.pvs, p[nb + ne + nl :].tolist(), strict=True):
+        planned = max(0.0, value)
         rated = rated_kw.get(pv.asset_id)
         if planned < pv.forecast_kw[step] - CURTAILMENT_EPS_KW:
-            add(pv.asset_id, pv.site_id, "cap", planned if rated is None else min(planned, rated))
+            cap = planned if rated is None else min(planned, rated)
+            entries.append(Expected(pv.asset_id, pv.site_id, "cap", cap))
         elif rated is not None:
-            add(pv.asset_id, pv.site_id, "cap", rated)
+            entries.append(Expected(pv.asset_id, pv.site_id, "cap", rated))
         else:
             out.skipped[pv.asset_id] = "PV rating unknown: cannot lift its cap"
-    for load in fleet.loads:
+    for load, planned in zip(fleet.loads, p[nb + ne : nb + ne + nl].tolist(), strict=True):
         max_draw_kw = min(load.p_max_kw, rated_kw.get(load.asset_id, load.p_max_kw))
-        planned = float(plan.p_kw[row[load.asset_id], step])
         # the device takes it as a maximum draw: a load drawing less (a hot tank) follows
-        add(load.asset_id, load.site_id, "draw_limit", min(0.0, max(-max_draw_kw, planned)))
+        draw = min(0.0, max(-max_draw_kw, planned))
+        entries.append(Expected(load.asset_id, load.site_id, "draw_limit", draw))
+    per_site: dict[str, list[Expected]] = defaultdict(list)
+    for e in entries:
+        per_site[e.site_id].append(e)
+    out.expected = {e.asset_id: e for e in entries}
     out.sections = [
-        SiteSetpoints(site, tuple(a for a, _ in entries), tuple(p for _, p in entries))
-        for site, entries in sorted(per_site.items())
+        SiteSetpoints(site, tuple(e.asset_id for e in group), tuple(e.p_kw for e in group))
+        for site, group in sorted(per_site.items())
     ]
     return out

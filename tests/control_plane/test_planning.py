@@ -164,14 +164,14 @@ async def test_a_round_plans_only_gated_assets_and_each_step_reaches_the_sites_o
     assert audited["details"]["status"] == "optimal"
     assert audited["details"]["assets_excluded"] == 1
 
-    assert cycle.dispatch_current() is True
-    assert cycle.dispatch_current() is False  # once per quarter-hour
+    assert await cycle.dispatch_current() is True
+    assert await cycle.dispatch_current() is False  # once per quarter-hour
     assert await control.deliver() == 2
     assert control.sites["s1"].setpoint("s1-b1") == pytest.approx(5.0)
     assert control.sites["s2"].setpoint("s2-b1") == pytest.approx(5.0)
 
     clock.advance(15 * 60_000)  # the next step of the same plan: cheap, no discharge
-    assert cycle.dispatch_current() is True
+    assert await cycle.dispatch_current() is True
     await control.deliver()
     expected = record.plan.p_kw[0, 1]
     assert control.sites["s1"].setpoint("s1-b1") == pytest.approx(expected, abs=1e-6)
@@ -320,7 +320,7 @@ async def test_each_block_of_the_plan_arms_the_sites_with_its_fcr_capacity(
     )
     record = await cycle.plan_now()
     assert record is not None and record.plan.reserve_kw[:, 0].min() > 0
-    assert cycle.dispatch_current() is True
+    assert await cycle.dispatch_current() is True
     arms = [
         (site, cpb.Command.FromString(m.command.payload).arm_frequency_response)
         for site, m in control.outbox
@@ -331,7 +331,7 @@ async def test_each_block_of_the_plan_arms_the_sites_with_its_fcr_capacity(
     assert s1.assets[0].fcr_max_kw == pytest.approx(record.plan.reserve_kw[0, 0])
     control.outbox.clear()
     clock.advance(15 * 60_000)  # the next step of the same block: setpoints, no new arming
-    assert cycle.dispatch_current() is True and cycle.armed_sites == 2
+    assert await cycle.dispatch_current() is True and cycle.armed_sites == 2
 
 
 def test_the_load_window_is_the_next_one_or_the_rest_of_the_current_one() -> None:
@@ -405,7 +405,7 @@ async def test_a_plan_inside_a_market_block_holds_reserve_per_local_block_and_ar
     assert record is not None and seen[0] is record.rules
     assert record.rules.block_starts == (0, 11, 27, 43, 59, 75, 91)
     assert record.plan.reserve_kw.shape == (2, 7) and record.plan.reserve_kw[:, 0].min() > 0
-    assert cycle.dispatch_current() is True
+    assert await cycle.dispatch_current() is True
 
     def armed() -> list[cpb.ArmFrequencyResponse]:
         out = [
@@ -422,7 +422,7 @@ async def test_a_plan_inside_a_market_block_holds_reserve_per_local_block_and_ar
         (ms(2026, 6, 1, 13, 15), ms(2026, 6, 1, 16, 0))
     }
     clock.set(ms(2026, 6, 1, 16, 0))  # the next local block: armed again, from 16:00 to 20:00
-    assert cycle.dispatch_current() is True
+    assert await cycle.dispatch_current() is True
     assert {(a.active_from_ms, a.active_until_ms) for a in armed()} == {
         (ms(2026, 6, 1, 16, 0), ms(2026, 6, 1, 20, 0))
     }

@@ -44,7 +44,7 @@ async def planned(tmp_path: Path, config: PlanningConfig = CONTINUOUS, **kw: Any
     cycle = cycle_for(control, registry, state, clock, config, prices=afrr_pays(**kw))
     record = await cycle.plan_now()
     assert record is not None
-    assert cycle.dispatch_current() is True
+    assert await cycle.dispatch_current() is True
     await control.deliver()
     return clock, control, cycle, record
 
@@ -73,6 +73,9 @@ async def test_an_activation_moves_the_reserved_batteries_pro_rata_and_no_furthe
     for row, asset in enumerate(("s1-b1", "s2-b1")):
         assert moved[asset] == pytest.approx(base[asset] + up[row] / 2, abs=1e-6)
     assert cycle.status()["afrr"]["active"]["activation_id"] == "tso-1"
+    # plan-vs-actual now judges the activated setpoints (the rest of the site unchanged)
+    tracked = cycle._dispatcher._sites["s1"].expected  # type: ignore[union-attr]
+    assert tracked["s1-b1"].p_kw == pytest.approx(base["s1-b1"] + up[0] / 2, abs=1e-6)
 
     # more than reserved: saturates at the reservation, the shortfall is reported
     big = await cycle.activate_afrr(ActivationEvent("tso-2", 10 * half, 300.0), OPERATOR)
@@ -104,7 +107,7 @@ async def test_an_activation_ends_by_itself_and_holds_across_quarter_hours(
     assert isinstance(got, AfrrActivation)
     await control.deliver()
     clock.advance(15 * 60_000)  # the next quarter-hour is sent with the activation in it
-    assert cycle.dispatch_current() is True
+    assert await cycle.dispatch_current() is True
     await control.deliver()
     next_step = setpoints(control)
     assert (
