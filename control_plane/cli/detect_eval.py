@@ -12,7 +12,8 @@ attacked test period (``--steps`` in total, default 5,000).
 
 After the detectors, three more rows (:mod:`detection.evaluate_stages`): ``gnn+ramp``
 (the deep detector's row test and ramp stage, sharing the target FPR), ``price`` (the
-price check) and ``gate`` (``gnn+ramp`` OR ``price``, recall over every attack).
+price check) and ``gate`` (``gnn+ramp`` OR ``price``, each part calibrated at half the
+target FPR so that the union keeps it; recall over every attack).
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ def _tables(cards: list[Any], target_fpr: float) -> list[Any]:
 
     main = Table(title=f"detect eval: {cards[0].grid}, thresholds at {target_fpr:.2%} FPR")
     # gnn+ramp: row test and ramp stage sharing the target; price: the price check (its
-    # attacked rows are the price rows); gate: gnn+ramp OR price, every attack counted
+    # attacked rows are the price rows); gate: gnn+ramp OR price, each at half the target,
+    # every attack counted
     for col in ["detector", "AUC", "recall", "FPR", "loc F1", "ramp delay", "rows/s"]:
         main.add_column(col, justify="left" if col == "detector" else "right")
     kinds = sorted({k for c in cards for k in c.recall_per_kind})

@@ -189,7 +189,8 @@ def verdicts(
             loc = localizer_for(model)
             for i in hit:
                 rep = None if replay is None else replay[i]
-                flagged[i] = loc.localize(resid[i], rep, int(top[i]))
+                hot = cells[i] > model.cell_thresholds
+                flagged[i] = loc.localize(resid[i], rep, int(top[i]), hot)
     if ramp_cells is not None and model.ramp_scale is not None:
         ramp_hit = ramp_cells > model.ramp_threshold
         ramp_rows = ramp_hit.any(axis=1)

@@ -25,6 +25,19 @@ positive: :attr:`LocalizeConfig.tau_bus` for a bus anywhere, the smaller
 (a robust estimate: the median squared residual), because out-of-sample residuals of
 a grid the model fits less well are wider than standard normal.
 
+Two steps serve stealthy regions, whose evidence is often one boundary measurement far
+out and the rest under the noise (:meth:`RegionLocalizer.explain`):
+
+* **the network as a prior**: when the fit chose no bus but the bus that explains the
+  most passes ``tau_bus`` on its own, a second fit starts from it, every bus's penalty
+  lowered by ``prior_weight`` times the share of its measurements the network flags
+  (cell logit above its cell threshold), for at most ``alt_atoms`` atoms; the fit with
+  the smaller penalized chi-square is kept;
+* **region completion** (:meth:`RegionLocalizer.complete`): each connected group of
+  chosen buses grows by a likelihood-ratio test under the attacker's model (one common
+  angle for the region, a magnitude per bus): a neighbour joins while it improves the
+  chi-square by more than ``grow_penalty``, up to ``grow_max`` buses.
+
 Two kinds are recognized from their own evidence before or after the fit:
 
 * **replay**: when at least ``replay_min_cells`` measurements repeat, bit for bit, the
@@ -37,7 +50,10 @@ Two kinds are recognized from their own evidence before or after the fit:
 
 The row's top cell (largest logit) is always flagged, as :func:`verdicts` does. The
 penalties were tuned on the training pipeline's validation scenario (attacked copies of
-the reference grid), never on the held-out scenario. Nothing here is stored in a model
+the reference grid), never on the held-out scenario; ``grow_max`` is the largest region
+of the training attacks (:data:`detection.scenarios.TRAINING_MAGNITUDES`). The live gate
+calls this per attacked snapshot, so the fits use matrix-vector products only (LAPACK
+factorizations have millisecond tails on a shared machine). Nothing here is stored in a model
 artifact: the localizer is derived from the model's normal model, its Jacobian and the
 grid's DER buses, and rebuilt when the normal model changes (adaptation).
 """
@@ -48,6 +64,7 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 from detection.layout import MeasurementLayout
 
@@ -67,6 +84,10 @@ class LocalizeConfig:
     replay_min_cells: int = 2  # bit-exact repeats that make a row a replay
     der_min_cells: int = 3  # DER injections (towards export) chosen that make a DER row
     der_level: float = -1.0  # ... then flag every DER injection residual below this
+    prior_weight: float = 36.0  # second fit: bus penalty minus this times its flagged share
+    grow_penalty: float = 4.0  # region completion: one more bus (one more parameter)
+    grow_max: int = 8  # region completion: buses at most (the training attacks' largest)
+    alt_atoms: int = 8  # second fit: atoms at most (stopping early only makes it lose)
 
 
 DEFAULT_CONFIG = LocalizeConfig()
@@ -134,62 +155,104 @@ class RegionLocalizer:
         self._pdiag = np.maximum(1.0 - (self._u**2) @ shrink, 1e-9)
         q = jacobian / (scale * noise_sd)[:, None]  # whitened Jacobian columns
         self._qt = self._sqrt_p(q)  # in the Euclidean frame: P^(1/2) q
+        # q' v for the correlations with every bus column: q is sparse (a bus touches
+        # its own and its neighbours' measurements) and qt' w = q' (P^(1/2) w)
+        self._q_sparse_t = sparse.csr_matrix(q.T)
         qa, qm = self._qt[:, 0::2], self._qt[:, 1::2]
         self._g00 = np.einsum("ij,ij->j", qa, qa)
         self._g01 = np.einsum("ij,ij->j", qa, qm)
         self._g11 = np.einsum("ij,ij->j", qm, qm)
         self._ridge = 1e-6 * (self._g00 + self._g11) + 1e-12
+        incidence = np.zeros((self.n_bus, m))
+        for j, sup in enumerate(self.support):
+            incidence[j, sup] = 1.0 / max(len(sup), 1)
+        self._share = incidence  # share of a bus's support: (n_bus, m) @ flagged (m,)
 
     def _sqrt_p(self, v: np.ndarray) -> np.ndarray:
         if v.ndim == 1:
             return np.asarray(v - self._u @ (self._a * (self._u.T @ v)))
         return np.asarray(v - self._u @ (self._a[:, None] * (self._u.T @ v)))
 
+    def _cell_column(self, c: int) -> np.ndarray:
+        """``P^(1/2) e_c``: measurement ``c`` moved on its own, in the Euclidean frame."""
+        col = -(self._u @ (self._a * self._u[c]))
+        col[c] += 1.0
+        return np.asarray(col)
+
     def _inv_sqrt_p(self, v: np.ndarray) -> np.ndarray:
         return np.asarray(v + self._u @ (self._b * (self._u.T @ v)))
 
-    def explain(self, r: np.ndarray) -> tuple[list[int], list[int]]:
-        """Buses (layout bus positions) and cells chosen for conditional residuals ``r`` (m,)."""
-        cfg = self.config
-        r = np.asarray(r, dtype=np.float64)
+    def _frame(self, r: np.ndarray) -> tuple[np.ndarray, float]:
+        """The row in the Euclidean frame (``P^(1/2) y``) and its robust residual variance."""
         var = max(1.0, float(np.median(r**2)) / _CHI2_1_MEDIAN)
+        # y~ = P^(1/2) y = P^(-1/2) e with e = P y = r sqrt(P_ii)
+        return self._inv_sqrt_p(r * np.sqrt(self._pdiag)), var
+
+    def _bus_gains(self, res: np.ndarray) -> np.ndarray:
+        """Chi-square gain of every bus on its own (two columns) for ``res`` (Euclidean frame)."""
+        bq = self._qt.T @ res
+        g00, g01, g11 = self._g00 + self._ridge, self._g01, self._g11 + self._ridge
+        x0, x1 = bq[0::2], bq[1::2]
+        det = np.maximum(g00 * g11 - g01**2, 1e-18)
+        return np.asarray((g11 * x0**2 - 2.0 * g01 * x0 * x1 + g00 * x1**2) / det)
+
+    def _fit(
+        self,
+        res: np.ndarray,
+        var: float,
+        first_bus: int | None = None,
+        prior: np.ndarray | None = None,
+        max_atoms: int | None = None,
+    ) -> tuple[list[int], list[int], float]:
+        """Greedy fit of ``res`` (Euclidean frame): buses, cells and the penalized objective
+        (residual chi-square plus the penalties paid). ``first_bus``: start with that bus;
+        ``prior`` (n_bus,): a bus not next to a chosen one pays ``tau_bus - prior_weight *
+        prior`` (at least ``tau_grow``)."""
+        cfg = self.config
         tau_bus, tau_grow, tau_cell = cfg.tau_bus * var, cfg.tau_grow * var, cfg.tau_cell * var
-        # Euclidean frame: y~ = P^(1/2) y = P^(-1/2) e with e = P y = r sqrt(P_ii)
-        res = self._inv_sqrt_p(r * np.sqrt(self._pdiag))
+        far = np.full(self.n_bus, tau_bus)
+        if prior is not None:
+            far = np.maximum(tau_bus - cfg.prior_weight * var * prior, tau_grow)
+        res = res.copy()
         nb, m = self.n_bus, self.m
         cap = 2 * cfg.max_atoms
         basis = np.zeros((cap, m))  # orthonormal directions of the chosen atoms
         n_dir = 0
-        bq = self._qt.T @ res  # correlations of the residual with every bus column
-        bc = self._sqrt_p(res)  # ... and with every cell column
+        bc = self._sqrt_p(res)  # correlations of the residual with every cell column
+        bq = self._q_sparse_t @ bc  # ... and with every bus column (qt' res = q' P^(1/2) res)
         # Gram entries of the columns orthogonalized against the chosen directions
         g00, g01, g11 = self._g00 + self._ridge, self._g01.copy(), self._g11 + self._ridge
         norm_c = self._pdiag.copy()
         buses: list[int] = []
         cells: list[int] = []
+        paid = 0.0
         used_b = np.zeros(nb, dtype=bool)
         used_c = np.zeros(m, dtype=bool)
         near = np.zeros(nb, dtype=bool)
-        for _ in range(cfg.max_atoms):
+        for step_no in range(cfg.max_atoms if max_atoms is None else max_atoms):
             det = np.maximum(g00 * g11 - g01**2, 1e-18)
             x0, x1 = bq[0::2], bq[1::2]
             gain_b = (g11 * x0**2 - 2.0 * g01 * x0 * x1 + g00 * x1**2) / det
-            pen = np.where(near & (len(buses) < cfg.max_region), tau_grow, tau_bus)
-            score_b = np.where(used_b, -np.inf, gain_b - pen)
-            score_c = np.where(used_c, -np.inf, bc**2 / np.maximum(norm_c, 1e-9) - tau_cell)
-            jb, jc = int(np.argmax(score_b)), int(np.argmax(score_c))
-            if max(score_b[jb], score_c[jc]) <= 0.0:
-                break
-            if score_b[jb] >= score_c[jc]:
+            pen = np.where(near & (len(buses) < cfg.max_region), tau_grow, far)
+            if step_no == 0 and first_bus is not None:
+                take_bus, jb, jc = True, int(first_bus), -1
+            else:
+                score_b = np.where(used_b, -np.inf, gain_b - pen)
+                score_c = np.where(used_c, -np.inf, bc**2 / np.maximum(norm_c, 1e-9) - tau_cell)
+                jb, jc = int(np.argmax(score_b)), int(np.argmax(score_c))
+                if max(score_b[jb], score_c[jc]) <= 0.0:
+                    break
+                take_bus = bool(score_b[jb] >= score_c[jc])
+            if take_bus:
                 cols = [self._qt[:, 2 * jb], self._qt[:, 2 * jb + 1]]
                 buses.append(jb)
+                paid += float(pen[jb])
                 used_b[jb] = True
                 near[self.adjacency[jb]] = True
             else:
-                unit = np.zeros(m)
-                unit[jc] = 1.0
-                cols = [self._sqrt_p(unit)]
+                cols = [self._cell_column(jc)]
                 cells.append(jc)
+                paid += tau_cell
                 used_c[jc] = True
             for col in cols:
                 w = col.copy()
@@ -202,7 +265,8 @@ class RegionLocalizer:
                 w /= norm
                 basis[n_dir] = w
                 n_dir += 1
-                vq, vc = self._qt.T @ w, self._sqrt_p(w)
+                vc = self._sqrt_p(w)
+                vq = self._q_sparse_t @ vc
                 step = float(w @ res)
                 res = res - step * w
                 bq -= step * vq
@@ -211,19 +275,132 @@ class RegionLocalizer:
                 g01 -= vq[0::2] * vq[1::2]
                 g11 -= vq[1::2] ** 2
                 norm_c -= vc**2
+        return buses, cells, float(res @ res) + paid
+
+    def explain(self, r: np.ndarray, hot: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+        """Buses (layout bus positions) and cells chosen for conditional residuals ``r`` (m,).
+
+        ``hot`` (m,) bool: the measurements the network flags (cell logit above its cell
+        threshold). When the fit chooses no bus, a second fit starts from the bus that
+        explains the most (if it passes ``tau_bus``) with each bus's penalty lowered by
+        ``prior_weight`` times the share of its measurements the network flags; the fit
+        with the smaller penalized objective is kept. The buses chosen are then completed
+        into their region (:meth:`complete`).
+        """
+        r = np.asarray(r, dtype=np.float64)
+        res, var = self._frame(r)
+        buses, cells, objective = self._fit(res, var)
+        if not buses and hot is not None:
+            gains = self._bus_gains(res)
+            jb = int(np.argmax(gains))
+            if gains[jb] > self.config.tau_bus * var:
+                prior = self._share @ np.asarray(hot, dtype=np.float64)
+                b2, c2, j2 = self._fit(res, var, jb, prior, self.config.alt_atoms)
+                if j2 < objective:
+                    buses, cells = b2, c2
+        if buses:
+            buses = self.complete(res, var, buses, cells)
         return buses, cells
 
-    def localize(self, r: np.ndarray, replay: np.ndarray | None, top: int | None) -> np.ndarray:
+    def _components(self, buses: list[int]) -> list[list[int]]:
+        chosen, seen = set(buses), set()
+        out: list[list[int]] = []
+        for b in buses:
+            if b in seen:
+                continue
+            comp, stack = [], [b]
+            seen.add(b)
+            while stack:
+                x = stack.pop()
+                comp.append(x)
+                for n in self.adjacency[x]:
+                    if int(n) in chosen and int(n) not in seen:
+                        seen.add(int(n))
+                        stack.append(int(n))
+            out.append(comp)
+        return out
+
+    def complete(
+        self, res: np.ndarray, var: float, buses: list[int], cells: list[int]
+    ) -> list[int]:
+        """Region completion: grow each connected group of chosen buses by likelihood ratio.
+
+        A stealthy attacker shifts every bus of a connected region by the same angle (and
+        each bus's magnitude by its own factor), so region ``S`` explains the row with one
+        angle column (the sum of its buses' angle columns) and one magnitude column per
+        bus; the other groups and the chosen cells stay in the fit. A neighbour ``k`` is
+        added while the best one improves the chi-square by more than ``grow_penalty``
+        (times the row's residual variance; one more parameter), up to ``grow_max`` buses
+        (the largest region of the training attacks).
+        """
+        cfg = self.config
+        qt = self._qt
+        groups = self._components(buses)
+        taken = set(buses)
+        cell_cols = [self._cell_column(c) for c in cells]
+        out: list[int] = []
+        for gi, group in enumerate(groups):
+            others = [
+                qt[:, 2 * j + o]
+                for g, grp in enumerate(groups)
+                if g != gi
+                for j in grp
+                for o in (0, 1)
+            ]
+            region = list(group)
+            # orthonormal rows spanning what stays fixed: other groups, cells, the region's
+            # magnitude columns (Gram-Schmidt with products only: LAPACK factorizations
+            # have millisecond tails on a shared machine)
+            fixed = np.zeros((0, self.m))
+            for col in others + cell_cols + [qt[:, 2 * j + 1] for j in region]:
+                fixed = _extend(fixed, col)
+            while len(region) < cfg.grow_max:
+                cand = sorted({int(n) for j in region for n in self.adjacency[j]} - taken)
+                if not cand:
+                    break
+                r0 = res - fixed.T @ (fixed @ res)
+                angle = qt[:, [2 * j for j in region]].sum(axis=1)
+                a0 = angle - fixed.T @ (fixed @ angle)
+                base = float(a0 @ r0) ** 2 / max(float(a0 @ a0), 1e-12)
+                # every candidate at once: the region's angle column with k, k's magnitude
+                v1 = angle[:, None] + qt[:, [2 * k for k in cand]]
+                v2 = qt[:, [2 * k + 1 for k in cand]]
+                v1 = v1 - fixed.T @ (fixed @ v1)
+                v2 = v2 - fixed.T @ (fixed @ v2)
+                h11 = np.einsum("ij,ij->j", v1, v1) + 1e-9
+                h12 = np.einsum("ij,ij->j", v1, v2)
+                h22 = np.einsum("ij,ij->j", v2, v2) + 1e-9
+                b1, b2 = v1.T @ r0, v2.T @ r0
+                gain = (h22 * b1**2 - 2.0 * h12 * b1 * b2 + h11 * b2**2) / np.maximum(
+                    h11 * h22 - h12**2, 1e-18
+                )
+                best = int(np.argmax(gain))
+                if gain[best] - base <= cfg.grow_penalty * var:
+                    break
+                region.append(cand[best])
+                taken.add(cand[best])
+                fixed = _extend(fixed, qt[:, 2 * cand[best] + 1])
+            out.extend(region)
+        return out
+
+    def localize(
+        self,
+        r: np.ndarray,
+        replay: np.ndarray | None,
+        top: int | None,
+        hot: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Falsified measurements (m,) bool of one attacked row: conditional residuals ``r``
         (m,), bit-exact repeats ``replay`` (m,) bool (None: not known), ``top`` the row's
-        top cell (always flagged; None: none)."""
+        top cell (always flagged; None: none), ``hot`` (m,) bool the measurements whose
+        cell logit exceeds its cell threshold (None: not known; see :meth:`explain`)."""
         cfg = self.config
         flagged = np.zeros(self.m, dtype=bool)
         if replay is not None and int(np.count_nonzero(replay)) >= cfg.replay_min_cells:
             flagged |= np.asarray(replay, dtype=bool)
         else:
             r = np.asarray(r, dtype=np.float64)
-            buses, cells = self.explain(r)
+            buses, cells = self.explain(r, hot)
             for b in buses:
                 flagged[self.support[b]] = True
             chosen = np.array(cells, dtype=np.int64)
@@ -235,6 +412,18 @@ class RegionLocalizer:
         if top is not None:
             flagged[int(top)] = True
         return flagged
+
+
+def _extend(rows: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """Orthonormal ``rows`` (k, m) with ``col`` added (Gram-Schmidt, re-orthogonalized
+    once); unchanged when ``col`` lies in their span."""
+    w = np.array(col, dtype=np.float64)
+    for _pass in range(2):
+        w -= rows.T @ (rows @ w)
+    norm = float(np.sqrt(w @ w))
+    if norm < 1e-8:
+        return rows
+    return np.vstack([rows, w / norm])
 
 
 _CACHE: weakref.WeakKeyDictionary[object, tuple[tuple[int, ...], RegionLocalizer]] = (

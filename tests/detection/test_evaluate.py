@@ -204,3 +204,39 @@ def test_the_gate_flags_a_row_any_part_flags_and_counts_every_attack(
     assert all(gate.recall_per_kind[k] == 1.0 for k in ("scaling", "replay", "der"))
     assert gate.stage_thresholds == {"grid": price_card.threshold, "price": price_card.threshold}
     _no_nan(gate)
+
+
+def test_each_part_of_the_gate_gets_half_of_the_target(
+    generated: tuple[EvaluationData, Split, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detection import evaluate_stages
+    from detection.evaluate_stages import GATE_PART_SHARE, evaluate_price, stage_scorecards
+
+    data, split, _ = generated
+    asked: list[float] = []
+    kinds = data.kinds[split.test]
+    grid_flags = (kinds != "none") & (kinds != "price")
+
+    def fake_ramp_stage(det: object, d: EvaluationData, s: Split, **kw: float) -> object:
+        asked.append(kw["target_fpr"])
+        card, _ = evaluate_price(d, s, target_fpr=kw["target_fpr"])
+        return dataclasses.replace(card, detector="gnn+ramp"), grid_flags
+
+    class FittedDeep:
+        name = "gnn"
+        model = object()
+
+        def verdicts(self, x: np.ndarray) -> None: ...
+
+    monkeypatch.setattr(evaluate_stages, "evaluate_ramp_stage", fake_ramp_stage)
+    cards, skipped = stage_scorecards(data, split, [FittedDeep()], target_fpr=0.01)  # type: ignore[list-item]
+    assert not skipped and GATE_PART_SHARE == 0.5
+    assert sorted(asked) == [0.005, 0.01]  # the shown row at the target, the gate's part at half
+    by_name = {c.detector: c for c in cards}
+    half_price, _ = evaluate_price(data, split, target_fpr=0.005)
+    assert by_name["gate"].stage_thresholds == {
+        "gnn+ramp": half_price.threshold,
+        "price": half_price.threshold,
+    }
+    assert by_name["price"].target_fpr == 0.01 and by_name["gate"].target_fpr == 0.01
+    assert "0.500%" in by_name["gate"].notes[0]

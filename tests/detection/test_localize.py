@@ -128,3 +128,49 @@ def test_coordinated_der_rows_flag_every_der_injection_that_moved_to_export() ->
     flagged = loc.localize(r, None, None)
     assert flagged[der[:5]].all() and not flagged[der[5]]
     assert flagged.sum() == 5
+
+
+def test_region_completion_grows_a_seed_bus_into_its_region(
+    series: GeneratedSeries, normal: NormalModel, localizer: RegionLocalizer
+) -> None:
+    from detection.attacks import AttackMagnitudes
+
+    part = slice_series(series, HISTORY, HISTORY + 200)
+    mags = AttackMagnitudes(stealthy_sigma=(15.0, 30.0), stealthy_region=(3, 5))
+    att = inject_attacks(part, rate=0.3, seed=7, kinds=("stealthy",), magnitudes=mags)
+    cols = series.layout.columns
+    x = att.data[cols].to_numpy()
+    found, total = 0, 0
+    for ep in att.episodes:
+        region = {series.layout.bus_index.index(b) for b in ep.buses}
+        for row in range(ep.start, ep.stop):
+            r = normal.residuals(x[row : row + 1])[0]
+            res, var = localizer._frame(r)
+            gains = localizer._bus_gains(res)
+            seed = max(region, key=lambda b: gains[b])
+            grown = localizer.complete(res, var, [seed], [])
+            assert seed in grown and len(grown) <= localizer.config.grow_max
+            found += len(region & set(grown))
+            total += len(region)
+    assert found / total > 0.8, (found, total)
+
+
+def test_network_flags_turn_a_one_cell_explanation_into_its_bus() -> None:
+    m, nb = 12, 3
+    jac = np.zeros((m, 2 * nb))
+    jac[[0, 1, 2], 0] = [10.0, 1.0, 1.0]  # bus 0: angle moves cell 0 a lot, 1 and 2 a little
+    jac[[0, 3], 1] = [0.5, 1.0]
+    jac[[5, 6], 2] = 1.0
+    jac[[7, 8], 4] = 1.0
+    none = np.array([], dtype=np.int64)
+    loc = RegionLocalizer(
+        jac, np.ones(m), np.ones(m), np.zeros((m, 1)), np.zeros(1), [none] * nb, none
+    )
+    r = 3.0 * jac[:, 0]  # the bus's signal: one cell far out, two under the cell penalty
+    assert np.flatnonzero(loc.localize(r, None, None)).tolist() == [0]
+    hot = np.zeros(m, dtype=bool)
+    hot[[0, 1, 2, 3]] = True  # the network flags the bus's measurements
+    assert np.flatnonzero(loc.localize(r, None, None, hot)).tolist() == [0, 1, 2, 3]
+    far = np.zeros(m, dtype=bool)
+    far[[5, 6]] = True  # flags elsewhere do not lower this bus's penalty
+    assert np.flatnonzero(loc.localize(r, None, None, far)).tolist() == [0]
