@@ -488,11 +488,16 @@ def _plan(planning: PlanningCycle | None) -> dict[str, Any] | None:
 def _plan_line(plan: dict[str, Any] | None) -> str:
     if plan is None:
         return ""
-    return (
+    line = (
         f"\nplan ({plan['method']}, from gated state): {plan['status']}, "
         f"{plan['assets_planned']} assets planned, {plan['assets_excluded']} left out, "
         f"first quarter-hour {plan['first_step_kw']:+.1f} kW, solved in {plan['wall_s']:.2f} s"
     )
+    diagnosis = plan.get("diagnosis") or []
+    if plan["status"] == "fallback" and diagnosis:  # why the safe plan: what binds
+        first = diagnosis[0]
+        line += f"\n  why: {first['constraint']}: {first['message']}"
+    return line
 
 
 def _attack_line(attack: dict[str, Any] | None, alerts: int) -> str:

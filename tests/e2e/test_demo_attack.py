@@ -86,3 +86,19 @@ async def test_stealthy_rtu_attack_is_caught_by_the_grid_judge(tmp_path: Path) -
     assert isinstance(attack, dict) and attack["caught"], summary
     assert attack["quarantined"] > 0
     _check_nothing_lost(summary)
+
+
+def test_the_demo_says_why_a_plan_fell_back() -> None:
+    """An owner's deadline the charger cannot meet (a demo run at 04:20) gives the safe
+    plan; the summary names the binding constraint instead of a bare "fallback"."""
+    from control_plane.demo import _plan_line
+
+    plan = {
+        "method": "exact", "status": "fallback", "assets_planned": 9, "assets_excluded": 0,
+        "first_step_kw": -33.0, "wall_s": 0.001,
+        "diagnosis": [{"constraint": "ev.target_by_deadline", "subjects": ["site-1-ev"],
+                       "message": "needs 32.6 kWh before step 11 (02:45)"}],
+    }  # fmt: skip
+    line = _plan_line(plan)
+    assert "fallback" in line and "why: ev.target_by_deadline: needs 32.6 kWh" in line
+    assert "why" not in _plan_line({**plan, "status": "optimal"})
