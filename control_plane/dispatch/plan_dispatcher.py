@@ -93,28 +93,6 @@ class PlanDispatcher:
         self._sites: dict[str, _Track] = {}
         groups.add_listener(self.on_ack)
 
-    def dispatch(
-        self,
-        plan: Plan,
-        fleet: FleetState,
-        *,
-        day_start_ms: int,
-        rated_kw: Mapping[str, float],
-        offsets_kw: Mapping[str, float] | None = None,
-    ) -> tuple[StepSetpoints, GroupSend] | None:
-        """Send the quarter-hour that holds now (valid until it ends); None outside the day.
-        ``offsets_kw``: an aFRR activation under way, added to its batteries [kW]. Blocking
-        (:func:`plan_step` costs about 5 us per asset): the running cycle uses
-        :meth:`dispatch_async`."""
-        now_ms = self._clock.now_ms()
-        step = step_at(day_start_ms, now_ms)
-        if step is None:
-            return None
-        setpoints = plan_step(
-            plan, fleet, step, day_start_ms=day_start_ms, rated_kw=rated_kw, offsets_kw=offsets_kw
-        )
-        return self._send(setpoints, now_ms, None)
-
     async def dispatch_async(
         self,
         plan: Plan,
@@ -124,8 +102,10 @@ class PlanDispatcher:
         rated_kw: Mapping[str, float],
         offsets_kw: Mapping[str, float] | None = None,
     ) -> tuple[StepSetpoints, GroupSend] | None:
-        """:meth:`dispatch` with the setpoints computed in a worker thread (a 100,000-asset
-        fleet costs about half a second, which the event loop must not wait for)."""
+        """Send the quarter-hour that holds now (valid until it ends); None outside the
+        day. ``offsets_kw``: an aFRR activation under way, added to its batteries [kW].
+        The setpoints are computed in a worker thread (:func:`plan_step`, about 5 us per
+        asset: half a second for 100,000, which the event loop must not wait for)."""
         now_ms = self._clock.now_ms()
         step = step_at(day_start_ms, now_ms)
         if step is None:

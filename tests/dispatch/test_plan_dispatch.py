@@ -156,7 +156,7 @@ async def test_the_current_step_is_applied_and_a_deviating_site_is_flagged(
 ) -> None:
     control, dispatcher, state, clock = setup(tmp_path)
     f = fleet()
-    sent = dispatcher.dispatch(plan(f), f, day_start_ms=DAY, rated_kw=RATED)
+    sent = await dispatcher.dispatch_async(plan(f), f, day_start_ms=DAY, rated_kw=RATED)
     assert sent is not None
     setpoints, report = sent
     assert setpoints.step == 2 and report.signatures == 1 and report.sites_sent == 2
@@ -199,7 +199,9 @@ async def test_the_current_step_is_applied_and_a_deviating_site_is_flagged(
 async def test_a_silent_site_is_flagged_and_a_suspect_one_is_not_judged(tmp_path: Path) -> None:
     control, dispatcher, state, clock = setup(tmp_path)
     f = fleet()
-    assert dispatcher.dispatch(plan(f), f, day_start_ms=DAY, rated_kw=RATED) is not None
+    assert (
+        await dispatcher.dispatch_async(plan(f), f, day_start_ms=DAY, rated_kw=RATED)
+    ) is not None
     await control.deliver(skip=frozenset({"s2"}))
     t = clock.now_ms() + 11_000
     clock.set(t)
@@ -218,7 +220,7 @@ async def test_entries_the_edge_refused_are_reported_not_judged(tmp_path: Path) 
     f = fleet()
     p = plan(f)
     p.p_kw[f.asset_ids.index("b2"), :] = -50.0  # beyond the battery's 10 kW rating
-    assert dispatcher.dispatch(p, f, day_start_ms=DAY, rated_kw=RATED) is not None
+    assert (await dispatcher.dispatch_async(p, f, day_start_ms=DAY, rated_kw=RATED)) is not None
     await control.deliver()
     assert [(a.site_id, a.status) for a in control.acks] == [("s1", "applied"), ("s2", "partial")]
     t = clock.now_ms() + 6_000
@@ -233,5 +235,5 @@ async def test_outside_the_plan_day_nothing_is_sent(tmp_path: Path) -> None:
     control, dispatcher, _, clock = setup(tmp_path)
     clock.set(DAY + 96 * QUARTER_HOUR_MS)
     f = fleet()
-    assert dispatcher.dispatch(plan(f), f, day_start_ms=DAY, rated_kw=RATED) is None
+    assert (await dispatcher.dispatch_async(plan(f), f, day_start_ms=DAY, rated_kw=RATED)) is None
     assert control.outbox == []
