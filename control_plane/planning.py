@@ -676,7 +676,12 @@ class PlanningCycle:
         return None if tomorrow in self._bid_days else tomorrow
 
     async def dispatch_current(self) -> bool:
-        """Send the current quarter-hour of the newest plan, once per step. True if sent."""
+        """Send the current quarter-hour of the newest plan, once per step. True if sent.
+        Holds the aFRR lock: an activation never crosses a step's setpoints in flight."""
+        async with self._afrr_lock:
+            return await self._dispatch_current()
+
+    async def _dispatch_current(self) -> bool:
         record = self.latest
         if self._dispatcher is None or record is None or not record.plan.asset_ids:
             return False
