@@ -15,6 +15,14 @@ activations fanned out to 1,000 sites carrying 100,000 assets.
     (``time.monotonic_ns``, one clock for all processes); "acknowledged" = event -> the
     last verified signed result at the control plane.
 
+(c) The product's aFRR path (``afrr_product``), as ``POST /v1/afrr/activations`` runs it
+    after the request is parsed: the batteries' aFRR reservation read from a plan
+    (:func:`~control_plane.dispatch.afrr.reserved_participants`), the sections built
+    (:func:`~control_plane.dispatch.afrr.activation_sections`) and sent through
+    :meth:`~control_plane.dispatch.plan_dispatcher.PlanDispatcher.send_overrides`, every
+    asset a battery holding half its rating as aFRR each way; timed from before the plan
+    is read.
+
 Baselines measured in the same run, with the same streams and edges:
 * one site: the same activation path addressed to one site (ratio = the cost of fan-out);
 * per-asset signing: every setpoint of ``baseline_sites`` sites signed and verified on
@@ -43,6 +51,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks.fanout_edges import EdgeProcSpec, EdgeSpec, edge_proc_main, percentile
 from benchmarks.fanout_ffr import FfrParams, run_ffr
 from benchmarks.fanout_report import print_report
@@ -54,7 +64,11 @@ from control_plane.dispatch.activation import (
     ActivationEvent,
     Participants,
 )
+from control_plane.dispatch.afrr import activation_sections, reserved_participants
+from control_plane.dispatch.plan_dispatcher import PlanDispatcher
 from control_plane.embedded import EmbeddedSystem
+from control_plane.optimizer.assets import STEPS, Battery, FleetState
+from control_plane.optimizer.plan import Plan
 from gridfort.v1 import command_pb2 as cpb
 from gridfort.v1 import edge_link_pb2 as lpb
 from gridfort.v1 import envelope_pb2 as epb
@@ -282,6 +296,61 @@ async def _activate(dispatcher: ActivationDispatcher, clock: AckClock, name: str
     )
 
 
+def afrr_plan(assets: dict[str, list[str]]) -> tuple[Plan, FleetState]:
+    """Every asset a battery planned at 0 kW holding ``HEADROOM`` of its rating as aFRR
+    each way in every block (what the product reads an activation's reservation from)."""
+    bats = tuple(
+        Battery(asset_id=a, site_id=s, e_kwh=2 * RATED_KW, p_max_kw=RATED_KW, soc_init_pct=50.0)
+        for s, ids in assets.items()
+        for a in ids
+    )
+    fleet_state = FleetState(batteries=bats)
+    n = len(bats)
+    held = np.full((n, 6), HEADROOM * RATED_KW)
+    plan = Plan(
+        asset_ids=fleet_state.asset_ids,
+        p_kw=np.zeros((n, STEPS)),
+        reserve_kw=np.zeros((n, 6)),
+        status="optimal",
+        bids=False,
+        afrr_up_kw=held,
+        afrr_down_kw=held.copy(),
+    )
+    return plan, fleet_state
+
+
+async def _activate_afrr(
+    dispatcher: PlanDispatcher,
+    plan: Plan,
+    fleet_state: FleetState,
+    clock: AckClock,
+    name: str,
+    k: int,
+    now_ms: int,
+) -> Run:
+    """The product's aFRR path from the plan's reservation to the sections on the streams."""
+    activation_id = f"{name}-{k}"
+    t0 = time.monotonic_ns()
+    participants = reserved_participants(plan, fleet_state, 0, 0)
+    delta = (0.3 if k % 2 == 0 else -0.3) * float(participants.up_kw.sum())
+    sections, _, _ = activation_sections(participants, delta)
+    report = await dispatcher.send_overrides(
+        sections, until_ms=now_ms + 60_000, activation_id=activation_id
+    )
+    t1 = time.monotonic_ns()
+    complete = await clock.wait(activation_id, report.sites_sent)
+    return Run(
+        activation_id,
+        report.sites_sent,
+        t0,
+        t1,
+        complete,
+        report.signatures,
+        report.payload_bytes,
+        tuple(report.group_ids),
+    )
+
+
 async def _per_asset(
     fleet_: Fleet, clock_sites: list[str], name: str, k: int, seqs: dict[str, int]
 ) -> Run:
@@ -430,6 +499,21 @@ async def run_activation(params: FanoutParams, root: Path, runtime: Path) -> dic
             busy_s, wall_s = machine_busy_s() - busy0, time.perf_counter() - wall0
             fanout_reports = await pool.reports()
             edge_cpu_s = sum(r.cpu_s for r in fanout_reports)
+            plan, fleet_state = afrr_plan(fl.assets)
+            product = PlanDispatcher(
+                groups=cp.groups,
+                state=cp.pipeline.state,
+                audit=cp.audit,
+                clock=fl.system.clock,
+                identity=identity,
+            )
+            for k in range(params.activations):
+                phases["afrr_product"].append(
+                    await _activate_afrr(
+                        product, plan, fleet_state, clock, "afrr", k, fl.system.clock.now_ms()
+                    )
+                )
+                await asyncio.sleep(params.pause_s)
             for k in range(params.activations):
                 phases["one_site"].append(await _activate(one, clock, "one", k))
                 await asyncio.sleep(params.pause_s / 3)
@@ -542,6 +626,7 @@ async def run(params: FanoutParams) -> dict[str, Any]:
     one = activation["phases"]["one_site"]
     grp = activation["phases"].get("group_baseline_sites")
     per = activation["phases"].get("per_asset_signing")
+    afrr = activation["phases"].get("afrr_product")
     return {
         "benchmark": "fanout",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -571,6 +656,9 @@ async def run(params: FanoutParams) -> dict[str, Any]:
             "activation_p99_ms": TARGET_ACTIVATION_P99_MS,
             "activation_met": fan["complete"]
             and fan["all_sites_applied_ms"].get("p99", float("inf")) < TARGET_ACTIVATION_P99_MS,
+            "afrr_product_met": afrr is not None
+            and afrr["complete"]
+            and afrr["all_sites_applied_ms"].get("p99", float("inf")) < TARGET_ACTIVATION_P99_MS,
         },
     }
 

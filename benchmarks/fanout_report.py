@@ -7,6 +7,7 @@ from typing import Any
 _NAN = float("nan")
 _PHASES = {
     "fanout": "all sites (the headline)",
+    "afrr_product": "all sites, the product's aFRR path",
     "one_site": "baseline: one site",
     "group_baseline_sites": "group, baseline sites",
     "per_asset_signing": "per-asset signing, same sites",

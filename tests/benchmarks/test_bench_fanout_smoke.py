@@ -34,11 +34,16 @@ def test_tiny_fanout_run_writes_complete_json(tmp_path: Path) -> None:
     assert ffr["events"] == 3 and ffr["measured"] + ffr["missed"] == 3
     assert ffr["missed"] == 0, ffr
     phases = result["activation"]["phases"]
-    assert set(phases) == {"fanout", "one_site", "group_baseline_sites", "per_asset_signing"}
+    assert set(phases) == {
+        "fanout", "afrr_product", "one_site", "group_baseline_sites", "per_asset_signing"
+    }  # fmt: skip
     for name, phase in phases.items():
         assert phase["complete"], (name, phase)
         assert phase["entries_not_applied"] == 0
     assert phases["fanout"]["sites"] == 3 and phases["fanout"]["activations"] == 2
+    # the product's aFRR path reaches every site, one signature per group as the fan-out
+    assert phases["afrr_product"]["sites"] == 3 and phases["afrr_product"]["activations"] == 2
+    assert result["targets"]["afrr_product_met"] in (True, False)
     assert phases["per_asset_signing"]["signatures_per_activation"] == 8  # 2 sites x 4 assets
     assert phases["group_baseline_sites"]["signatures_per_activation"] == 1
     assert result["activation"]["edge_problems"] == []
