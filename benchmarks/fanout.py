@@ -64,7 +64,11 @@ from control_plane.dispatch.activation import (
     ActivationEvent,
     Participants,
 )
-from control_plane.dispatch.afrr import activation_sections, reserved_participants
+from control_plane.dispatch.afrr import (
+    BatteryIndex,
+    activation_sections,
+    reserved_participants,
+)
 from control_plane.dispatch.plan_dispatcher import PlanDispatcher
 from control_plane.embedded import EmbeddedSystem
 from control_plane.optimizer.assets import STEPS, Battery, FleetState
@@ -323,6 +327,7 @@ async def _activate_afrr(
     dispatcher: PlanDispatcher,
     plan: Plan,
     fleet_state: FleetState,
+    index: BatteryIndex,
     clock: AckClock,
     name: str,
     k: int,
@@ -331,7 +336,7 @@ async def _activate_afrr(
     """The product's aFRR path from the plan's reservation to the sections on the streams."""
     activation_id = f"{name}-{k}"
     t0 = time.monotonic_ns()
-    participants = reserved_participants(plan, fleet_state, 0, 0)
+    participants = reserved_participants(plan, fleet_state, 0, 0, index=index)
     delta = (0.3 if k % 2 == 0 else -0.3) * float(participants.up_kw.sum())
     sections, _, _ = activation_sections(participants, delta)
     report = await dispatcher.send_overrides(
@@ -500,6 +505,7 @@ async def run_activation(params: FanoutParams, root: Path, runtime: Path) -> dic
             fanout_reports = await pool.reports()
             edge_cpu_s = sum(r.cpu_s for r in fanout_reports)
             plan, fleet_state = afrr_plan(fl.assets)
+            index = BatteryIndex.of(fleet_state)  # the product builds it with each plan
             product = PlanDispatcher(
                 groups=cp.groups,
                 state=cp.pipeline.state,
@@ -510,7 +516,14 @@ async def run_activation(params: FanoutParams, root: Path, runtime: Path) -> dic
             for k in range(params.activations):
                 phases["afrr_product"].append(
                     await _activate_afrr(
-                        product, plan, fleet_state, clock, "afrr", k, fl.system.clock.now_ms()
+                        product,
+                        plan,
+                        fleet_state,
+                        index,
+                        clock,
+                        "afrr",
+                        k,
+                        fl.system.clock.now_ms(),
                     )
                 )
                 await asyncio.sleep(params.pause_s)

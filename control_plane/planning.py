@@ -50,6 +50,7 @@ from control_plane.assets.registry import AssetRegistry, RegistrySnapshot
 from control_plane.dispatch.activation import ActivationEvent, Participants
 from control_plane.dispatch.afrr import (
     AfrrActivation,
+    BatteryIndex,
     activation_sections,
     offsets,
     reserved,
@@ -376,6 +377,7 @@ class PlanRecord:
     excluded: Mapping[str, str]
     method: str  # "exact" or "aggregated"
     rules: MarketRules  # the reserve blocks the plan's capacities are per
+    batteries: BatteryIndex  # the fleet's batteries by site (an aFRR activation reads it)
 
     def block_at(self, step: int) -> int:
         """The plan's reserve block that holds ``step`` of its horizon."""
@@ -566,7 +568,8 @@ class PlanningCycle:
             method = "aggregated"
             plan = schedule_aggregated(fleet, prices, rules, time_limit_s=self.config.time_limit_s)
         excluded = {e.asset_id: e.reason for e in gated.excluded}
-        return PlanRecord(now_ms, start_ms, plan, fleet, excluded, method, rules)
+        index = BatteryIndex.of(fleet)
+        return PlanRecord(now_ms, start_ms, plan, fleet, excluded, method, rules, index)
 
     async def plan_now(self) -> PlanRecord | None:
         """One round: the fleet from gated state here, the solve in a worker thread;
@@ -697,7 +700,9 @@ class PlanningCycle:
         shift = None
         if afrr is not None and now_ms < afrr.until_ms:  # re-shared on this step's plan
             shift, _ = offsets(
-                reserved_participants(record.plan, record.fleet, int(step), block),
+                reserved_participants(
+                    record.plan, record.fleet, int(step), block, index=record.batteries
+                ),
                 afrr.event.delta_kw,
             )
         rated = self._ratings()
@@ -753,7 +758,9 @@ class PlanningCycle:
         block = record.block_at(int(step))
         previous = self.afrr
         moved_before = frozenset(() if previous is None else previous.offsets_kw)
-        parts = reserved_participants(record.plan, record.fleet, int(step), block, moved_before)
+        parts = reserved_participants(
+            record.plan, record.fleet, int(step), block, moved_before, record.batteries
+        )
         room = reserved(parts, event.delta_kw)
         if event.delta_kw != 0 and room <= 0:
             direction = "up (more export)" if event.delta_kw > 0 else "down (less export)"
@@ -828,6 +835,7 @@ class PlanningCycle:
                 int(step),
                 record.block_at(int(step)),
                 frozenset(afrr.offsets_kw),
+                record.batteries,
             )
             only_moved = Participants.from_rows(
                 (site, asset, base, 0.0, 0.0)
@@ -869,7 +877,9 @@ class PlanningCycle:
             step = (self._clock.now_ms() - record.horizon_start_ms) // QUARTER_HOUR_MS
             if 0 <= step < STEPS:
                 block = record.block_at(int(step))
-                parts = reserved_participants(record.plan, record.fleet, int(step), block)
+                parts = reserved_participants(
+                    record.plan, record.fleet, int(step), block, index=record.batteries
+                )
                 up, down = float(parts.up_kw.sum()), float(parts.down_kw.sum())
         active = self.afrr
         return {
