@@ -57,7 +57,7 @@ from benchmarks.fanout_edges import EdgeProcSpec, EdgeSpec, edge_proc_main, perc
 from benchmarks.fanout_ffr import FfrParams, run_ffr
 from benchmarks.fanout_report import print_report
 from control_plane.assets.model import Asset, AssetKind
-from control_plane.commands.group_dispatcher import GroupAck
+from control_plane.commands.group_dispatcher import GroupAck, GroupSend
 from control_plane.commands.group_messages import DEFAULT_MAX_PAYLOAD_BYTES
 from control_plane.dispatch.activation import (
     ActivationDispatcher,
@@ -280,16 +280,12 @@ def _participants(assets: dict[str, list[str]], sites: list[str]) -> Participant
     return Participants.from_rows(rows)
 
 
-async def _activate(dispatcher: ActivationDispatcher, clock: AckClock, name: str, k: int) -> Run:
-    total_up = float(dispatcher.participants.up_kw.sum())
-    delta = (0.3 if k % 2 == 0 else -0.3) * total_up
-    event = ActivationEvent(f"{name}-{k}", delta, duration_s=60.0)
-    t0 = time.monotonic_ns()
-    report = (await dispatcher.activate(event)).send
+async def _finish(clock: AckClock, activation_id: str, report: GroupSend, t0: int) -> Run:
+    """The run of an activation handed out at ``t1`` (now), once every site answered."""
     t1 = time.monotonic_ns()
-    complete = await clock.wait(event.activation_id, report.sites_sent)
+    complete = await clock.wait(activation_id, report.sites_sent)
     return Run(
-        event.activation_id,
+        activation_id,
         report.sites_sent,
         t0,
         t1,
@@ -298,6 +294,15 @@ async def _activate(dispatcher: ActivationDispatcher, clock: AckClock, name: str
         report.payload_bytes,
         tuple(report.group_ids),
     )
+
+
+async def _activate(dispatcher: ActivationDispatcher, clock: AckClock, name: str, k: int) -> Run:
+    total_up = float(dispatcher.participants.up_kw.sum())
+    delta = (0.3 if k % 2 == 0 else -0.3) * total_up
+    event = ActivationEvent(f"{name}-{k}", delta, duration_s=60.0)
+    t0 = time.monotonic_ns()
+    report = (await dispatcher.activate(event)).send
+    return await _finish(clock, event.activation_id, report, t0)
 
 
 def afrr_plan(assets: dict[str, list[str]]) -> tuple[Plan, FleetState]:
@@ -342,18 +347,7 @@ async def _activate_afrr(
     report = await dispatcher.send_overrides(
         sections, until_ms=now_ms + 60_000, activation_id=activation_id
     )
-    t1 = time.monotonic_ns()
-    complete = await clock.wait(activation_id, report.sites_sent)
-    return Run(
-        activation_id,
-        report.sites_sent,
-        t0,
-        t1,
-        complete,
-        report.signatures,
-        report.payload_bytes,
-        tuple(report.group_ids),
-    )
+    return await _finish(clock, activation_id, report, t0)
 
 
 async def _per_asset(
