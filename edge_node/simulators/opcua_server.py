@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,7 +226,7 @@ def _same(a: ua.DataValue | None, b: ua.DataValue) -> bool:
     return a is not None and a.StatusCode == b.StatusCode and a.Value == b.Value
 
 
-class OpcUaSimulatorServer:
+class OpcUaSimulatorServer(ABC):
     """The lifecycle Gridfort's OPC UA simulators share (the EV charger, the grid RTU):
     the listening endpoint, the certificate clients pin, start and stop, and the scratch
     directory for a generated certificate and the trust store.
@@ -357,14 +358,17 @@ class OpcUaSimulatorServer:
 
     # -- the subclass's part -------------------------------------------------
 
+    @abstractmethod
     async def _build_address_space(self, server: Server) -> None:
-        raise NotImplementedError
+        """Add the simulator's nodes to ``server`` (and to ``self._nodes``)."""
 
     async def _before_listen(self) -> None:
+        """Runs after the address space is built, before the port opens (default: nothing)."""
         return None
 
+    @abstractmethod
     async def _run(self) -> None:
-        raise NotImplementedError
+        """The periodic task, started once the server listens; runs until cancelled."""
 
 
 class OpcUaEvChargerSimulator(OpcUaSimulatorServer):
