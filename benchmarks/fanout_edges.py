@@ -39,6 +39,7 @@ from gridfort.v1 import command_pb2 as cpb
 from gridfort.v1 import edge_link_pb2 as lpb
 from security.audit_log import AuditLog
 from security.clock import SystemClock
+from security.heap import settle_heap
 
 METHOD = "/gridfort.v1.EdgeLink/Connect"
 HEARTBEAT_S = 10.0
@@ -276,6 +277,7 @@ async def _serve(spec: EdgeProcSpec, conn: Connection) -> None:
             await asyncio.wait_for(
                 asyncio.gather(*(e.registered.wait() for e in batch)), timeout=60.0
             )
+        settle_heap()  # startup done, as the edge service does (security/heap.py)
         conn.send(("ready", len(edges)))
         await answer_requests(conn, report)
     finally:

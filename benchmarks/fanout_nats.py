@@ -75,6 +75,7 @@ from control_plane.embedded import EmbeddedSystem
 from control_plane.transports.nats_config import DEFAULT_MAX_PAYLOAD_BYTES as NATS_MAX_PAYLOAD
 from edge_node.commands import MAX_COMMAND_PAYLOAD_BYTES
 from edge_node.group_sections import MAX_GROUP_SITES
+from security.heap import settle_heap
 
 #: Room left in the edge's payload limit for the group header (ids, times, sequence).
 HEADER_ROOM_BYTES = 1024
@@ -284,6 +285,7 @@ async def run_activation(params: NatsFanoutParams, root: Path, runtime: Path) ->
             first_asset = {s: ids[:1] for s, ids in fl.assets.items()}
             full = bench.dispatcher(fl.assets)
             warmup = await bench.warmup(full)
+            settle_heap()  # as a running control plane does (security/heap.py)
             await pool.reports()
             await bench.phase("fanout", full, one_group=False, measure_cpu=True)
             one_group = bench.dispatcher(first_asset)

@@ -50,6 +50,7 @@ from gridfort.v1 import command_pb2 as cpb
 from gridfort.v1 import edge_link_pb2 as lpb
 from security.audit_log import AuditLog
 from security.clock import SystemClock
+from security.heap import settle_heap
 
 CONNECT_BATCH = 50  # connections opened at once (the broker's TLS handshake timeout is 2 s)
 CONNECT_TIMEOUT_S = 10.0
@@ -213,6 +214,7 @@ async def _serve(spec: NatsEdgeProcSpec, conn: Connection) -> None:
     try:
         for i in range(0, len(edges), CONNECT_BATCH):
             await asyncio.gather(*(e.start() for e in edges[i : i + CONNECT_BATCH]))
+        settle_heap()  # startup done, as the edge service does (security/heap.py)
         conn.send(("ready", len(edges)))
         await answer_requests(conn, report)
     finally:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.config import ControlPlaneConfig
+from security.heap import HeapSettler
 from security.refusals import GridfortError
+from security.tasks import reap
 
 
 def register(cp_sub: Any) -> None:
@@ -89,10 +91,14 @@ def ingest_worker(args: argparse.Namespace) -> int:
             f"brokers {', '.join(worker.urls)}",
             flush=True,
         )
+        settler = asyncio.ensure_future(HeapSettler().run())  # startup done: settle the heap
         try:
             await done.wait()
         finally:
-            await worker.stop()
+            try:
+                await reap(settler)
+            finally:
+                await worker.stop()
 
     try:
         asyncio.run(go())

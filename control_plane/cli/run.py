@@ -15,7 +15,9 @@ from control_plane.config import ControlPlaneConfig
 from edge_node.app import EdgeNode
 from edge_node.config import EdgeConfig
 from edge_node.credentials import enroll
+from security.heap import HeapSettler
 from security.refusals import GridfortError
+from security.tasks import reap
 
 
 def register(sub: Any) -> None:
@@ -77,10 +79,14 @@ async def _serve_until_signal(start: Any, stop: Any) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, done.set)
     await start()
+    settler = asyncio.ensure_future(HeapSettler().run())  # startup done: settle the heap
     try:
         await done.wait()
     finally:
-        await stop()
+        try:
+            await reap(settler)
+        finally:
+            await stop()
 
 
 def control_plane_run(args: argparse.Namespace) -> int:
