@@ -22,7 +22,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
@@ -140,9 +140,9 @@ class FrequencyArming(Protocol):
     def set_base(self, asset_id: str, p_kw: float) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    """One setpoint's fate: a CommandStatus, the read-back value [kW], why not applied."""
+class _Outcome(NamedTuple):
+    """One setpoint's fate: a CommandStatus, the read-back value [kW], why not applied (a
+    tuple: one is built per asset of a section, on the hot path)."""
 
     status: int
     applied_p_kw: float

@@ -255,11 +255,10 @@ class CommandDispatcher:
     def _handle_result(
         self, peer: Peer, envelope: epb.SignedEnvelope, keys: Mapping[str, EnrolledKey]
     ) -> Refusal | None:
-        refusal = self._check_result(peer, envelope, keys)
-        if refusal is not None:
-            self._audit.record_refusal(refusal, event="command_result")
-            return refusal
-        result = cpb.CommandResult.FromString(envelope.payload)
+        result = self._check_result(peer, envelope, keys)
+        if isinstance(result, Refusal):
+            self._audit.record_refusal(result, event="command_result")
+            return result
         if any(router(peer, result) for router in self._routers):
             return None
         status = _STATUS_NAMES.get(result.status, "unknown")
@@ -282,7 +281,8 @@ class CommandDispatcher:
 
     def _check_result(
         self, peer: Peer, envelope: epb.SignedEnvelope, keys: Mapping[str, EnrolledKey]
-    ) -> Refusal | None:
+    ) -> cpb.CommandResult | Refusal:
+        """The verified, parsed result, or why it is refused."""
         who = peer.uri
         shaped = check_envelope_shape(envelope)
         if isinstance(shaped, Refusal):
@@ -300,7 +300,7 @@ class CommandDispatcher:
             return Refusal(Reason.MALFORMED_ENVELOPE, "payload is not a CommandResult", who)
         if result.site_id != peer.spiffe_id.name:
             return Refusal(Reason.SITE_MISMATCH, "result for another site", who)
-        return None
+        return result
 
     def status_counts(self, site_ids: list[str] | None = None) -> Mapping[str, int]:
         return self._log.status_counts(site_ids)
