@@ -33,10 +33,18 @@ out and the rest under the noise (:meth:`RegionLocalizer.explain`):
   lowered by ``prior_weight`` times the share of its measurements the network flags
   (cell logit above its cell threshold), for at most ``alt_atoms`` atoms; the fit with
   the smaller penalized chi-square is kept;
-* **region completion** (:meth:`RegionLocalizer.complete`): each connected group of
-  chosen buses grows by a likelihood-ratio test under the attacker's model (one common
-  angle for the region, a magnitude per bus): a neighbour joins while it improves the
-  chi-square by more than ``grow_penalty``, up to ``grow_max`` buses.
+* **region search** (:meth:`RegionLocalizer.complete`): the chosen buses are replaced
+  by the connected region that explains the row best under the attacker's model (one
+  common angle for the region, a magnitude per bus), scored by its chi-square gain
+  minus ``grow_penalty`` per bus (one parameter each), that penalty lowered by
+  ``region_prior`` times the share of the bus's measurements the network flags (at
+  least ``region_floor``). A beam search (``beam_width`` regions kept per step) starts
+  from the chosen groups, their buses and the buses next to them on their own, and
+  moves by adding a neighbour, dropping a bus or swapping a bus for one of its
+  neighbours, up to ``grow_max`` buses: a neighbour the greedy fit took for a region
+  bus (their columns are nearly alike) is swapped out, and the buses inside a region,
+  whose own evidence cancels under a common angle, join as the region grows. One
+  region per row (a row is one attack): groups the search does not join are dropped.
 
 Two kinds are recognized from their own evidence before or after the fit:
 
@@ -49,13 +57,18 @@ Two kinds are recognized from their own evidence before or after the fit:
   the same share of their rating, the small ones by less than the noise).
 
 The row's top cell (largest logit) is always flagged, as :func:`verdicts` does. The
-penalties were tuned on the training pipeline's validation scenario (attacked copies of
-the reference grid), never on the held-out scenario; ``grow_max`` is the largest region
+greedy fit's penalties were tuned on the training pipeline's validation scenario
+(attacked copies of the reference grid), the region search's on a development scenario
+(a random scenario with the reference attack ranges) and on synthetic regions injected
+into its clean rows, never on the held-out scenario; ``grow_max`` is the largest region
 of the training attacks (:data:`detection.scenarios.TRAINING_MAGNITUDES`). The live gate
 calls this per attacked snapshot, so the fits use matrix-vector products only (LAPACK
-factorizations have millisecond tails on a shared machine). Nothing here is stored in a model
-artifact: the localizer is derived from the model's normal model, its Jacobian and the
-grid's DER buses, and rebuilt when the normal model changes (adaptation).
+factorizations have millisecond tails on a shared machine): the region search scores a
+batch of regions from one precomputed Gram matrix of the Jacobian columns, with a
+Cholesky factorization written as numpy products over the batch. Nothing here is stored
+in a model artifact: the localizer is derived from the model's normal model, its
+Jacobian and the grid's DER buses, and rebuilt when the normal model changes
+(adaptation).
 """
 
 from __future__ import annotations
@@ -85,9 +98,13 @@ class LocalizeConfig:
     der_min_cells: int = 3  # DER injections (towards export) chosen that make a DER row
     der_level: float = -1.0  # ... then flag every DER injection residual below this
     prior_weight: float = 36.0  # second fit: bus penalty minus this times its flagged share
-    grow_penalty: float = 4.0  # region completion: one more bus (one more parameter)
-    grow_max: int = 8  # region completion: buses at most (the training attacks' largest)
     alt_atoms: int = 8  # second fit: atoms at most (stopping early only makes it lose)
+    grow_penalty: float = 6.0  # region search: a bus of the region (one more parameter)
+    region_prior: float = 12.0  # ... minus this times the share of its measurements flagged
+    region_floor: float = 1.0  # ... but at least this
+    grow_max: int = 8  # region search: buses at most (the training attacks' largest)
+    beam_width: int = 8  # region search: regions kept per step
+    beam_steps: int = 10  # region search: steps at most
 
 
 DEFAULT_CONFIG = LocalizeConfig()
@@ -167,6 +184,12 @@ class RegionLocalizer:
         for j, sup in enumerate(self.support):
             incidence[j, sup] = 1.0 / max(len(sup), 1)
         self._share = incidence  # share of a bus's support: (n_bus, m) @ flagged (m,)
+        # Gram matrix of every bus column (Euclidean frame), with a zero row and column for
+        # padding (index 2 n_bus): the region search scores sets of columns from it
+        gram = np.zeros((nb2 + 1, nb2 + 1))
+        gram[:nb2, :nb2] = self._qt.T @ self._qt
+        self._gram = gram
+        self._near = [sum(1 << int(n) for n in set(a.tolist())) for a in adjacency]
 
     def _sqrt_p(self, v: np.ndarray) -> np.ndarray:
         if v.ndim == 1:
@@ -284,8 +307,8 @@ class RegionLocalizer:
         threshold). When the fit chooses no bus, a second fit starts from the bus that
         explains the most (if it passes ``tau_bus``) with each bus's penalty lowered by
         ``prior_weight`` times the share of its measurements the network flags; the fit
-        with the smaller penalized objective is kept. The buses chosen are then completed
-        into their region (:meth:`complete`).
+        with the smaller penalized objective is kept. The buses chosen are then replaced by
+        the region that explains the row best (:meth:`complete`).
         """
         r = np.asarray(r, dtype=np.float64)
         res, var = self._frame(r)
@@ -299,7 +322,8 @@ class RegionLocalizer:
                 if j2 < objective:
                     buses, cells = b2, c2
         if buses:
-            buses = self.complete(res, var, buses, cells)
+            share = None if hot is None else self._share @ np.asarray(hot, dtype=np.float64)
+            buses = self.complete(res, var, buses, cells, share)
         return buses, cells
 
     def _components(self, buses: list[int]) -> list[list[int]]:
@@ -321,67 +345,143 @@ class RegionLocalizer:
         return out
 
     def complete(
-        self, res: np.ndarray, var: float, buses: list[int], cells: list[int]
+        self,
+        res: np.ndarray,
+        var: float,
+        buses: list[int],
+        cells: list[int],
+        share: np.ndarray | None = None,
     ) -> list[int]:
-        """Region completion: grow each connected group of chosen buses by likelihood ratio.
+        """Region search: the connected region that best explains ``res`` (Euclidean frame)
+        under the attacker's model, starting from the chosen ``buses``.
 
         A stealthy attacker shifts every bus of a connected region by the same angle (and
         each bus's magnitude by its own factor), so region ``S`` explains the row with one
         angle column (the sum of its buses' angle columns) and one magnitude column per
-        bus; the other groups and the chosen cells stay in the fit. A neighbour ``k`` is
-        added while the best one improves the chi-square by more than ``grow_penalty``
-        (times the row's residual variance; one more parameter), up to ``grow_max`` buses
-        (the largest region of the training attacks).
+        bus, the chosen ``cells`` staying in the fit. A region scores its chi-square gain
+        minus, per bus, ``grow_penalty`` lowered by ``region_prior`` times the share of
+        the bus's measurements the network flags (``share``, None: not known; at least
+        ``region_floor``), all times the row's residual variance ``var``. A beam search
+        (``beam_width`` regions per step, at most ``beam_steps`` steps) starts from each
+        connected group of ``buses`` and from each of their buses and its neighbours on
+        its own; its moves add a neighbour, drop a bus or swap a bus for one of its
+        neighbours, keeping the region connected and at most ``grow_max`` buses; it stops
+        when a step brings no region among the best ``beam_width``. One region is
+        returned (a row is one attack): groups the greedy fit chose elsewhere are dropped
+        unless the search joins them.
         """
+        if not buses:
+            return []
+        fixed = np.zeros((0, self.m))
+        for c in cells:
+            fixed = _extend(fixed, self._cell_column(c))
+        return self._search(res, var, self._components(buses), fixed, share)
+
+    def _region_scorer(self, res: np.ndarray, fixed: np.ndarray) -> _RegionScorer:
+        """Chi-square gain of regions for ``res`` with the directions ``fixed`` (orthonormal
+        rows) in the fit: Gram matrix and correlations of every bus column after ``fixed``
+        is projected out (products only)."""
+        nb2 = 2 * self.n_bus
+        corr = np.zeros(nb2 + 1)
+        if len(fixed):
+            res = res - fixed.T @ (fixed @ res)
+            w = fixed @ self._qt
+            gram = self._gram.copy()
+            gram[:nb2, :nb2] -= w.T @ w
+        else:
+            gram = self._gram
+        corr[:nb2] = self._qt.T @ res
+        return _RegionScorer(gram, corr, self.n_bus)
+
+    def _search(
+        self,
+        res: np.ndarray,
+        var: float,
+        groups: list[list[int]],
+        fixed: np.ndarray,
+        share: np.ndarray | None,
+    ) -> list[int]:
+        """Beam search over connected regions (see :meth:`complete`)."""
         cfg = self.config
-        qt = self._qt
-        groups = self._components(buses)
-        taken = set(buses)
-        cell_cols = [self._cell_column(c) for c in cells]
-        out: list[int] = []
-        for gi, group in enumerate(groups):
-            others = [
-                qt[:, 2 * j + o]
-                for g, grp in enumerate(groups)
-                if g != gi
-                for j in grp
-                for o in (0, 1)
-            ]
-            region = list(group)
-            # orthonormal rows spanning what stays fixed: other groups, cells, the region's
-            # magnitude columns (Gram-Schmidt with products only: LAPACK factorizations
-            # have millisecond tails on a shared machine)
-            fixed = np.zeros((0, self.m))
-            for col in others + cell_cols + [qt[:, 2 * j + 1] for j in region]:
-                fixed = _extend(fixed, col)
-            while len(region) < cfg.grow_max:
-                cand = sorted({int(n) for j in region for n in self.adjacency[j]} - taken)
-                if not cand:
-                    break
-                r0 = res - fixed.T @ (fixed @ res)
-                angle = qt[:, [2 * j for j in region]].sum(axis=1)
-                a0 = angle - fixed.T @ (fixed @ angle)
-                base = float(a0 @ r0) ** 2 / max(float(a0 @ a0), 1e-12)
-                # every candidate at once: the region's angle column with k, k's magnitude
-                v1 = angle[:, None] + qt[:, [2 * k for k in cand]]
-                v2 = qt[:, [2 * k + 1 for k in cand]]
-                v1 = v1 - fixed.T @ (fixed @ v1)
-                v2 = v2 - fixed.T @ (fixed @ v2)
-                h11 = np.einsum("ij,ij->j", v1, v1) + 1e-9
-                h12 = np.einsum("ij,ij->j", v1, v2)
-                h22 = np.einsum("ij,ij->j", v2, v2) + 1e-9
-                b1, b2 = v1.T @ r0, v2.T @ r0
-                gain = (h22 * b1**2 - 2.0 * h12 * b1 * b2 + h11 * b2**2) / np.maximum(
-                    h11 * h22 - h12**2, 1e-18
-                )
-                best = int(np.argmax(gain))
-                if gain[best] - base <= cfg.grow_penalty * var:
-                    break
-                region.append(cand[best])
-                taken.add(cand[best])
-                fixed = _extend(fixed, qt[:, 2 * cand[best] + 1])
-            out.extend(region)
-        return out
+        scorer = self._region_scorer(res, fixed)
+        pen = cfg.grow_penalty * var
+        if share is not None and cfg.region_prior > 0.0:
+            bus_pen = np.maximum(pen - cfg.region_prior * var * share, cfg.region_floor * var)
+        else:
+            bus_pen = np.full(self.n_bus, pen)
+        cost = np.zeros(self.n_bus + 1)  # a region's penalty: the sum over its buses
+        cost[:-1] = bus_pen
+        # regions as bit masks over the buses (bus j: bit j): sets, sorting and hashing of
+        # a few hundred candidate regions per row stay cheap
+        near = self._near
+        buses: dict[int, tuple[int, ...]] = {}
+        connected: dict[int, bool] = {}
+        seen: dict[int, float] = {}
+
+        def members(x: int) -> tuple[int, ...]:
+            hit = buses.get(x)
+            if hit is None:
+                hit = buses[x] = _bits(x)
+            return hit
+
+        def border(x: int) -> int:
+            out = 0
+            for j in members(x):
+                out |= near[j]
+            return out & ~x
+
+        def is_connected(x: int) -> bool:
+            hit = connected.get(x)
+            if hit is None:
+                reach = x & -x  # grow from the lowest bus through neighbours inside
+                stack = [reach.bit_length() - 1]
+                while stack:
+                    new = near[stack.pop()] & x & ~reach
+                    reach |= new
+                    stack.extend(_bits(new))
+                hit = connected[x] = reach == x
+            return hit
+
+        def evaluate(states: list[int]) -> None:
+            gains = scorer.gains([members(x) for x in states], cost)
+            seen.update(zip(states, gains.tolist(), strict=True))
+
+        def best_first(states: set[int]) -> list[int]:
+            return sorted(states, key=lambda x: (-seen[x], x))[: cfg.beam_width]
+
+        # start: each group, each of its buses and each of their neighbours on its own (the
+        # greedy fit can seed a region with a neighbour whose columns resemble a region bus's)
+        start = {sum(1 << j for j in g) for g in groups}
+        start |= {1 << k for g in groups for j in g for k in (j, *_bits(near[j]))}
+        evaluate(sorted(start))
+        beam = best_first(start)
+        expanded: set[int] = set()
+        for _step in range(cfg.beam_steps):
+            moves: set[int] = set()
+            for x in beam:
+                if x in expanded:
+                    continue  # its moves are scored already
+                expanded.add(x)
+                inside = members(x)
+                if len(inside) < cfg.grow_max:
+                    moves.update(x | (1 << k) for k in _bits(border(x)))
+                if len(inside) > 1:
+                    for j in inside:
+                        rest = x & ~(1 << j)
+                        if is_connected(rest):
+                            moves.add(rest)
+                            # swap j for one of its own neighbours next to the rest
+                            swap = border(rest) & near[j]
+                            moves.update(rest | (1 << k) for k in _bits(swap))
+            new = sorted(moves.difference(seen))
+            if not new:
+                break
+            evaluate(new)
+            pool = best_first({*beam, *new})
+            if set(pool) == set(beam):
+                break  # no new region is among the best: the search has converged
+            beam = pool
+        return list(members(min(seen, key=lambda x: (-seen[x], x))))
 
     def localize(
         self,
@@ -412,6 +512,69 @@ class RegionLocalizer:
         if top is not None:
             flagged[int(top)] = True
         return flagged
+
+
+class _RegionScorer:
+    """Chi-square gains of regions from a Gram matrix ``gram`` (2 n_bus + 1 square, last
+    row and column zero: padding) and correlations ``corr`` of the bus columns with the
+    residual. Region ``S``: one angle column (the sum of its buses' angle columns) and a
+    magnitude column per bus; its gain is ``b' A^-1 b`` with ``A`` the Gram matrix of
+    those columns and ``b`` their correlations."""
+
+    def __init__(self, gram: np.ndarray, corr: np.ndarray, n_bus: int) -> None:
+        self.gram, self.corr, self.n_bus = gram, corr, n_bus
+
+    def gains(self, regions: list[tuple[int, ...]], cost: np.ndarray) -> np.ndarray:
+        """Gain of every region (bus positions) of a batch, minus the sum of ``cost``
+        (n_bus + 1,: per bus, then 0 for padding) over its buses."""
+        p = max(len(x) for x in regions)
+        nb = self.n_bus
+        pad = 2 * nb
+        # (p, n): the batch is the last axis, so the factorization works on whole rows
+        ia = 2 * np.array([(*x, *((nb,) * (p - len(x)))) for x in regions], dtype=np.int64).T
+        padded = ia == pad
+        im = np.where(padded, pad, ia + 1)
+        g = self.gram
+        a = np.empty((p + 1, p + 1, len(regions)))
+        a[1:, 1:] = g[im[:, None, :], im[None, :, :]]
+        cross = g[ia[:, None, :], im[None, :, :]].sum(axis=0)
+        a[0, 1:] = cross
+        a[1:, 0] = cross
+        a[0, 0] = g[ia[:, None, :], ia[None, :, :]].sum(axis=(0, 1))
+        diag = np.einsum("iin->in", a)
+        diag[1:] += padded  # padding: a unit column, uncorrelated with the residual
+        diag += 1e-9 * (1.0 + diag)  # a tiny ridge: columns of a region can be collinear
+        b = np.empty((p + 1, len(regions)))
+        b[0] = self.corr[ia].sum(axis=0)
+        b[1:] = self.corr[im]
+        return np.asarray(_quadratic_gain(a, b) - cost[ia // 2].sum(axis=0))
+
+
+def _quadratic_gain(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``b' a^-1 b`` for a batch of small symmetric positive definite matrices ``a``
+    (p, p, n) and vectors ``b`` (p, n), both overwritten: Cholesky with numpy products
+    over the batch (no LAPACK call per row)."""
+    p = a.shape[0]
+    out = np.zeros(a.shape[2])
+    for j in range(p):
+        d = np.sqrt(np.maximum(a[j, j], 1e-12))
+        y = b[j] / d
+        out += y * y
+        if j + 1 < p:
+            low = a[j + 1 :, j] / d
+            a[j + 1 :, j + 1 :] -= low[:, None, :] * low[None, :, :]
+            b[j + 1 :] -= low * y
+    return out
+
+
+def _bits(x: int) -> tuple[int, ...]:
+    """Positions of the set bits of ``x``, ascending (the buses of a region mask)."""
+    out = []
+    while x:
+        low = x & -x
+        out.append(low.bit_length() - 1)
+        x ^= low
+    return tuple(out)
 
 
 def _extend(rows: np.ndarray, col: np.ndarray) -> np.ndarray:
