@@ -18,6 +18,7 @@ write returned) is reported too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import random
 import time
@@ -109,6 +110,10 @@ async def _simulate(conn: Connection) -> None:
         frequency = [(c.mono_ns, c.hz) for c in sim.frequency_log]
         control = [(c.mono_ns, c.p_kw) for c in sim.control_log if c.unit_id == BATTERY_UNIT_ID]
         conn.send(("logs", (frequency, control)))
+        # the device stays up until the edge has stopped polling it (a device that goes
+        # away under a polling client is an error in pymodbus's log, not a clean end)
+        with contextlib.suppress(EOFError, OSError):
+            await loop.run_in_executor(None, conn.recv)
     finally:
         await sim.stop()
 
@@ -223,6 +228,7 @@ async def run_ffr(params: FfrParams, workdir: Path) -> dict[str, Any]:
         await battery.close()
         seq_store.close()
         audit.close()
+        parent.send("stop")  # the device may go now
     finally:
         proc.join(timeout=5)
         if proc.is_alive():
