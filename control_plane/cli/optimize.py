@@ -36,6 +36,9 @@ def register(sub: Any) -> None:
     p.add_argument("--prices", type=Path, help="CSV with column energy_eur_per_mwh (96 rows)")
     p.add_argument("--seed", type=int, default=0, help="seed of synthetic fleet and prices")
     p.add_argument("--aggregate", action="store_true", help="schedule by aggregation")
+    p.add_argument(
+        "--afrr", action="store_true", help="also offer aFRR capacity (synthetic prices per block)"
+    )
     p.add_argument("--time-limit-s", type=float, default=30.0)
     p.add_argument("--out", type=Path, help="write the plan (p_kw per asset) as JSON")
     p.set_defaults(handler=optimize_schedule)
@@ -65,11 +68,18 @@ def load_fleet(path: Path) -> FleetState:
         raise OptimizerInputError(f"{path}: {e}") from e
 
 
-def load_prices(path: Path, seed: int) -> MarketPrices:
-    """Energy prices from CSV column ``energy_eur_per_mwh``; FCR prices synthetic from ``seed``."""
+def load_prices(path: Path, seed: int, *, afrr: bool = False) -> MarketPrices:
+    """Energy prices from CSV column ``energy_eur_per_mwh``; FCR (and with ``afrr`` aFRR)
+    capacity prices synthetic from ``seed``."""
     with path.open(newline="") as fh:
         energy = tuple(float(row["energy_eur_per_mwh"]) for row in csv.DictReader(fh))
-    return MarketPrices(energy, synthetic_prices(seed).fcr_eur_per_mw_h)
+    reserve = synthetic_prices(seed, afrr=afrr)
+    return MarketPrices(
+        energy,
+        reserve.fcr_eur_per_mw_h,
+        reserve.afrr_up_eur_per_mw_h,
+        reserve.afrr_down_eur_per_mw_h,
+    )
 
 
 def optimize_schedule(args: argparse.Namespace) -> int:
@@ -79,7 +89,11 @@ def optimize_schedule(args: argparse.Namespace) -> int:
             if args.synthetic is not None
             else load_fleet(args.assets_file)
         )
-        prices = load_prices(args.prices, args.seed) if args.prices else synthetic_prices(args.seed)
+        prices = (
+            load_prices(args.prices, args.seed, afrr=args.afrr)
+            if args.prices
+            else synthetic_prices(args.seed, afrr=args.afrr)
+        )
     except OptimizerInputError as e:
         print(f"error: {e}")
         return 2
@@ -106,5 +120,8 @@ def optimize_schedule(args: argparse.Namespace) -> int:
             "p_kw": plan.p_kw.round(4).tolist(),
             "fcr_kw": plan.reserve_kw.round(4).tolist(),
         }
+        if prices.afrr_up_eur_per_mw_h:  # aFRR was offered
+            body["afrr_up_kw"] = plan.afrr_up_kw.round(4).tolist()
+            body["afrr_down_kw"] = plan.afrr_down_kw.round(4).tolist()
         args.out.write_text(json.dumps(body))
     return 0 if plan.status != "fallback" else 1
