@@ -53,6 +53,7 @@ class GridJudge:
     def __init__(self, grid: str) -> None:
         import torch
 
+        from detection.models.detector import localization_memory
         from detection.models.registry import load_shipped_model, shipped_model_path
 
         # One snapshot is a tiny forward pass: intra-op threads only add synchronisation
@@ -72,6 +73,7 @@ class GridJudge:
         self._position = {(p.asset_id, p.quantity): k for k, p in enumerate(points)}
         self._context: deque[np.ndarray] = deque(maxlen=max(1, self.info.window - 1))
         self._pending: tuple[np.ndarray, list[int], int] | None = None
+        self._run = localization_memory(self._model)  # the current run of attacked snapshots
         self.snapshots_judged = 0
         self.snapshots_attacked = 0
 
@@ -110,12 +112,13 @@ class GridJudge:
                 else f"{len(times)} sample times in one snapshot"
             )
             ev = GateEvidence(self.name, self.version, 1.0, 0.0, (), f"{self.grid}: {detail}")
+            self._run.reset()  # a snapshot not judged ends the run
             return [Flag(pos, Reason.GATE_NO_CONTEXT, ev) for pos, _ in rows]
         if last is not None:
             x[missing] = last[missing]
         context = list(self._context)[-(self.info.window - 1) :]
         window = np.stack([*context, x])
-        verdict = judge_latest(self._model, window, None)
+        verdict = judge_latest(self._model, window, None, self._run)
         self.snapshots_judged += 1
         self._pending = (x, [int(p) for p in pos_of_cell], times.pop())
         if not verdict.attacked:

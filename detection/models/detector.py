@@ -8,7 +8,10 @@ buses of the AC state Jacobian and single measurements, replayed and DER-coordin
 rows recognized) when the row's conditional residuals are at hand (:func:`judge`,
 :func:`judge_latest`, ``DeepDetector.verdicts``); from scores alone, a measurement is
 judged falsified when its logit exceeds its cell threshold. The row's top cell is
-always flagged, so the gate can quarantine just those measurements.
+always flagged, so the gate can quarantine just those measurements. A row that continues
+a run of attacked rows is localized with the evidence of the run's earlier rows too
+(:class:`~detection.models.localize.LocalizationMemory`: :func:`judge` keeps one over its
+rows, the live gate one per stream, from :func:`localization_memory`).
 
 Two ways to score:
 
@@ -43,7 +46,7 @@ import torch
 from detection.generate import STEPS_PER_DAY
 from detection.layout import MeasurementLayout
 from detection.models.artifacts import TrainedModel
-from detection.models.localize import localizer_for
+from detection.models.localize import LocalizationMemory, localizer_for
 from detection.models.network import GridDetectorNet, RowFeatures, layout_hash
 from detection.models.normal import factor_count
 from detection.models.sequential import (
@@ -166,6 +169,7 @@ def verdicts(
     *,
     resid: np.ndarray | None = None,
     replay: np.ndarray | None = None,
+    memory: LocalizationMemory | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Attacked rows (n,) and falsified cells (n, m) from scores, with the model's thresholds.
 
@@ -173,9 +177,14 @@ def verdicts(
     only the attacked rows are read), an attacked row's cells come from structured
     localization (:mod:`detection.models.localize`), with ``replay`` (n, m) bool the
     bit-exact repeats of the replay look-back if known; without, from the cell
-    thresholds. With ``ramp_cells`` (n, m) (:func:`judge`, :func:`judge_latest`), a
-    row is also attacked when its ramp score exceeds the ramp threshold, and the
-    measurements above it are flagged (at least the row's top one).
+    thresholds. The rows are consecutive snapshots: a row that continues a run of rows
+    the row test judged attacked is localized with the run's earlier rows (up to
+    ``pool_rows``); ``memory`` (:func:`localization_memory`) holds the run of the rows
+    before the first (None: none), and is left holding the run at the last row (emptied
+    by a row the row test judges clean). With ``ramp_cells`` (n, m) (:func:`judge`,
+    :func:`judge_latest`), a row is also attacked when its ramp score exceeds the ramp
+    threshold, and the measurements above it are flagged (at least the row's top one);
+    such a row, not localized, ends a run all the same.
     """
     attacked = rows > model.row_threshold
     top = np.argmax(cells, axis=1)
@@ -185,12 +194,19 @@ def verdicts(
     else:
         flagged = np.zeros(cells.shape, dtype=bool)
         hit = np.flatnonzero(attacked)
+        run = LocalizationMemory() if memory is None else memory
         if len(hit):
             loc = localizer_for(model)
+            prev = -1  # the memory continues into the first row only
             for i in hit:
+                if i != prev + 1:
+                    run.reset()  # a row judged clean ended the run
                 rep = None if replay is None else replay[i]
                 hot = cells[i] > model.cell_thresholds
-                flagged[i] = loc.localize(resid[i], rep, int(top[i]), hot)
+                flagged[i] = loc.localize(resid[i], rep, int(top[i]), hot, run)
+                prev = int(i)
+        if len(attacked) and not attacked[-1]:
+            run.reset()
     if ramp_cells is not None and model.ramp_scale is not None:
         ramp_hit = ramp_cells > model.ramp_threshold
         ramp_rows = ramp_hit.any(axis=1)
@@ -225,6 +241,13 @@ def ramp_monitor(model: TrainedModel) -> RampMonitor | None:
     return RampMonitor(model.ramp_scale) if model.ramp_scale is not None else None
 
 
+def localization_memory(model: TrainedModel) -> LocalizationMemory:
+    """A fresh localization state for one stream of snapshots (:func:`judge_latest`): the
+    current run of attacked rows, pooled by structured localization."""
+    del model  # one type for every model; tied to the localizer on first use
+    return LocalizationMemory()
+
+
 @dataclass(frozen=True, slots=True)
 class Judgement:
     """Scores and verdicts of consecutive snapshots: ``rows`` (n,), ``cells`` (n, m) of the
@@ -257,8 +280,8 @@ def replay_repeats(model: TrainedModel, x: np.ndarray, rows: np.ndarray) -> np.n
 def judge(model: TrainedModel, x: np.ndarray) -> Judgement:
     """Both stages on consecutive snapshots ``x`` (n, m), in order (the batch path of
     ``detect score``); row ``i`` is judged as :func:`judge_latest` would judge it with a
-    monitor that saw rows ``0..i-1``. Attacked rows are localized
-    (:mod:`detection.models.localize`)."""
+    monitor and a localization memory that saw rows ``0..i-1``. Attacked rows are
+    localized (:mod:`detection.models.localize`), a run of them with its earlier rows."""
     rows, cells = score(model, x)
     hit = np.flatnonzero(rows > model.row_threshold)
     if model.ramp_scale is None:
@@ -289,14 +312,20 @@ class LatestJudgement:
 
 
 def judge_latest(
-    model: TrainedModel, window_x: np.ndarray, monitor: RampMonitor | None
+    model: TrainedModel,
+    window_x: np.ndarray,
+    monitor: RampMonitor | None,
+    memory: LocalizationMemory | None = None,
 ) -> LatestJudgement:
     """Both stages on the last snapshot of ``window_x`` (as :func:`score_latest`).
 
     ``monitor`` (from :func:`ramp_monitor`, one per stream, kept by the caller between
     snapshots) is advanced by this snapshot and emptied when it is judged attacked;
     None: the row test only. An attacked snapshot is localized like a row of
-    :func:`judge` (:mod:`detection.models.localize`).
+    :func:`judge` (:mod:`detection.models.localize`): ``memory`` (from
+    :func:`localization_memory`, one per stream, kept by the caller) holds the run of
+    attacked snapshots this one continues, and is advanced by it (emptied when the row
+    test judges it clean); None: the snapshot is localized on its own.
     """
     logits, r, rep = _latest(model, window_x)
     ramp = monitor.push(r) if monitor is not None else np.zeros_like(logits)
@@ -307,6 +336,7 @@ def judge_latest(
         ramp[None, :] if monitor is not None else None,
         resid=r[None, :],
         replay=rep[None, :],
+        memory=memory,
     )
     if attacked[0] and monitor is not None:
         monitor.reset()

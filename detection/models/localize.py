@@ -46,6 +46,30 @@ out and the rest under the noise (:meth:`RegionLocalizer.explain`):
   whose own evidence cancels under a common angle, join as the region grows. One
   region per row (a row is one attack): groups the search does not join are dropped.
 
+**Attacked runs.** An attack episode keeps its target over consecutive snapshots (a
+stealthy attacker the same region, a random or scaling injection the same measurements),
+while one row's evidence often cannot tell the true region from a nearby one. A
+:class:`LocalizationMemory` (one per stream, kept by the caller) holds the evidence of the
+current run's rows, the current and up to ``pool_rows - 1`` earlier ones (causal: the
+live gate localizes one snapshot at a time); a row judged clean, or a replayed row, ends
+the run. For a row that continues a run:
+
+* **pooled region search** (:meth:`RegionLocalizer._pooled`): when the row's fit chose at
+  most ``pool_max_cells`` cells (a region, not scattered measurements), the beam search
+  runs again with a region scored by its chi-square gain *averaged* over the run's rows,
+  each row with its own coefficients and in units of its own variance, minus the
+  region's penalty; it starts from the row's own region and the previous row's. Its
+  region replaces the row's own unless it explains the row itself more than
+  ``pool_tolerance`` worse (a new attack right after another is the row's own); for a
+  row whose fit chose no bus, only when its pooled score is positive;
+* **pooled cells**: a measurement whose chi-square gain (given the row's fit: the gain
+  when it was chosen, otherwise the gain it would add) averaged over the run exceeds
+  ``pool_cell``, and on the row itself exceeds ``pool_cell_own``, is flagged too (a
+  random injection moves the same measurements on every row, by 3-10 noise units, the
+  smaller ones under one row's cell penalty).
+
+The first row of a run is localized on its own.
+
 Two kinds are recognized from their own evidence before or after the fit:
 
 * **replay**: when at least ``replay_min_cells`` measurements repeat, bit for bit, the
@@ -60,7 +84,8 @@ The row's top cell (largest logit) is always flagged, as :func:`verdicts` does. 
 greedy fit's penalties were tuned on the training pipeline's validation scenario
 (attacked copies of the reference grid), the region search's on a development scenario
 (a random scenario with the reference attack ranges) and on synthetic regions injected
-into its clean rows, never on the held-out scenario; ``grow_max`` is the largest region
+into its clean rows, the pooling's on the development scenario (and on injected
+stealthy episodes), never on the held-out scenario; ``grow_max`` is the largest region
 of the training attacks (:data:`detection.scenarios.TRAINING_MAGNITUDES`). The live gate
 calls this per attacked snapshot, so the fits use matrix-vector products only (LAPACK
 factorizations have millisecond tails on a shared machine): the region search scores a
@@ -74,6 +99,7 @@ Jacobian and the grid's DER buses, and rebuilt when the normal model changes
 from __future__ import annotations
 
 import weakref
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,6 +131,11 @@ class LocalizeConfig:
     grow_max: int = 8  # region search: buses at most (the training attacks' largest)
     beam_width: int = 8  # region search: regions kept per step
     beam_steps: int = 10  # region search: steps at most
+    pool_rows: int = 12  # attacked run: rows pooled at most (the current and earlier ones)
+    pool_max_cells: int = 4  # pooled region search: rows whose fit chose at most this many cells
+    pool_tolerance: float = 20.0  # ... kept unless it explains the row this much worse
+    pool_cell: float = 8.0  # pooled cells: a cell whose mean gain over the run exceeds this
+    pool_cell_own: float = 1.0  # ... and whose gain on the row itself exceeds this
 
 
 DEFAULT_CONFIG = LocalizeConfig()
@@ -133,6 +164,51 @@ def der_injection_columns(grid: str, layout: MeasurementLayout) -> np.ndarray:
     }
     ders = [int(b) for b in der_buses(load_grid(grid)) if int(b) in p_col]
     return np.array(sorted(p_col[b] for b in ders), dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class _RowEvidence:
+    """One localized row of an attacked run: its row in the Euclidean frame, its residual
+    variance, the correlations with every bus column and the region chosen."""
+
+    res: np.ndarray
+    var: float
+    corr: np.ndarray
+    cell_gain: np.ndarray
+    region: tuple[int, ...]
+
+
+class LocalizationMemory:
+    """The rows of the current attacked run of one stream (kept by the caller between
+    snapshots, like :class:`~detection.models.sequential.RampMonitor`)."""
+
+    def __init__(self) -> None:
+        self.rows: deque[_RowEvidence] = deque()
+        self.owner: object | None = None
+
+    def reset(self) -> None:
+        """Forget the run (a row judged clean ends it)."""
+        self.rows.clear()
+        self.owner = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _past(self, owner: object, limit: int) -> list[_RowEvidence]:
+        if self.owner is not owner:
+            self.reset()
+            self.owner = owner
+        while len(self.rows) > max(limit, 0):
+            self.rows.popleft()
+        return list(self.rows)
+
+    def _push(self, owner: object, row: _RowEvidence, limit: int) -> None:
+        if self.owner is not owner:
+            self.reset()
+            self.owner = owner
+        self.rows.append(row)
+        while len(self.rows) > max(limit, 0):
+            self.rows.popleft()
 
 
 class RegionLocalizer:
@@ -190,6 +266,7 @@ class RegionLocalizer:
         gram[:nb2, :nb2] = self._qt.T @ self._qt
         self._gram = gram
         self._near = [sum(1 << int(n) for n in set(a.tolist())) for a in adjacency]
+        self._last_projected: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _sqrt_p(self, v: np.ndarray) -> np.ndarray:
         if v.ndim == 1:
@@ -226,11 +303,12 @@ class RegionLocalizer:
         first_bus: int | None = None,
         prior: np.ndarray | None = None,
         max_atoms: int | None = None,
-    ) -> tuple[list[int], list[int], float]:
-        """Greedy fit of ``res`` (Euclidean frame): buses, cells and the penalized objective
-        (residual chi-square plus the penalties paid). ``first_bus``: start with that bus;
-        ``prior`` (n_bus,): a bus not next to a chosen one pays ``tau_bus - prior_weight *
-        prior`` (at least ``tau_grow``)."""
+    ) -> tuple[list[int], list[int], float, np.ndarray]:
+        """Greedy fit of ``res`` (Euclidean frame): buses, cells, the penalized objective
+        (residual chi-square plus the penalties paid) and every cell's chi-square gain (a
+        chosen cell's when it was chosen, any other's given the fit). ``first_bus``: start
+        with that bus; ``prior`` (n_bus,): a bus not next to a chosen one pays ``tau_bus -
+        prior_weight * prior`` (at least ``tau_grow``)."""
         cfg = self.config
         tau_bus, tau_grow, tau_cell = cfg.tau_bus * var, cfg.tau_grow * var, cfg.tau_cell * var
         far = np.full(self.n_bus, tau_bus)
@@ -251,6 +329,7 @@ class RegionLocalizer:
         paid = 0.0
         used_b = np.zeros(nb, dtype=bool)
         used_c = np.zeros(m, dtype=bool)
+        taken = np.zeros(m)
         near = np.zeros(nb, dtype=bool)
         for step_no in range(cfg.max_atoms if max_atoms is None else max_atoms):
             det = np.maximum(g00 * g11 - g01**2, 1e-18)
@@ -274,6 +353,7 @@ class RegionLocalizer:
                 near[self.adjacency[jb]] = True
             else:
                 cols = [self._cell_column(jc)]
+                taken[jc] = bc[jc] ** 2 / max(norm_c[jc], 1e-9)
                 cells.append(jc)
                 paid += tau_cell
                 used_c[jc] = True
@@ -298,9 +378,15 @@ class RegionLocalizer:
                 g01 -= vq[0::2] * vq[1::2]
                 g11 -= vq[1::2] ** 2
                 norm_c -= vc**2
-        return buses, cells, float(res @ res) + paid
+        cell_gain = np.where(used_c, taken, bc**2 / np.maximum(norm_c, 1e-9))
+        return buses, cells, float(res @ res) + paid, cell_gain
 
-    def explain(self, r: np.ndarray, hot: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+    def explain(
+        self,
+        r: np.ndarray,
+        hot: np.ndarray | None = None,
+        memory: LocalizationMemory | None = None,
+    ) -> tuple[list[int], list[int]]:
         """Buses (layout bus positions) and cells chosen for conditional residuals ``r`` (m,).
 
         ``hot`` (m,) bool: the measurements the network flags (cell logit above its cell
@@ -308,23 +394,65 @@ class RegionLocalizer:
         explains the most (if it passes ``tau_bus``) with each bus's penalty lowered by
         ``prior_weight`` times the share of its measurements the network flags; the fit
         with the smaller penalized objective is kept. The buses chosen are then replaced by
-        the region that explains the row best (:meth:`complete`).
+        the region that explains the row best (:meth:`complete`). ``memory``: the earlier
+        rows of the attacked run this row continues (see :meth:`_pooled`); the row is added
+        to it.
         """
         r = np.asarray(r, dtype=np.float64)
         res, var = self._frame(r)
-        buses, cells, objective = self._fit(res, var)
+        buses, cells, objective, cell_gain = self._fit(res, var)
         if not buses and hot is not None:
             gains = self._bus_gains(res)
             jb = int(np.argmax(gains))
             if gains[jb] > self.config.tau_bus * var:
                 prior = self._share @ np.asarray(hot, dtype=np.float64)
-                b2, c2, j2 = self._fit(res, var, jb, prior, self.config.alt_atoms)
+                b2, c2, j2, g2 = self._fit(res, var, jb, prior, self.config.alt_atoms)
                 if j2 < objective:
-                    buses, cells = b2, c2
+                    buses, cells, cell_gain = b2, c2, g2
+        share = None if hot is None else self._share @ np.asarray(hot, dtype=np.float64)
+        past = [] if memory is None else memory._past(self, self.config.pool_rows - 1)
+        pool = bool(past) and len(cells) <= self.config.pool_max_cells
+        fixed = self._fixed(cells) if buses or pool else np.zeros((0, self.m))
+        single: tuple[list[int], float] = ([], 0.0)
         if buses:
-            share = None if hot is None else self._share @ np.asarray(hot, dtype=np.float64)
-            buses = self.complete(res, var, buses, cells, share)
+            single = self._search(res, var, self._components(buses), fixed, share)
+            buses = single[0]
+        if memory is not None:
+            if pool:
+                buses = self._pooled(res, var, fixed, share, single, past)
+            memory._push(
+                self,
+                _RowEvidence(res, var, self._qt.T @ res, cell_gain / var, tuple(buses)),
+                self.config.pool_rows - 1,
+            )
         return buses, cells
+
+    def _pooled(
+        self,
+        res: np.ndarray,
+        var: float,
+        fixed: np.ndarray,
+        share: np.ndarray | None,
+        single: tuple[list[int], float],
+        past: list[_RowEvidence],
+    ) -> list[int]:
+        """The region of a row that continues an attacked run (earlier rows ``past``, the
+        row's own region and score ``single``): a beam search (:meth:`_search`) scoring a
+        region by its mean chi-square gain over the run's rows, each row with its own
+        coefficients and in units of its own variance, minus the region's penalty,
+        starting from the row's own region and the previous row's. Kept when it explains
+        the row itself at most ``pool_tolerance`` worse than the row's own region (a new
+        attack right after another is the row's own), and, for a row that chose no bus,
+        when its pooled score is positive."""
+        region, score = single
+        groups = [g for g in (region, list(past[-1].region)) if g]
+        if not groups:
+            return region
+        pooled, pooled_score = self._search(res, var, groups, fixed, share, past)
+        if sorted(pooled) == sorted(region) or (not region and pooled_score <= 0.0):
+            return region
+        own = self._region_score(res, var, pooled, fixed, share)
+        return pooled if own >= score - self.config.pool_tolerance else region
 
     def _components(self, buses: list[int]) -> list[list[int]]:
         chosen, seen = set(buses), set()
@@ -372,26 +500,77 @@ class RegionLocalizer:
         """
         if not buses:
             return []
+        return self._search(res, var, self._components(buses), self._fixed(cells), share)[0]
+
+    def _fixed(self, cells: list[int]) -> np.ndarray:
         fixed = np.zeros((0, self.m))
         for c in cells:
             fixed = _extend(fixed, self._cell_column(c))
-        return self._search(res, var, self._components(buses), fixed, share)
+        return fixed
 
-    def _region_scorer(self, res: np.ndarray, fixed: np.ndarray) -> _RegionScorer:
+    def _region_scorer(
+        self, res: np.ndarray, fixed: np.ndarray, past: list[_RowEvidence] | None = None
+    ) -> _RegionScorer:
         """Chi-square gain of regions for ``res`` with the directions ``fixed`` (orthonormal
         rows) in the fit: Gram matrix and correlations of every bus column after ``fixed``
-        is projected out (products only)."""
+        is projected out (products only). ``past``: earlier rows of the run, each scored
+        with its own coefficients (correlation columns after the row's), gains weighted by
+        each row's inverse variance (the current row's is the caller's to divide by)."""
         nb2 = 2 * self.n_bus
-        corr = np.zeros(nb2 + 1)
+        k = 1 + (len(past) if past else 0)
+        corr = np.zeros((nb2 + 1, k)) if past else np.zeros(nb2 + 1)
+        w, gram = self._projected(fixed)
         if len(fixed):
             res = res - fixed.T @ (fixed @ res)
+        if not past:
+            corr[:nb2] = self._qt.T @ res
+            return _RegionScorer(gram, corr, self.n_bus)
+        corr[:nb2, 0] = self._qt.T @ res
+        for j, row in enumerate(past, start=1):
+            corr[:nb2, j] = row.corr - w.T @ (fixed @ row.res) if len(fixed) else row.corr
+        return _RegionScorer(gram, corr, self.n_bus)
+
+    def _projected(self, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``fixed @ qt`` and the Gram matrix of the bus columns with ``fixed`` projected out
+        (the last one's kept: a row's searches share their ``fixed``)."""
+        hit = self._last_projected
+        if hit is not None and hit[0] is fixed:
+            return hit[1], hit[2]
+        nb2 = 2 * self.n_bus
+        if len(fixed):
             w = fixed @ self._qt
             gram = self._gram.copy()
             gram[:nb2, :nb2] -= w.T @ w
         else:
-            gram = self._gram
-        corr[:nb2] = self._qt.T @ res
-        return _RegionScorer(gram, corr, self.n_bus)
+            w, gram = np.zeros((0, nb2)), self._gram
+        self._last_projected = (fixed, w, gram)
+        return w, gram
+
+    def _bus_costs(self, var: float, share: np.ndarray | None) -> np.ndarray:
+        cfg = self.config
+        pen = cfg.grow_penalty * var
+        if share is not None and cfg.region_prior > 0.0:
+            bus_pen = np.maximum(pen - cfg.region_prior * var * share, cfg.region_floor * var)
+        else:
+            bus_pen = np.full(self.n_bus, pen)
+        cost = np.zeros(self.n_bus + 1)  # a region's penalty: the sum over its buses
+        cost[:-1] = bus_pen
+        return cost
+
+    def _region_score(
+        self,
+        res: np.ndarray,
+        var: float,
+        region: list[int],
+        fixed: np.ndarray,
+        share: np.ndarray | None,
+    ) -> float:
+        """Penalized gain of one region for one row (units of the row's variance)."""
+        if not region:
+            return 0.0
+        scorer = self._region_scorer(res, fixed)
+        gain = scorer.gains([tuple(sorted(region))], self._bus_costs(var, share))
+        return float(gain[0]) / var
 
     def _search(
         self,
@@ -400,17 +579,20 @@ class RegionLocalizer:
         groups: list[list[int]],
         fixed: np.ndarray,
         share: np.ndarray | None,
-    ) -> list[int]:
-        """Beam search over connected regions (see :meth:`complete`)."""
+        past: list[_RowEvidence] | None = None,
+    ) -> tuple[list[int], float]:
+        """Beam search over connected regions (see :meth:`complete`): the best region and
+        its score (units of the row's variance). ``past``: pooled over those rows too."""
         cfg = self.config
-        scorer = self._region_scorer(res, fixed)
-        pen = cfg.grow_penalty * var
-        if share is not None and cfg.region_prior > 0.0:
-            bus_pen = np.maximum(pen - cfg.region_prior * var * share, cfg.region_floor * var)
+        cost = self._bus_costs(var, share)
+        if past:
+            scorer = self._region_scorer(res, fixed, past)
+            scorer.weights = np.array([1.0 / var] + [1.0 / row.var for row in past])
+            unit = float(len(scorer.weights))  # a sum over the rows: the mean times this
+            cost = cost / var * unit
         else:
-            bus_pen = np.full(self.n_bus, pen)
-        cost = np.zeros(self.n_bus + 1)  # a region's penalty: the sum over its buses
-        cost[:-1] = bus_pen
+            scorer = self._region_scorer(res, fixed)
+            unit = var
         # regions as bit masks over the buses (bus j: bit j): sets, sorting and hashing of
         # a few hundred candidate regions per row stay cheap
         near = self._near
@@ -481,7 +663,8 @@ class RegionLocalizer:
             if set(pool) == set(beam):
                 break  # no new region is among the best: the search has converged
             beam = pool
-        return list(members(min(seen, key=lambda x: (-seen[x], x))))
+        best = min(seen, key=lambda x: (-seen[x], x))
+        return list(members(best)), seen[best] / unit
 
     def localize(
         self,
@@ -489,18 +672,27 @@ class RegionLocalizer:
         replay: np.ndarray | None,
         top: int | None,
         hot: np.ndarray | None = None,
+        memory: LocalizationMemory | None = None,
     ) -> np.ndarray:
         """Falsified measurements (m,) bool of one attacked row: conditional residuals ``r``
         (m,), bit-exact repeats ``replay`` (m,) bool (None: not known), ``top`` the row's
         top cell (always flagged; None: none), ``hot`` (m,) bool the measurements whose
-        cell logit exceeds its cell threshold (None: not known; see :meth:`explain`)."""
+        cell logit exceeds its cell threshold (None: not known; see :meth:`explain`).
+        ``memory``: the attacked run this row continues (:meth:`explain`); a replayed row
+        ends it."""
         cfg = self.config
         flagged = np.zeros(self.m, dtype=bool)
         if replay is not None and int(np.count_nonzero(replay)) >= cfg.replay_min_cells:
             flagged |= np.asarray(replay, dtype=bool)
+            if memory is not None:
+                memory.reset()
         else:
             r = np.asarray(r, dtype=np.float64)
-            buses, cells = self.explain(r, hot)
+            buses, cells = self.explain(r, hot, memory)
+            if memory is not None and cfg.pool_cell > 0.0 and len(memory) > 1:
+                pooled = np.mean([row.cell_gain for row in memory.rows], axis=0)
+                own = memory.rows[-1].cell_gain
+                flagged |= (pooled > cfg.pool_cell) & (own > cfg.pool_cell_own)
             for b in buses:
                 flagged[self.support[b]] = True
             chosen = np.array(cells, dtype=np.int64)
@@ -523,6 +715,7 @@ class _RegionScorer:
 
     def __init__(self, gram: np.ndarray, corr: np.ndarray, n_bus: int) -> None:
         self.gram, self.corr, self.n_bus = gram, corr, n_bus
+        self.weights: np.ndarray | None = None  # corr (2 n_bus + 1, k): weight of each row
 
     def gains(self, regions: list[tuple[int, ...]], cost: np.ndarray) -> np.ndarray:
         """Gain of every region (bus positions) of a batch, minus the sum of ``cost``
@@ -544,26 +737,34 @@ class _RegionScorer:
         diag = np.einsum("iin->in", a)
         diag[1:] += padded  # padding: a unit column, uncorrelated with the residual
         diag += 1e-9 * (1.0 + diag)  # a tiny ridge: columns of a region can be collinear
-        b = np.empty((p + 1, len(regions)))
+        b = np.empty((p + 1, len(regions), *self.corr.shape[1:]))
         b[0] = self.corr[ia].sum(axis=0)
         b[1:] = self.corr[im]
-        return np.asarray(_quadratic_gain(a, b) - cost[ia // 2].sum(axis=0))
+        return np.asarray(_quadratic_gain(a, b, self.weights) - cost[ia // 2].sum(axis=0))
 
 
-def _quadratic_gain(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _quadratic_gain(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """``b' a^-1 b`` for a batch of small symmetric positive definite matrices ``a``
     (p, p, n) and vectors ``b`` (p, n), both overwritten: Cholesky with numpy products
-    over the batch (no LAPACK call per row)."""
+    over the batch (no LAPACK call per row). ``b`` (p, n, k) with ``weights`` (k,): the
+    weighted sum over the k vectors of each matrix."""
     p = a.shape[0]
     out = np.zeros(a.shape[2])
     for j in range(p):
         d = np.sqrt(np.maximum(a[j, j], 1e-12))
-        y = b[j] / d
-        out += y * y
+        if weights is None:
+            y = b[j] / d
+            out += y * y
+        else:
+            y = b[j] / d[:, None]
+            out += (y * y) @ weights
         if j + 1 < p:
             low = a[j + 1 :, j] / d
             a[j + 1 :, j + 1 :] -= low[:, None, :] * low[None, :, :]
-            b[j + 1 :] -= low * y
+            if weights is None:
+                b[j + 1 :] -= low * y
+            else:
+                b[j + 1 :] -= low[:, :, None] * y[None]
     return out
 
 

@@ -219,7 +219,7 @@ def test_the_scorecard_reports_the_detectors_own_calibration(model, other_grid) 
 def test_adapting_with_the_ramp_stage_and_judge_latest_equals_judge(
     model: TrainedModel, other_grid: GeneratedSeries
 ) -> None:
-    from detection.models.detector import judge, judge_latest, ramp_monitor
+    from detection.models.detector import judge, judge_latest, localization_memory, ramp_monitor
 
     assert model.ramp_scale is None  # the trained model ships the row test only
     plain_adapted = adapt(model, other_grid.measured[:H])
@@ -232,8 +232,9 @@ def test_adapting_with_the_ramp_stage_and_judge_latest_equals_judge(
     x[30:, 3] += np.linspace(0.0, 8.0, 30) * np.abs(x[:30, 3]).std()  # a ramp
     batch = judge(model, x)
     monitor = ramp_monitor(model)
+    memory = localization_memory(model)  # judge pools a run of attacked rows: so does this
     for end in range(1, len(x) + 1):
-        one = judge_latest(model, x[:end], monitor)
+        one = judge_latest(model, x[:end], monitor, memory)
         assert one.attacked == batch.attacked[end - 1]
         np.testing.assert_allclose(one.ramp_cells, batch.ramp_cells[end - 1], atol=1e-4)
         np.testing.assert_array_equal(one.flagged, batch.flagged[end - 1])
