@@ -130,7 +130,7 @@ def _scorecard(path: Path | None, grid: str) -> dict[str, Any] | None:
         "source": str(path),
         "target_fpr": report.get("target_fpr"),
         "held_out": bool(report.get("source", {}).get("held_out", False)),
-        "deep": {k: deep.get(k) for k in keys} if deep else None,
+        "deep": {k: deep.get(k) for k in (*keys, "own_localization_f1")} if deep else None,
         "best_baseline": {"detector": best["detector"], **{k: best.get(k) for k in keys}}
         if best
         else None,
@@ -273,7 +273,8 @@ def print_report(result: dict[str, Any]) -> None:
         print(
             f"scorecard ({sc['source']}, FPR target {sc['target_fpr']}): deep AUC "
             f"{_f(d['auc'])} recall {_f(d['recall'])} FPR {_f(d['false_positive_rate'])} "
-            f"loc F1 {_f(d['localization_f1'])}; best baseline {b.get('detector')} AUC "
+            f"loc F1 {_f(d['localization_f1'])} generic / {_f(d.get('own_localization_f1'))} own; "
+            f"best baseline {b.get('detector')} AUC "
             f"{_f(b.get('auc'))} recall {_f(b.get('recall'))}"
         )
 

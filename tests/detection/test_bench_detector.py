@@ -63,3 +63,31 @@ def test_bench_detector_refuses_nonsense_sizes() -> None:
 
     with pytest.raises(ValueError, match="must be positive"):
         run_benchmark("cigre_mv", 0, 1, 0, 1, 0, 1, 1)
+
+
+def test_scorecard_carries_the_deep_detectors_own_localization(tmp_path: Path) -> None:
+    from benchmarks.detector import _scorecard
+
+    report = {
+        "target_fpr": 0.001,
+        "source": {"held_out": True},
+        "scorecards": [
+            {
+                "detector": "gnn",
+                "auc": 0.97,
+                "recall": 0.9,
+                "false_positive_rate": 0.0006,
+                "localization_f1": 0.34,
+                "own_localization_f1": 0.905,
+            },
+            {"detector": "pca_q", "auc": 0.92, "recall": 0.6, "false_positive_rate": 0.0006},
+            {"detector": "gate", "auc": None, "recall": 0.899},
+        ],
+    }
+    path = tmp_path / "detect.json"
+    path.write_text(json.dumps(report))
+    card = _scorecard(path, "case118")
+    assert card is not None and card["held_out"]
+    assert card["deep"]["localization_f1"] == 0.34
+    assert card["deep"]["own_localization_f1"] == 0.905
+    assert card["best_baseline"]["detector"] == "pca_q"
