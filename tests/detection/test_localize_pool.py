@@ -7,64 +7,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detection.grid import load_grid
-from detection.layout import build_layout
-from detection.models.jacobian import state_jacobian
-from detection.models.localize import LocalizationMemory, RegionLocalizer, bus_adjacency
-
-
-def _localizer() -> RegionLocalizer:
-    layout = build_layout(load_grid("case118"))
-    jac = state_jacobian("case118", layout).dense()
-    m = jac.shape[0]
-    return RegionLocalizer(
-        jac,
-        np.ones(m),
-        np.ones(m),
-        np.zeros((m, 1)),
-        np.zeros(1),
-        bus_adjacency(layout),
-        np.array([], dtype=np.int64),
-    )
+from detection.models.localize import LocalizationMemory, RegionLocalizer
+from tests.detection.localize_synthetic import connected_region, identity_localizer, stealthy_row
 
 
 @pytest.fixture(scope="module")
 def localizer() -> RegionLocalizer:
     """case118 with unit noise and no factor model (``P = I``)."""
-    return _localizer()
-
-
-def _region(loc: RegionLocalizer, seed: int, size: int) -> list[int]:
-    out, queue = [seed], [seed]
-    while queue and len(out) < size:
-        for n in sorted(int(x) for x in loc.adjacency[queue.pop(0)]):
-            if n not in out and len(out) < size:
-                out.append(n)
-                queue.append(n)
-    return sorted(out)
-
-
-def _attack(
-    loc: RegionLocalizer, region: list[int], rng: np.random.Generator, sigma: float
-) -> np.ndarray:
-    """One row of a stealthy attack (first order, its own magnitudes) plus unit noise."""
-    q = loc._qt
-    shift = q[:, [2 * j for j in region]].sum(axis=1)
-    shift = shift + q[:, [2 * j + 1 for j in region]] @ rng.uniform(-1.0, 1.0, len(region))
-    shift *= sigma / np.abs(shift).max()
-    return np.asarray(shift + rng.standard_normal(loc.m))
+    return identity_localizer()
 
 
 def test_a_run_finds_the_region_its_single_rows_miss(localizer: RegionLocalizer) -> None:
     """A weak region (5 noise units at most): one row alone prefers a nearby wrong region
     in all but one of 12 rows; pooled over the run, the region is exact from the sixth
     row on."""
-    region = _region(localizer, 21, 5)
+    region = connected_region(localizer, 21, 5)
     rng = np.random.default_rng(21)
     memory = LocalizationMemory()
     alone, pooled = [], []
     for _ in range(12):
-        r = _attack(localizer, region, rng, 5.0)
+        r = stealthy_row(localizer, region, rng, 5.0)
         alone.append(sorted(localizer.explain(r)[0]) == region)
         pooled.append(sorted(localizer.explain(r, None, memory)[0]) == region)
     assert sum(alone) <= 2
@@ -109,7 +71,7 @@ def test_a_replayed_row_or_another_localizer_ends_the_run(localizer: RegionLocal
     localizer.localize(rng.standard_normal(localizer.m), None, None, None, memory)
     assert len(memory) == 1
     # a memory filled by another localizer (a model adapted since) starts a new run
-    other = _localizer()
+    other = identity_localizer()
     other.localize(rng.standard_normal(other.m), None, None, None, memory)
     assert len(memory) == 1
 

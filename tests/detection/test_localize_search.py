@@ -6,56 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detection.grid import load_grid
-from detection.layout import build_layout
-from detection.models.jacobian import state_jacobian
 from detection.models.localize import (
     RegionLocalizer,
     _extend,
     _quadratic_gain,
-    bus_adjacency,
 )
+from tests.detection.localize_synthetic import connected_region, identity_localizer, stealthy_row
 
 
 @pytest.fixture(scope="module")
 def localizer() -> RegionLocalizer:
     """case118 with unit noise and no factor model (``P = I``): the residual of a region
     attack is the whitened Jacobian columns themselves."""
-    layout = build_layout(load_grid("case118"))
-    jac = state_jacobian("case118", layout).dense()
-    m = jac.shape[0]
-    return RegionLocalizer(
-        jac,
-        np.ones(m),
-        np.ones(m),
-        np.zeros((m, 1)),
-        np.zeros(1),
-        bus_adjacency(layout),
-        np.array([], dtype=np.int64),
-    )
-
-
-def _region(loc: RegionLocalizer, seed: int, size: int) -> list[int]:
-    """A connected region grown breadth-first from ``seed`` (as the attacks draw them)."""
-    out, queue = [seed], [seed]
-    while queue and len(out) < size:
-        for n in sorted(int(x) for x in loc.adjacency[queue.pop(0)]):
-            if n not in out and len(out) < size:
-                out.append(n)
-                queue.append(n)
-    return sorted(out)
-
-
-def _attack(
-    loc: RegionLocalizer, region: list[int], rng: np.random.Generator, sigma: float
-) -> np.ndarray:
-    """Residual of a stealthy attack, to first order: one common angle for the region and
-    a magnitude per bus, scaled so the largest change is ``sigma`` noise units, plus noise."""
-    jac = loc._qt  # P = I: the whitened Jacobian
-    shift = jac[:, [2 * j for j in region]].sum(axis=1)
-    shift = shift + jac[:, [2 * j + 1 for j in region]] @ rng.uniform(-1.0, 1.0, len(region))
-    shift *= sigma / np.abs(shift).max()
-    return np.asarray(shift + rng.standard_normal(loc.m))
+    return identity_localizer()
 
 
 def _support(loc: RegionLocalizer, buses: list[int]) -> np.ndarray:
@@ -69,9 +32,9 @@ def _support(loc: RegionLocalizer, buses: list[int]) -> np.ndarray:
 def test_a_synthetic_region_is_recovered_exactly(
     localizer: RegionLocalizer, seed: int, size: int
 ) -> None:
-    region = _region(localizer, seed, size)
+    region = connected_region(localizer, seed, size)
     rng = np.random.default_rng(seed)
-    r = _attack(localizer, region, rng, 25.0)
+    r = stealthy_row(localizer, region, rng, 25.0)
     buses, _ = localizer.explain(r)
     assert sorted(buses) == region
     flagged = localizer.localize(r, None, None)
@@ -79,15 +42,15 @@ def test_a_synthetic_region_is_recovered_exactly(
 
 
 def test_a_wrong_seed_next_to_the_region_is_swapped_out(localizer: RegionLocalizer) -> None:
-    region = _region(localizer, 21, 5)
-    r = _attack(localizer, region, np.random.default_rng(3), 25.0)
+    region = connected_region(localizer, 21, 5)
+    r = stealthy_row(localizer, region, np.random.default_rng(3), 25.0)
     res, var = localizer._frame(r)
     outside = sorted({int(n) for j in region for n in localizer.adjacency[j]} - set(region))
     for seed in outside:
         assert localizer.complete(res, var, [seed], []) == region, seed
 
 
-def test_network_flags_pull_a_weak_bus_into_the_region() -> None:
+def test_network_flags_pull_a_weak_bus_into_theconnected_region() -> None:
     """A region bus whose evidence is under the per-bus penalty joins when the network
     flags its measurements (the penalty is lowered by ``region_prior`` times the flagged
     share, down to ``region_floor``)."""
@@ -136,7 +99,7 @@ def test_region_gains_are_the_projections_of_the_attackers_model(
     for c in cells:
         fixed = _extend(fixed, localizer._cell_column(c))
     scorer = localizer._region_scorer(res, fixed)
-    regions = [(3,), (20, 21, 22), tuple(_region(localizer, 90, 6)), (40, 41)]
+    regions = [(3,), (20, 21, 22), tuple(connected_region(localizer, 90, 6)), (40, 41)]
     cost = np.arange(localizer.n_bus + 1, dtype=np.float64) / 100.0
     cost[-1] = 0.0
     got = scorer.gains(regions, cost)
