@@ -57,7 +57,9 @@ class EvaluationData:
     ``x`` (n_rows, n_measurements) [layout units]; ``kinds`` the attack kind per row
     (``"none"`` = clean); ``cell_labels`` true where a measurement was falsified;
     ``price_eur_per_mwh`` (n_rows,) the price signal as received (attacked where the
-    kind is ``price``), None when the data has none.
+    kind is ``price``), None when the data has none; ``injected`` (n_rows,
+    n_measurements) what the attacks changed (attacked minus clean) [layout units], known
+    for generated data only (for :func:`detection.bounds.recall_bound`).
     """
 
     grid: str
@@ -66,6 +68,7 @@ class EvaluationData:
     kinds: np.ndarray
     cell_labels: np.ndarray
     price_eur_per_mwh: np.ndarray | None = None
+    injected: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, m = self.x.shape
@@ -75,6 +78,8 @@ class EvaluationData:
             raise ValueError("kinds and cell_labels must be row-aligned with x")
         if self.price_eur_per_mwh is not None and self.price_eur_per_mwh.shape != (n,):
             raise ValueError("the price must be row-aligned with x")
+        if self.injected is not None and self.injected.shape != (n, m):
+            raise ValueError("injected must have the shape of x")
 
 
 def evaluation_data(dataset: Dataset, grid: str, layout: MeasurementLayout) -> EvaluationData:
@@ -428,5 +433,5 @@ def generated_evaluation_data(
     cells[s] = attacked.labels[cols].to_numpy(dtype=bool)
     price = series.price_eur_per_mwh.astype(np.float64)
     price[s] = attacked.data[PRICE_COLUMN].to_numpy(dtype=np.float64)
-    data = EvaluationData(grid, series.layout, x, kinds, cells, price)
+    data = EvaluationData(grid, series.layout, x, kinds, cells, price, x - series.measured)
     return data, split, series.std

@@ -170,8 +170,11 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _tables(cards: list[Any], target_fpr: float) -> list[Any]:
-    """The scorecard (one row per detector) and the recall per attack kind."""
+def _tables(cards: list[Any], target_fpr: float, bound: Any = None) -> list[Any]:
+    """The scorecard (one row per detector) and the recall per attack kind.
+
+    ``bound``: a :class:`detection.bounds.RecallBound`, shown as the last row of both.
+    """
     from rich.table import Table
 
     main = Table(title=f"detect eval: {cards[0].grid}, thresholds at {target_fpr:.2%} FPR")
@@ -216,7 +219,23 @@ def _tables(cards: list[Any], target_fpr: float) -> list[Any]:
             )
             own_kinds = c.own_recall_per_kind or {}
             per_kind.add_row(own, *[_fmt(own_kinds.get(k), 2) for k in kinds])
+    if bound is not None:
+        name = "bound: any detector (+)"
+        main.add_row(name, "", _fmt(bound.recall), _fmt(target_fpr), "", "", "")
+        per_kind.add_row(name, *[_fmt(bound.per_kind.get(k), 2) for k in kinds])
     return [main, per_kind]
+
+
+def _recall_bound(data: Any, std: Any, target_fpr: float) -> tuple[Any, str | None]:
+    """The Neyman-Pearson recall bound of generated data, or None and why not."""
+    from detection.bounds import recall_bound
+
+    if data.injected is None or std is None:
+        return None, "needs generated data (what each attack changed and the noise model)"
+    try:
+        return recall_bound(data.injected, std, data.kinds, target_fpr), None
+    except ValueError as e:
+        return None, str(e)
 
 
 def detect_eval(args: argparse.Namespace) -> int:
@@ -255,9 +274,15 @@ def detect_eval(args: argparse.Namespace) -> int:
     staged, stage_skipped = stage_scorecards(data, split, detectors, target_fpr=args.target_fpr)
     cards = [*result.scorecards, *staged]
     skipped = {**result.skipped, **stage_skipped}
+    bound, no_bound = _recall_bound(data, std, args.target_fpr)
     console = Console()
-    for table in _tables(cards, args.target_fpr):
+    for table in _tables(cards, args.target_fpr, bound):
         console.print(table)
+    if bound is not None:
+        print(
+            "(+) the most any detector can recall at this FPR, even knowing the true state, "
+            "the noise and each attack's exact change (Neyman-Pearson; detection/bounds.py)"
+        )
     if all(c.attacked_rows == 0 for c in cards):
         print("note: the test segment holds no measurement attack: use more rows or attacks")
     for name, reason in skipped.items():
@@ -281,6 +306,7 @@ def detect_eval(args: argparse.Namespace) -> int:
             )
         },
         "scorecards": [c.to_dict() for c in cards],
+        "recall_bound": bound.to_dict() if bound is not None else {"skipped": no_bound},
         "skipped": skipped,
     }
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -174,6 +174,9 @@ def test_cli_json_has_the_price_check_and_the_stage_fields(tmp_path: Path) -> No
     assert price["threshold"] > 0 and price["notes"]
     # no deep model for case14: the gate says why it is missing
     assert "gate" in report["skipped"]
+    # generated data: the most any detector could recall at this FPR
+    bound = report["recall_bound"]
+    assert 0.0 < bound["recall"] <= 1.0 and bound["rows"] > 0 and bound["target_fpr"] == 0.001
 
 
 def test_the_gate_flags_a_row_any_part_flags_and_counts_every_attack(
