@@ -53,6 +53,10 @@ def test_bench_detector_prints_a_table_and_writes_json(
     for phase in ("latest", "baseline_latest"):
         p = result["phases"][phase]
         assert p["calls"] == 8 and 0 < p["p50_ms"] <= p["p99_ms"] <= p["max_ms"]
+    gate = result["phases"]["gate"]
+    assert gate["calls"] == 8 and 0 < gate["p50_ms"] <= gate["p99_ms"] <= gate["max_ms"]
+    assert 0 <= gate["attacked_calls"] <= 8 and "gate (judge_latest" in printed
+    assert result["targets"]["gate_p99_ms"] > 0
     assert result["deep_over_baseline"]["batch_throughput"] > 0
     assert result["adapt_seconds"] is None and result["scorecard"] is None
     assert isinstance(result["targets"]["met"], bool)
@@ -91,3 +95,18 @@ def test_scorecard_carries_the_deep_detectors_own_localization(tmp_path: Path) -
     assert card["deep"]["localization_f1"] == 0.34
     assert card["deep"]["own_localization_f1"] == 0.905
     assert card["best_baseline"]["detector"] == "pca_q"
+
+
+def test_gate_latency_counts_the_attacked_calls_apart() -> None:
+    from benchmarks.detector import _gate_latency
+
+    seen: list[int] = []
+
+    def judge(i: int) -> bool:
+        seen.append(i)
+        return i % 2 == 1
+
+    result = _gate_latency(judge, 10, 3)
+    assert seen == list(range(13))  # warm-up calls first, then the measured ones
+    assert result["calls"] == 10 and result["attacked_calls"] == 5
+    assert 0 < result["attacked_p50_ms"] <= result["attacked_p99_ms"] <= result["max_ms"]
