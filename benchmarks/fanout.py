@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -137,6 +137,37 @@ class Fleet:
     setup_s: dict[str, float]
 
 
+def register_fleet(system: EmbeddedSystem, params: FanoutParams) -> dict[str, list[str]]:
+    """Register every site of :func:`fleet` and its assets (batteries of ``RATED_KW`` kW,
+    ``2 * RATED_KW`` kWh) with the control plane; the asset ids per site."""
+    cp = system.control_plane
+    assets = fleet(params)
+    now = system.clock.now_ms()
+    for site in assets:
+        cp.registry.add_site(site, now)
+    cp.registry.add_assets(
+        Asset(a, s, AssetKind.BATTERY, RATED_KW, 2 * RATED_KW)
+        for s, ids in assets.items()
+        for a in ids
+    )
+    return assets
+
+
+async def enroll_fleet(
+    system: EmbeddedSystem, sites: Iterable[str], edges: Path
+) -> dict[str, Path]:
+    """Enroll one edge per site (``ENROLL_CONCURRENCY`` at a time); their directories."""
+    edge_dirs = {s: edges / s for s in sites}
+    sem = asyncio.Semaphore(ENROLL_CONCURRENCY)
+
+    async def enroll(site: str) -> None:
+        async with sem:
+            await system.enroll_edge(site, edge_dirs[site])
+
+    await asyncio.gather(*(enroll(s) for s in edge_dirs))
+    return edge_dirs
+
+
 @asynccontextmanager
 async def running_fleet(params: FanoutParams, root: Path) -> AsyncIterator[Fleet]:
     system = EmbeddedSystem(root / "cp", trust_domain=TRUST_DOMAIN, durable_sync=False)
@@ -145,25 +176,10 @@ async def running_fleet(params: FanoutParams, root: Path) -> AsyncIterator[Fleet
         cp = system.control_plane
         cp.groups.max_payload_bytes = params.group_bytes
         t0 = time.perf_counter()
-        assets = fleet(params)
-        now = system.clock.now_ms()
-        for site in assets:
-            cp.registry.add_site(site, now)
-        cp.registry.add_assets(
-            Asset(a, s, AssetKind.BATTERY, RATED_KW, 2 * RATED_KW)
-            for s, ids in assets.items()
-            for a in ids
-        )
+        assets = register_fleet(system, params)
         cp.pipeline.refresh()
         t1 = time.perf_counter()
-        edge_dirs = {s: root / "edges" / s for s in assets}
-        sem = asyncio.Semaphore(ENROLL_CONCURRENCY)
-
-        async def enroll(site: str) -> None:
-            async with sem:
-                await system.enroll_edge(site, edge_dirs[site])
-
-        await asyncio.gather(*(enroll(s) for s in assets))
+        edge_dirs = await enroll_fleet(system, assets, root / "edges")
         t2 = time.perf_counter()
         yield Fleet(system, assets, edge_dirs, {"register_s": t1 - t0, "enroll_s": t2 - t1})
     finally:
@@ -181,6 +197,17 @@ def edge_shares(
         )
         for i in range(n)
     ]
+
+
+async def start_edges(
+    pool: EdgePool, fl: Fleet, spec: Callable[[tuple[EdgeSpec, ...]], object]
+) -> None:
+    """Hand each edge process the ``spec`` of its share of the sites and wait until all
+    are connected; the time that took [s] goes into ``fl.setup_s["edges_connect_s"]``."""
+    specs = [spec(share) for share in edge_shares(fl.assets, fl.edge_dirs, len(pool.conns))]
+    t0 = time.perf_counter()
+    await pool.start(specs)
+    fl.setup_s["edges_connect_s"] = time.perf_counter() - t0
 
 
 class EdgePool:
@@ -276,8 +303,14 @@ class Run:
     command_ids: tuple[str, ...] = ()  # the group ids (per-asset: ids start "<activation>.")
 
 
-def _participants(assets: dict[str, list[str]], sites: list[str]) -> Participants:
-    rows = [(s, a, 0.0, HEADROOM * RATED_KW, HEADROOM * RATED_KW) for s in sites for a in assets[s]]
+def headroom_participants(sections: dict[str, list[str]]) -> Participants:
+    """Every asset of ``sections`` (asset ids per site) at 0 kW, offering ``HEADROOM`` of
+    ``RATED_KW`` [kW] each way."""
+    rows = [
+        (s, a, 0.0, HEADROOM * RATED_KW, HEADROOM * RATED_KW)
+        for s, ids in sections.items()
+        for a in ids
+    ]
     return Participants.from_rows(rows)
 
 
@@ -464,19 +497,14 @@ async def run_activation(params: FanoutParams, root: Path, runtime: Path) -> dic
         sites = list(fl.assets)
         pool = EdgePool(min(params.edge_procs, len(sites)))
         try:
-            specs = [
-                EdgeProcSpec(fl.system.link_endpoints[0], runtime, share)
-                for share in edge_shares(fl.assets, fl.edge_dirs, len(pool.conns))
-            ]
-            t0 = time.perf_counter()
-            await pool.start(specs)
-            fl.setup_s["edges_connect_s"] = time.perf_counter() - t0
+            endpoint = fl.system.link_endpoints[0]
+            await start_edges(pool, fl, lambda share: EdgeProcSpec(endpoint, runtime, share))
             identity = cp.signer.signer
 
             def dispatcher(subset: list[str]) -> ActivationDispatcher:
                 return ActivationDispatcher(
                     groups=cp.groups,
-                    participants=_participants(fl.assets, subset),
+                    participants=headroom_participants({s: fl.assets[s] for s in subset}),
                     audit=cp.audit,
                     clock=fl.system.clock,
                     identity=identity,
@@ -641,11 +669,7 @@ async def run(params: FanoutParams) -> dict[str, Any]:
     return {
         "benchmark": "fanout",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine_summary(),
         "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(params).items()},
         "ffr": ffr,
         "activation": activation,
@@ -671,6 +695,15 @@ async def run(params: FanoutParams) -> dict[str, Any]:
             and afrr["complete"]
             and afrr["all_sites_applied_ms"].get("p99", float("inf")) < TARGET_ACTIVATION_P99_MS,
         },
+    }
+
+
+def machine_summary() -> dict[str, Any]:
+    """The machine's CPU count, Python version and platform, for the JSON."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
     }
 
 

@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -50,27 +49,27 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.fanout import (
-    ENROLL_CONCURRENCY,
-    HEADROOM,
-    RATED_KW,
     TARGET_ACTIVATION_P99_MS,
     TRUST_DOMAIN,
     AckClock,
     EdgePool,
     FanoutParams,
+    Fleet,
     Run,
     _activate,
     default_runtime_dir,
-    edge_shares,
-    fleet,
+    enroll_fleet,
     fsync_ms,
+    headroom_participants,
     machine_busy_s,
+    machine_summary,
+    register_fleet,
+    start_edges,
 )
 from benchmarks.fanout_nats_edges import NatsEdgeProcSpec, NatsProcReport, nats_edge_proc_main
 from benchmarks.fanout_nats_report import phase_summary, print_nats_report, ratio
 from benchmarks.ingest_nats import _proc_cpu_s
-from control_plane.assets.model import Asset, AssetKind
-from control_plane.dispatch.activation import ActivationDispatcher, Participants
+from control_plane.dispatch.activation import ActivationDispatcher
 from control_plane.embedded import EmbeddedSystem
 from control_plane.transports.nats_config import DEFAULT_MAX_PAYLOAD_BYTES as NATS_MAX_PAYLOAD
 from edge_node.commands import MAX_COMMAND_PAYLOAD_BYTES
@@ -110,16 +109,8 @@ def add_nats_arguments(p: argparse.ArgumentParser) -> None:
 # -- setup ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class NatsFleet:
-    system: EmbeddedSystem
-    assets: dict[str, list[str]]
-    edge_dirs: dict[str, Path]
-    setup_s: dict[str, float]
-
-
 @asynccontextmanager
-async def running_nats_fleet(params: FanoutParams, root: Path) -> AsyncIterator[NatsFleet]:
+async def running_nats_fleet(params: FanoutParams, root: Path) -> AsyncIterator[Fleet]:
     """The control plane with its embedded nats-server; every site registered and enrolled,
     and in the broker's users list."""
     t0 = time.perf_counter()
@@ -128,30 +119,15 @@ async def running_nats_fleet(params: FanoutParams, root: Path) -> AsyncIterator[
     )
     await system.start()
     try:
-        cp = system.control_plane
         t1 = time.perf_counter()
-        assets = fleet(params)
-        now = system.clock.now_ms()
-        for site in assets:
-            cp.registry.add_site(site, now)
-        cp.registry.add_assets(
-            Asset(a, s, AssetKind.BATTERY, RATED_KW, 2 * RATED_KW)
-            for s, ids in assets.items()
-            for a in ids
-        )
-        await cp.sync_transports()  # refresh the pipeline; one NATS user per site (reload)
+        assets = register_fleet(system, params)
+        # refresh the pipeline; one NATS user per site (reload)
+        await system.control_plane.sync_transports()
         t2 = time.perf_counter()
-        edge_dirs = {s: root / "edges" / s for s in assets}
-        sem = asyncio.Semaphore(ENROLL_CONCURRENCY)
-
-        async def enroll(site: str) -> None:
-            async with sem:
-                await system.enroll_edge(site, edge_dirs[site])
-
-        await asyncio.gather(*(enroll(s) for s in assets))
+        edge_dirs = await enroll_fleet(system, assets, root / "edges")
         t3 = time.perf_counter()
         setup = {"control_plane_start_s": t1 - t0, "register_s": t2 - t1, "enroll_s": t3 - t2}
-        yield NatsFleet(system, assets, edge_dirs, setup)
+        yield Fleet(system, assets, edge_dirs, setup)
     finally:
         await system.stop()
 
@@ -162,15 +138,6 @@ def nats_edge_pool(n: int) -> EdgePool:
 
 
 # -- measuring ------------------------------------------------------------------------------------
-
-
-def _participants(sections: dict[str, list[str]]) -> Participants:
-    rows = [
-        (s, a, 0.0, HEADROOM * RATED_KW, HEADROOM * RATED_KW)
-        for s, ids in sections.items()
-        for a in ids
-    ]
-    return Participants.from_rows(rows)
 
 
 @dataclass
@@ -204,7 +171,7 @@ class _Cpu:
 class _Bench:
     """The phases of one run over one fleet, one broker and one set of edge processes."""
 
-    def __init__(self, fl: NatsFleet, pool: EdgePool, params: NatsFanoutParams) -> None:
+    def __init__(self, fl: Fleet, pool: EdgePool, params: NatsFanoutParams) -> None:
         self.fl = fl
         self.pool = pool
         self.params = params
@@ -218,7 +185,7 @@ class _Bench:
     def dispatcher(self, sections: dict[str, list[str]]) -> ActivationDispatcher:
         return ActivationDispatcher(
             groups=self.cp.groups,
-            participants=_participants(sections),
+            participants=headroom_participants(sections),
             audit=self.cp.audit,
             clock=self.fl.system.clock,
             identity=self.cp.signer.signer,
@@ -274,13 +241,7 @@ async def run_activation(params: NatsFanoutParams, root: Path, runtime: Path) ->
         pool = nats_edge_pool(min(fan.edge_procs, len(sites)))
         try:
             servers = cp.nats_urls
-            specs = [
-                NatsEdgeProcSpec(servers, runtime, share)
-                for share in edge_shares(fl.assets, fl.edge_dirs, len(pool.conns))
-            ]
-            t0 = time.perf_counter()
-            await pool.start(specs)
-            fl.setup_s["edges_connect_s"] = time.perf_counter() - t0
+            await start_edges(pool, fl, lambda share: NatsEdgeProcSpec(servers, runtime, share))
             bench = _Bench(fl, pool, params)
             first_asset = {s: ids[:1] for s, ids in fl.assets.items()}
             full = bench.dispatcher(fl.assets)
@@ -344,9 +305,7 @@ async def run(params: NatsFanoutParams) -> dict[str, Any]:
         "transport": "nats",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
+            **machine_summary(),
             "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "params": {

@@ -29,13 +29,13 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar
 
 from benchmarks.baseline_pipeline import BaselinePipeline
 from benchmarks.child_pool import ChildPool
@@ -53,6 +53,9 @@ from control_plane.assets.model import CANONICAL_UNIT, Asset, AssetKind, channel
 from control_plane.embedded import EmbeddedSystem
 from control_plane.ingest.pipeline import IngestPipeline
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 TARGET_THROUGHPUT_MPS = 100_000  # measurements/s, every stage on, durable
 TARGET_P99_MS = 250.0  # sample-to-commit p99 at half of saturation [ms]
 SAMPLES_PER_DEVICE = 10  # a gateway reads ~10 channels per device per second
@@ -63,6 +66,63 @@ DURABILITY = {"fsync": True, "normal": False}  # label -> ControlPlaneConfig.dur
 
 class IntegrityError(Exception):
     """A phase lost, refused or double-counted data: the benchmark result is void."""
+
+
+class LoadParams(Protocol):
+    """What the gRPC and the NATS benchmark share in their parameters (times in s)."""
+
+    @property
+    def sites(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...  # measurements per batch
+    @property
+    def seconds(self) -> float: ...  # measured window of a phase [s]
+    @property
+    def warmup_s(self) -> float: ...
+    @property
+    def window(self) -> int: ...  # batches in flight per site at saturation
+    @property
+    def load_procs(self) -> int: ...
+    @property
+    def verify_every(self) -> int: ...
+    @property
+    def state_dir(self) -> Path | None: ...
+
+
+def check_load_params(params: LoadParams) -> None:
+    """Refuse sizes below 1 and a phase (warm-up + window) longer than ``MAX_PHASE_S`` [s]."""
+    p = params
+    if p.sites < 1 or p.batch_size < 1 or p.window < 1 or p.load_procs < 1:
+        raise ValueError("sites, batch_size, window and load_procs must be >= 1")
+    if p.seconds <= 0 or p.warmup_s < 0 or p.seconds + p.warmup_s > MAX_PHASE_S:
+        raise ValueError(f"seconds must be > 0, warmup >= 0, together <= {MAX_PHASE_S:.0f}")
+
+
+class LoadArgs(TypedDict):
+    """The parameters both benchmarks read from the CLI the same way (times in s)."""
+
+    batch_size: int
+    seconds: float
+    warmup_s: float
+    window: int
+    load_procs: int
+    latency_load: float
+    verify_every: int
+    state_dir: Path | None
+
+
+def load_args(args: argparse.Namespace) -> LoadArgs:
+    """``LoadArgs`` from the CLI; the defaults stand in for options a caller left out."""
+    return LoadArgs(
+        batch_size=args.batch_size,
+        seconds=args.seconds,
+        warmup_s=getattr(args, "warmup", 1.0),
+        window=getattr(args, "window", 16),
+        load_procs=getattr(args, "load_procs", 1),
+        latency_load=getattr(args, "latency_load", 0.5),
+        verify_every=getattr(args, "verify_every", 1),
+        state_dir=getattr(args, "state_dir", None),
+    )
 
 
 @dataclass(frozen=True)
@@ -79,10 +139,7 @@ class BenchParams:
     state_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.sites < 1 or self.batch_size < 1 or self.window < 1 or self.load_procs < 1:
-            raise ValueError("sites, batch_size, window and load_procs must be >= 1")
-        if self.seconds <= 0 or self.warmup_s < 0 or self.seconds + self.warmup_s > MAX_PHASE_S:
-            raise ValueError(f"seconds must be > 0, warmup >= 0, together <= {MAX_PHASE_S:.0f}")
+        check_load_params(self)
         if self.durability not in ("fsync", "normal", "both"):
             raise ValueError("durability must be fsync, normal or both")
         if not 0 < self.latency_load <= 1:
@@ -203,6 +260,19 @@ class Target:
     sites: list[SiteSpec]
 
 
+async def enroll_sites(system: EmbeddedSystem, params: LoadParams, edges: Path) -> list[SiteSpec]:
+    """Register ``params.sites`` sites with their devices, enroll one edge each (its
+    credentials under ``edges``), and return what the load generators need of them."""
+    sites = []
+    for i in range(params.sites):
+        site_id = f"site-{i:03d}"
+        assets = site_assets(site_id, params.batch_size)
+        system.register_site(site_id, assets)
+        creds = await system.enroll_edge(site_id, edges / site_id)
+        sites.append(SiteSpec(site_id, creds.directory, creds.next_seq, site_channels(assets)))
+    return sites
+
+
 @asynccontextmanager
 async def control_plane(
     root: Path, pipeline: str, durability: str, params: BenchParams
@@ -217,13 +287,7 @@ async def control_plane(
     )
     await system.start()
     try:
-        sites = []
-        for i in range(params.sites):
-            site_id = f"site-{i:03d}"
-            assets = site_assets(site_id, params.batch_size)
-            system.register_site(site_id, assets)
-            creds = await system.enroll_edge(site_id, state / "edges" / site_id)
-            sites.append(SiteSpec(site_id, creds.directory, creds.next_seq, site_channels(assets)))
+        sites = await enroll_sites(system, params, state / "edges")
         yield Target(system, pipeline, durability, sites)
     finally:
         await system.stop()
@@ -240,6 +304,76 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"n": len(v), "p50": pct(50), "p95": pct(95), "p99": pct(99), "max": round(v[-1], 2)}
 
 
+def load_specs(
+    sites: list[SiteSpec],
+    procs: int,
+    params: LoadParams,
+    rate: float | None,
+    endpoint: str = "",
+    *,
+    transport: str = "grpc",
+    nats_servers: tuple[str, ...] = (),
+    raw: bool = False,
+) -> list[LoadSpec]:
+    """One phase's spec for each of ``procs`` generators, the sites dealt out among them.
+
+    ``rate`` [batches/s over all sites] is shared out by sites; None: saturation (closed
+    loop with ``params.window`` batches in flight per site; a rate phase allows >= 256)."""
+    window = params.window if rate is None else max(params.window, 256)
+    return [
+        LoadSpec(
+            endpoint=endpoint,
+            sites=part,
+            batch_size=params.batch_size,
+            window=window,
+            warmup_s=params.warmup_s,
+            seconds=params.seconds,
+            rate_batches_per_s=None if rate is None else rate * len(part) / len(sites),
+            verify_every=params.verify_every,
+            transport=transport,
+            nats_servers=nats_servers,
+            raw=raw,
+        )
+        for part in split_sites(sites, procs)
+    ]
+
+
+def advance_sites(sites: list[SiteSpec], reports: list[LoadReport]) -> list[SiteSpec]:
+    """The sites with each one's next sequence number after a phase (for the next phase
+    on the same control plane)."""
+    next_seq = {s.site_id: s.last_seq + 1 for r in reports for s in r.sites}
+    return [
+        SiteSpec(s.site_id, s.edge_dir, next_seq.get(s.site_id, s.first_seq), s.channels)
+        for s in sites
+    ]
+
+
+class WindowStats(TypedDict):
+    """What the generators saw in a phase's measured window (rates per s, times in ms)."""
+
+    mode: str  # saturation | rate
+    offered_batches_per_s: float | None
+    throughput_mps: float
+    batches_per_s: float
+    sent_batches_per_s: float
+    latency_ms: dict[str, float]
+    max_schedule_lag_ms: float
+
+
+def window_stats(reports: list[LoadReport], rate: float | None) -> WindowStats:
+    """Rates over the longest generator window [s]; ``rate`` [batches/s] offered, or None."""
+    window_s = max(r.window_s for r in reports)
+    return WindowStats(
+        mode="saturation" if rate is None else "rate",
+        offered_batches_per_s=None if rate is None else round(rate, 1),
+        throughput_mps=sum(r.window_measurements for r in reports) / window_s,
+        batches_per_s=sum(r.window_batches for r in reports) / window_s,
+        sent_batches_per_s=sum(r.window_sent_batches for r in reports) / window_s,
+        latency_ms=_percentiles([x for r in reports for x in r.latencies_ms]),
+        max_schedule_lag_ms=round(max(r.max_schedule_lag_ms for r in reports), 2),
+    )
+
+
 async def run_phase(
     target: Target, pool: LoadPool, params: BenchParams, phase_id: str, rate: float | None
 ) -> Phase:
@@ -248,32 +382,12 @@ async def run_phase(
         name = f"{phase_id} {target.pipeline}, saturation ({target.durability})"
     else:
         name = f"{phase_id} full, {params.latency_load:.0%} of saturation ({target.durability})"
-    endpoint = target.system.link_endpoints[0]
-    window = params.window if rate is None else max(params.window, 256)
-    parts = split_sites(target.sites, pool.size)
-    specs = [
-        LoadSpec(
-            endpoint=endpoint,
-            sites=part,
-            batch_size=params.batch_size,
-            window=window,
-            warmup_s=params.warmup_s,
-            seconds=params.seconds,
-            rate_batches_per_s=None if rate is None else rate * len(part) / len(target.sites),
-            verify_every=params.verify_every,
-        )
-        for part in parts
-    ]
+    specs = load_specs(target.sites, pool.size, params, rate, target.system.link_endpoints[0])
     cp, site_ids = target.system.control_plane, [s.site_id for s in target.sites]
     before = store_snapshot(cp, site_ids)
     reports, (server_cpu_s, machine_cpu_s) = await pool.run(specs)
     integrity = check_phase(cp, before, store_snapshot(cp, site_ids), reports, params.batch_size)
-    # advance each site's next sequence number for the next phase on this control plane
-    next_seq = {s.site_id: s.last_seq + 1 for r in reports for s in r.sites}
-    target.sites = [
-        SiteSpec(s.site_id, s.edge_dir, next_seq.get(s.site_id, s.first_seq), s.channels)
-        for s in target.sites
-    ]
+    target.sites = advance_sites(target.sites, reports)
     window_s = max(r.window_s for r in reports)
     generator_cpu_s = sum(r.cpu_s for r in reports)
     window_measurements = sum(r.window_measurements for r in reports)
@@ -282,13 +396,7 @@ async def run_phase(
         name=name,
         pipeline=target.pipeline,
         durability=target.durability,
-        mode="saturation" if rate is None else "rate",
-        offered_batches_per_s=None if rate is None else round(rate, 1),
-        throughput_mps=window_measurements / window_s,
-        batches_per_s=sum(r.window_batches for r in reports) / window_s,
-        sent_batches_per_s=sum(r.window_sent_batches for r in reports) / window_s,
-        latency_ms=_percentiles([x for r in reports for x in r.latencies_ms]),
-        max_schedule_lag_ms=round(max(r.max_schedule_lag_ms for r in reports), 2),
+        **window_stats(reports, rate),
         batches_sent=integrity["batches_sent"],
         batches_committed=integrity["committed_receipts"],
         measurements_committed=sum(s.measurements_committed for r in reports for s in r.sites),
@@ -306,12 +414,28 @@ async def run_phase(
     return phase
 
 
-def _record(phases: list[Phase], phase: Phase) -> Phase:
+class Checked(Protocol):
+    """A phase as the run keeps it: its name and its integrity check."""
+
+    name: str
+    integrity: dict[str, Any]
+
+
+PhaseT = TypeVar("PhaseT", bound=Checked)
+ParamsT = TypeVar("ParamsT", bound=LoadParams)
+
+
+def record(phases: list[PhaseT], phase: PhaseT) -> PhaseT:
     """Keep the phase; stop the whole run loudly if it lost or double-counted anything."""
     phases.append(phase)
     if not phase.integrity["ok"]:
         raise IntegrityError(f"{phase.name}: " + "; ".join(phase.integrity["problems"][:10]))
     return phase
+
+
+def integrity_ok(phases: list[PhaseT], error: str) -> bool:
+    """No error, at least one phase, and every phase's integrity check passed."""
+    return not error and bool(phases) and all(p.integrity.get("ok") for p in phases)
 
 
 # -- the whole run -------------------------------------------------------------------
@@ -323,12 +447,12 @@ async def _run_all(params: BenchParams, root: Path, pool: LoadPool, phases: list
         first = i == 0
         async with control_plane(root, "full", d, params) as full:
             sat = await run_phase(full, pool, params, "1" if first else "4", None)
-            _record(phases, sat)
+            record(phases, sat)
             if first:
                 rate = params.latency_load * sat.batches_per_s
-                _record(phases, await run_phase(full, pool, params, "3", rate))
+                record(phases, await run_phase(full, pool, params, "3", rate))
         async with control_plane(root, "baseline", d, params) as base:
-            _record(phases, await run_phase(base, pool, params, "2" if first else "5", None))
+            record(phases, await run_phase(base, pool, params, "2" if first else "5", None))
 
 
 def fsync_latency_ms(directory: Path, n: int = 20) -> float:
@@ -365,17 +489,13 @@ def _summarize(
         for d in ratio
         if sat[("full", d)].server_cpu_us_per_measurement
     }
-    ok = not error and len(phases) > 0 and all(p.integrity.get("ok") for p in phases)
+    ok = integrity_ok(phases, error)
     headline = next((p for p in phases if p.phase == "1"), None)
     latency = next((p for p in phases if p.phase == "3"), None)
     thr = headline.throughput_mps if headline else None
     p99 = latency.latency_ms.get("p99") if latency else None
     return {
-        "benchmark": "ingest",
-        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine,
-        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(params).items()}
-        | {"samples_per_device": SAMPLES_PER_DEVICE, "trust_domain": TRUST_DOMAIN},
+        **result_head("ingest", machine, params),
         "phases": [asdict(p) for p in phases],
         "ratio_full_over_baseline": ratio,
         "ratio_full_over_baseline_by_cpu": by_cpu,
@@ -405,6 +525,20 @@ def _summarize(
     }
 
 
+def result_head(
+    benchmark: str, machine: dict[str, Any], params: DataclassInstance
+) -> dict[str, Any]:
+    """The first keys of a result: what ran, when, on which machine, with which parameters."""
+    parameters = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(params).items()}
+    return {
+        "benchmark": benchmark,
+        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        "parameters": parameters
+        | {"samples_per_device": SAMPLES_PER_DEVICE, "trust_domain": TRUST_DOMAIN},
+    }
+
+
 def machine_info(scratch: Path) -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(),
@@ -416,39 +550,48 @@ def machine_info(scratch: Path) -> dict[str, Any]:
     }
 
 
-def run_benchmark(params: BenchParams) -> dict[str, Any]:
-    """Run every phase; the JSON-ready result has ``integrity_ok`` False if data was lost."""
-    phases: list[Phase] = []
+def run_phases(
+    params: ParamsT,
+    prefix: str,
+    run_all: Callable[[ParamsT, Path, LoadPool, list[PhaseT]], Coroutine[Any, Any, None]],
+    summarize: Callable[[ParamsT, list[PhaseT], str, dict[str, Any]], dict[str, Any]],
+) -> dict[str, Any]:
+    """``run_all`` in a scratch directory (named ``prefix``...) with a pool of generators;
+    an integrity failure ends the run and goes into the summary's ``error``."""
+    phases: list[PhaseT] = []
     error = ""
-    with tempfile.TemporaryDirectory(prefix="gridfort-bench-", dir=params.state_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=params.state_dir) as tmp:
         machine = machine_info(Path(tmp))
         pool = LoadPool(min(params.load_procs, params.sites))
         try:
-            asyncio.run(_run_all(params, Path(tmp), pool, phases))
+            asyncio.run(run_all(params, Path(tmp), pool, phases))
         except IntegrityError as e:
             error = f"integrity: {e}"
         finally:
             pool.close()
-    return _summarize(params, phases, error, machine)
+    return summarize(params, phases, error, machine)
+
+
+def run_benchmark(params: BenchParams) -> dict[str, Any]:
+    """Run every phase; the JSON-ready result has ``integrity_ok`` False if data was lost."""
+    return run_phases(params, "gridfort-bench-", _run_all, _summarize)
+
+
+def write_result(
+    result: dict[str, Any], path: Path, print_table: Callable[[dict[str, Any]], None]
+) -> int:
+    """Write the JSON to ``path``, print the table; the exit code: 1 if data was lost."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    print(f"JSON written to {path}")
+    return 0 if result["integrity_ok"] else 1
 
 
 def run_cli(args: argparse.Namespace) -> int:
     params = BenchParams(
         sites=args.sites,
-        batch_size=args.batch_size,
-        seconds=args.seconds,
-        warmup_s=getattr(args, "warmup", 1.0),
-        window=getattr(args, "window", 16),
-        load_procs=getattr(args, "load_procs", 1),
         durability=getattr(args, "durability", "both"),
-        latency_load=getattr(args, "latency_load", 0.5),
-        verify_every=getattr(args, "verify_every", 1),
-        state_dir=getattr(args, "state_dir", None),
+        **load_args(args),
     )
-    result = run_benchmark(params)
-    path: Path = args.json
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print_report(result)
-    print(f"JSON written to {path}")
-    return 0 if result["integrity_ok"] else 1
+    return write_result(run_benchmark(params), args.json, print_report)

@@ -205,9 +205,35 @@ class SiteLoadBase(abc.ABC):
         """Read receipts until cancelled (transports with callbacks just wait)."""
         await asyncio.Event().wait()
 
-    @abc.abstractmethod
     async def send(self, t_begin: float, t_end: float, rate: float, offset_s: float) -> None:
-        """Send this site's batches for one phase (each transport its own way)."""
+        """Send until ``t_end`` (perf_counter time [s]): closed loop, or ``rate`` batches/s
+        if > 0 with the first batch due ``offset_s`` [s] from now."""
+        seq = self.site.first_seq
+        interval_s = 1.0 / rate if rate else 0.0
+        due = time.perf_counter() + offset_s
+        n = 0
+        while True:
+            if rate:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            await self.window.acquire()
+            now = time.perf_counter()
+            if now >= t_end:
+                self.window.release()
+                break
+            if rate:
+                lag_ms = (now - due) * 1000.0
+                self.load.max_schedule_lag_ms = max(self.load.max_schedule_lag_ms, lag_ms)
+                due += interval_s
+            await self.transmit(self.seal(seq, n, t_begin, t_end), seq)
+            seq += 1
+            n += 1
+        self.sending_done = True
+        if not self.in_flight:
+            self.drained.set()
+
+    @abc.abstractmethod
+    async def transmit(self, envelope: epb.SignedEnvelope, seq: int) -> None:
+        """Put sealed batch ``seq`` on the wire (each transport its own way)."""
 
     async def close(self) -> None:  # noqa: B027 (optional hook: nothing to release by default)
         """Release the connection."""
@@ -292,31 +318,8 @@ class _SiteLoad(SiteLoadBase):
     async def ready(self) -> None:
         await self.channel.channel_ready()
 
-    async def send(self, t_begin: float, t_end: float, rate: float, offset_s: float) -> None:
-        """Send until ``t_end`` (perf_counter time): closed loop, or ``rate`` batches/s if > 0."""
-        seq = self.site.first_seq
-        interval_s = 1.0 / rate if rate else 0.0
-        due = time.perf_counter() + offset_s
-        n = 0
-        while True:
-            if rate:
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            await self.window.acquire()
-            now = time.perf_counter()
-            if now >= t_end:
-                self.window.release()
-                break
-            if rate:
-                lag_ms = (now - due) * 1000.0
-                self.load.max_schedule_lag_ms = max(self.load.max_schedule_lag_ms, lag_ms)
-                due += interval_s
-            envelope = self.seal(seq, n, t_begin, t_end)
-            await self.call.write(lpb.EdgeMessage(telemetry=envelope).SerializeToString())
-            seq += 1
-            n += 1
-        self.sending_done = True
-        if not self.in_flight:
-            self.drained.set()
+    async def transmit(self, envelope: epb.SignedEnvelope, seq: int) -> None:
+        await self.call.write(lpb.EdgeMessage(telemetry=envelope).SerializeToString())
 
     async def receive(self, t_begin: float, t_end: float) -> None:
         while True:

@@ -35,29 +35,32 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks.child_pool import ChildPool
 from benchmarks.ingest import (
-    SAMPLES_PER_DEVICE,
     TRUST_DOMAIN,
-    IntegrityError,
     LoadPool,
     _machine_busy_s,
-    _percentiles,
-    machine_info,
-    site_assets,
-    site_channels,
+    advance_sites,
+    check_load_params,
+    enroll_sites,
+    integrity_ok,
+    load_args,
+    load_specs,
+    record,
+    result_head,
+    run_phases,
+    window_stats,
+    write_result,
 )
 from benchmarks.ingest_integrity import check_phase, store_snapshot
-from benchmarks.ingest_load import MAX_PHASE_S, LoadReport, LoadSpec, SiteSpec, split_sites
+from benchmarks.ingest_load import LoadReport, LoadSpec, SiteSpec
 from benchmarks.ingest_nats_raw import RawReport, RawSpec, raw_main
 from benchmarks.ingest_report import print_nats_report
 from control_plane.embedded import EmbeddedSystem
@@ -87,10 +90,7 @@ class NatsBenchParams:
     state_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.sites < 1 or self.batch_size < 1 or self.window < 1 or self.load_procs < 1:
-            raise ValueError("sites, batch_size, window and load_procs must be >= 1")
-        if self.seconds <= 0 or self.warmup_s < 0 or self.seconds + self.warmup_s > MAX_PHASE_S:
-            raise ValueError(f"seconds must be > 0, warmup >= 0, together <= {MAX_PHASE_S:.0f}")
+        check_load_params(self)
         if not self.workers or any(not 1 <= w <= 16 for w in self.workers):
             raise ValueError("workers: a list of worker counts between 1 and 16, e.g. 1,2")
         if self.durability not in ("fsync", "normal"):
@@ -233,13 +233,7 @@ async def nats_control_plane(root: Path, params: NatsBenchParams) -> AsyncIterat
     await system.start()
     observer = None
     try:
-        sites = []
-        for i in range(params.sites):
-            site_id = f"site-{i:03d}"
-            assets = site_assets(site_id, params.batch_size)
-            system.register_site(site_id, assets)
-            creds = await system.enroll_edge(site_id, state / "edges" / site_id)
-            sites.append(SiteSpec(site_id, creds.directory, creds.next_seq, site_channels(assets)))
+        sites = await enroll_sites(system, params, state / "edges")
         await system.control_plane.sync_transports()  # the broker's users list
         config_file = state / "worker.toml"
         config_file.write_text(
@@ -305,23 +299,9 @@ def _specs(
     target: NatsTarget, pool: LoadPool, params: NatsBenchParams, rate: float | None, raw: bool
 ) -> list[LoadSpec]:
     urls = target.system.control_plane.nats_urls
-    window = params.window if rate is None else max(params.window, 256)
-    return [
-        LoadSpec(
-            endpoint="",
-            sites=part,
-            batch_size=params.batch_size,
-            window=window,
-            warmup_s=params.warmup_s,
-            seconds=params.seconds,
-            rate_batches_per_s=None if rate is None else rate * len(part) / len(target.sites),
-            verify_every=params.verify_every,
-            transport="nats",
-            nats_servers=urls,
-            raw=raw,
-        )
-        for part in split_sites(target.sites, pool.size)
-    ]
+    return load_specs(
+        target.sites, pool.size, params, rate, transport="nats", nats_servers=urls, raw=raw
+    )
 
 
 def _cores(cpu: dict[str, float], window_s: float, generator_s: float) -> dict[str, float | None]:
@@ -380,11 +360,7 @@ async def full_phase(
     )
     integrity["problems"] += problems
     integrity["ok"] = not integrity["problems"]
-    next_seq = {s.site_id: s.last_seq + 1 for r in reports for s in r.sites}
-    target.sites = [
-        SiteSpec(s.site_id, s.edge_dir, next_seq.get(s.site_id, s.first_seq), s.channels)
-        for s in target.sites
-    ]
+    target.sites = advance_sites(target.sites, reports)
     return _phase_from(phase_id, name, "full", w, rate, reports, cpu, params, integrity)
 
 
@@ -496,13 +472,7 @@ def _phase_from(
         name=name,
         kind=kind,
         workers=workers,
-        mode="saturation" if rate is None else "rate",
-        offered_batches_per_s=None if rate is None else round(rate, 1),
-        throughput_mps=measurements / window_s,
-        batches_per_s=sum(r.window_batches for r in reports) / window_s,
-        sent_batches_per_s=sum(r.window_sent_batches for r in reports) / window_s,
-        latency_ms=_percentiles([x for r in reports for x in r.latencies_ms]),
-        max_schedule_lag_ms=round(max(r.max_schedule_lag_ms for r in reports), 2),
+        **window_stats(reports, rate),
         batches_sent=sum(s.sent for r in reports for s in r.sites),
         batches_done=sum(s.committed for r in reports for s in r.sites),
         receipts_verified=sum(r.receipts_verified for r in reports),
@@ -515,11 +485,9 @@ def _phase_from(
 
 
 def _record(phases: list[NatsPhase], phase: NatsPhase) -> NatsPhase:
+    """Log the phase's throughput, then :func:`benchmarks.ingest.record` it."""
     log.info("%s: %.0f measurements/s", phase.name, phase.throughput_mps)
-    phases.append(phase)
-    if not phase.integrity["ok"]:
-        raise IntegrityError(f"{phase.name}: " + "; ".join(phase.integrity["problems"][:10]))
-    return phase
+    return record(phases, phase)
 
 
 async def _run_all(
@@ -550,7 +518,7 @@ def _summarize(
     full = {p.workers: p for p in phases if p.kind == "full" and p.mode == "saturation"}
     raw = {p.workers: p for p in phases if p.kind == "raw"}
     latency = next((p for p in phases if p.mode == "rate"), None)
-    ok = not error and bool(phases) and all(p.integrity.get("ok") for p in phases)
+    ok = integrity_ok(phases, error)
     by_workers = {
         str(w): {
             "full_mps": round(p.throughput_mps),
@@ -571,11 +539,7 @@ def _summarize(
         else None
     )
     return {
-        "benchmark": "ingest-nats",
-        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine,
-        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(params).items()}
-        | {"samples_per_device": SAMPLES_PER_DEVICE, "trust_domain": TRUST_DOMAIN},
+        **result_head("ingest-nats", machine, params),
         "phases": [asdict(p) for p in phases],
         "by_workers": by_workers,
         "scaling_2_over_1_workers": scaling,
@@ -601,18 +565,8 @@ def _summarize(
 
 
 def run_benchmark(params: NatsBenchParams) -> dict[str, Any]:
-    phases: list[NatsPhase] = []
-    error = ""
-    with tempfile.TemporaryDirectory(prefix="gridfort-bench-nats-", dir=params.state_dir) as tmp:
-        machine = machine_info(Path(tmp))
-        pool = LoadPool(min(params.load_procs, params.sites))
-        try:
-            asyncio.run(_run_all(params, Path(tmp), pool, phases))
-        except IntegrityError as e:
-            error = f"integrity: {e}"
-        finally:
-            pool.close()
-    return _summarize(params, phases, error, machine)
+    """Run every phase; the JSON-ready result has ``integrity_ok`` False if data was lost."""
+    return run_phases(params, "gridfort-bench-nats-", _run_all, _summarize)
 
 
 def parse_workers(text: str) -> tuple[int, ...]:
@@ -627,22 +581,9 @@ def run_cli(args: argparse.Namespace) -> int:
     durability = getattr(args, "durability", "fsync")
     params = NatsBenchParams(
         sites=args.sites or NatsBenchParams.sites,
-        batch_size=args.batch_size,
-        seconds=args.seconds,
-        warmup_s=getattr(args, "warmup", 1.0),
-        window=getattr(args, "window", 16),
-        load_procs=getattr(args, "load_procs", 1),
         workers=parse_workers(getattr(args, "workers", "1,2")),
         durability="fsync" if durability == "both" else durability,
-        latency_load=getattr(args, "latency_load", 0.5),
-        verify_every=getattr(args, "verify_every", 1),
         partitions=getattr(args, "partitions", 8),
-        state_dir=getattr(args, "state_dir", None),
+        **load_args(args),
     )
-    result = run_benchmark(params)
-    path: Path = args.json
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print_nats_report(result)
-    print(f"JSON written to {path}")
-    return 0 if result["integrity_ok"] else 1
+    return write_result(run_benchmark(params), args.json, print_nats_report)

@@ -32,6 +32,7 @@ from benchmarks.ingest_load import LoadReport, LoadSpec, SiteLoadBase, SiteSpec
 from control_plane.transports.nats_config import command_subject, inbox_prefix, telemetry_subject
 from edge_node.uplinks.nats import MSG_ID, SEQ_HEADER, message_id
 from gridfort.v1 import edge_link_pb2 as lpb
+from gridfort.v1 import envelope_pb2 as epb
 
 PUBLISH_ACK_TIMEOUT_S = 30.0
 
@@ -79,36 +80,19 @@ class NatsSiteLoad(SiteLoadBase):
             self.on_receipt_envelope(message.receipt, arrived, t_begin, t_end)
 
     async def send(self, t_begin: float, t_end: float, rate: float, offset_s: float) -> None:
-        """Publish until ``t_end``: closed loop, or ``rate`` batches/s if > 0."""
+        """Publish until ``t_end`` (perf_counter time [s]): closed loop, or ``rate`` batches/s
+        if > 0; receipts arriving in [t_begin, t_end) count for the window."""
         self.t_window = (t_begin, t_end)
-        seq = self.site.first_seq
-        interval_s = 1.0 / rate if rate else 0.0
-        due = time.perf_counter() + offset_s
-        n = 0
-        while True:
-            if rate:
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            await self.window.acquire()
-            now = time.perf_counter()
-            if now >= t_end:
-                self.window.release()
-                break
-            if rate:
-                lag_ms = (now - due) * 1000.0
-                self.load.max_schedule_lag_ms = max(self.load.max_schedule_lag_ms, lag_ms)
-                due += interval_s
-            envelope = self.seal(seq, n, t_begin, t_end)
-            data = lpb.EdgeMessage(telemetry=envelope).SerializeToString()
-            headers = {MSG_ID: message_id(envelope), SEQ_HEADER: str(seq)}
-            ack = await self.js.publish_async(self.subject, data, headers=headers)
-            self.acks.add(ack)
-            ack.add_done_callback(lambda f, s=seq: self._on_pub_ack(s, f))
-            asyncio.get_running_loop().call_later(PUBLISH_ACK_TIMEOUT_S, ack.cancel)
-            seq += 1
-            n += 1
-        self.sending_done = True
-        if not self.in_flight:
-            self.drained.set()
+        await super().send(t_begin, t_end, rate, offset_s)
+
+    async def transmit(self, envelope: epb.SignedEnvelope, seq: int) -> None:
+        """Publish with a JetStream ack that ends the batch as a problem if it never comes."""
+        data = lpb.EdgeMessage(telemetry=envelope).SerializeToString()
+        headers = {MSG_ID: message_id(envelope), SEQ_HEADER: str(seq)}
+        ack = await self.js.publish_async(self.subject, data, headers=headers)
+        self.acks.add(ack)
+        ack.add_done_callback(lambda f, s=seq: self._on_pub_ack(s, f))
+        asyncio.get_running_loop().call_later(PUBLISH_ACK_TIMEOUT_S, ack.cancel)
 
     def _on_pub_ack(self, seq: int, ack: asyncio.Future[Any]) -> None:
         self.acks.discard(ack)

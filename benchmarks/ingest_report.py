@@ -20,55 +20,98 @@ def _verdict(met: bool) -> str:
     return "[bold green]met[/]" if met else "[bold red]NOT met[/]"
 
 
-def print_report(result: dict[str, Any], console: Console | None = None) -> None:
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=WIDTH)
+def _console(console: Console | None) -> Console:
+    """The console to print on: ``WIDTH`` columns when stdout is not a terminal."""
+    if console is not None:
+        return console
+    console = Console()
+    return console if console.is_terminal else Console(width=WIDTH)
+
+
+def _header(title: str, result: dict[str, Any], load: str, setup: str) -> str:
+    """Two header lines: ``title`` and the machine (fsync median in ms), then the load
+    (sizes, ``load`` before and ``setup`` after the phase times in s)."""
     m, p = result["machine"], result["parameters"]
-    console.print(
-        f"[bold]gridfort bench ingest[/]  {m['cpu_count']} CPU, Python {m['python']}, "
+    return (
+        f"[bold]{title}[/]  {m['cpu_count']} CPU, Python {m['python']}, "
         f"{m['platform']}, load average {m['load_average_at_start']}, "
         f"fsync {m['fsync_4k_median_ms']} ms\n"
         f"{p['sites']} enrolled edges x window {p['window']} batches, "
-        f"{p['batch_size']} measurements/batch, {p['seconds']} s per phase "
-        f"(+{p['warmup_s']} s warm-up), {p['load_procs']} load process(es)"
+        f"{p['batch_size']} measurements/batch, {load}{p['seconds']} s per phase "
+        f"(+{p['warmup_s']} s warm-up), {setup}"
     )
-    table = Table(title="ingest over gRPC + mutual TLS on loopback")
-    columns = (
-        "phase",
-        "measurements/s",
-        "batches/s",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "µs/meas",
-        "CPU server",
-        "load",
-        "other",
-        "sent",
-        "committed",
-        "checks",
-    )
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """A table with ``columns``: the first (the phase) left-aligned, the numbers right."""
+    table = Table(title=title)
     for col in columns:
         phase = col == "phase"
         table.add_column(col, justify="left" if phase else "right", no_wrap=phase)
+    return table
+
+
+def _rates(phase: dict[str, Any], percentiles: tuple[str, ...]) -> list[str]:
+    """The first cells of a phase's row: its name, measurements/s, batches/s and the
+    latency ``percentiles`` [ms]."""
+    lat = phase["latency_ms"]
+    return [
+        escape(phase["name"]),
+        _fmt(phase["throughput_mps"]),
+        _fmt(phase["batches_per_s"], 1),
+        *(_fmt(lat.get(p), 1) for p in percentiles),
+    ]
+
+
+def _checks(phase: dict[str, Any]) -> str:
+    return "[green]ok[/]" if phase["integrity"]["ok"] else "[bold red]FAILED[/]"
+
+
+def _print_integrity(console: Console, result: dict[str, Any], ok_text: str) -> None:
+    """``ok_text`` if the run lost nothing, else the error and each phase's first problems."""
+    if result["integrity_ok"]:
+        console.print(f"[green]{ok_text}[/]")
+        return
+    console.print(f"[bold red]INTEGRITY FAILURE: {escape(result['error'])}[/]")
     for ph in result["phases"]:
-        lat = ph["latency_ms"]
+        for problem in ph["integrity"].get("problems", [])[:10]:
+            console.print(f"[red]  {escape(ph['name'])}: {escape(problem)}[/]")
+
+
+def print_report(result: dict[str, Any], console: Console | None = None) -> None:
+    console = _console(console)
+    p = result["parameters"]
+    console.print(
+        _header("gridfort bench ingest", result, "", f"{p['load_procs']} load process(es)")
+    )
+    table = _table(
+        "ingest over gRPC + mutual TLS on loopback",
+        (
+            "phase",
+            "measurements/s",
+            "batches/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "µs/meas",
+            "CPU server",
+            "load",
+            "other",
+            "sent",
+            "committed",
+            "checks",
+        ),
+    )
+    for ph in result["phases"]:
         table.add_row(
-            escape(ph["name"]),
-            _fmt(ph["throughput_mps"]),
-            _fmt(ph["batches_per_s"], 1),
-            _fmt(lat.get("p50"), 1),
-            _fmt(lat.get("p95"), 1),
-            _fmt(lat.get("p99"), 1),
+            *_rates(ph, ("p50", "p95", "p99")),
             f"{ph['server_cpu_us_per_measurement']:.2f}",
             f"{ph['server_cpu_cores']:.2f}",
             f"{ph['generator_cpu_cores']:.2f}",
             _fmt(ph["other_cpu_cores"], 2),
             f"{ph['batches_sent']:,}",
             f"{ph['batches_committed']:,}",
-            "[green]ok[/]" if ph["integrity"]["ok"] else "[bold red]FAILED[/]",
+            _checks(ph),
         )
     console.print(table)
     by_cpu = result["ratio_full_over_baseline_by_cpu"]
@@ -94,60 +137,42 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
             f"phase(s) {', '.join(result['contended_phases'])} ('other'): their throughput is "
             "a lower bound; 'µs/meas' (server CPU per measurement) is the contention-robust cost[/]"
         )
-    if result["integrity_ok"]:
-        console.print(
-            "[green]integrity: every batch sent got one COMMITTED receipt; "
-            "store counts match exactly[/]"
-        )
-    else:
-        console.print(f"[bold red]INTEGRITY FAILURE: {escape(result['error'])}[/]")
-        for ph in result["phases"]:
-            for problem in ph["integrity"].get("problems", [])[:10]:
-                console.print(f"[red]  {escape(ph['name'])}: {escape(problem)}[/]")
+    _print_integrity(
+        console,
+        result,
+        "integrity: every batch sent got one COMMITTED receipt; store counts match exactly",
+    )
 
 
 def print_nats_report(result: dict[str, Any], console: Console | None = None) -> None:
     """The table of ``gridfort bench ingest --transport nats``."""
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=WIDTH)
-    m, p = result["machine"], result["parameters"]
-    console.print(
-        f"[bold]gridfort bench ingest --transport nats[/]  {m['cpu_count']} CPU, Python "
-        f"{m['python']}, {m['platform']}, load average {m['load_average_at_start']}, "
-        f"fsync {m['fsync_4k_median_ms']} ms\n"
-        f"{p['sites']} enrolled edges x window {p['window']} batches, {p['batch_size']} "
-        f"measurements/batch, {p['partitions']} partitions, {p['seconds']} s per phase "
-        f"(+{p['warmup_s']} s warm-up), durability {p['durability']}"
+    console = _console(console)
+    p = result["parameters"]
+    title = "gridfort bench ingest --transport nats"
+    load = f"{p['partitions']} partitions, "
+    console.print(_header(title, result, load, f"durability {p['durability']}"))
+    table = _table(
+        "ingest over NATS JetStream + mutual TLS on loopback",
+        (
+            "phase",
+            "measurements/s",
+            "batches/s",
+            "p50 ms",
+            "p99 ms",
+            "µs/meas workers",
+            "CPU workers",
+            "nats-server",
+            "load",
+            "other",
+            "sent",
+            "done",
+            "checks",
+        ),
     )
-    table = Table(title="ingest over NATS JetStream + mutual TLS on loopback")
-    columns = (
-        "phase",
-        "measurements/s",
-        "batches/s",
-        "p50 ms",
-        "p99 ms",
-        "µs/meas workers",
-        "CPU workers",
-        "nats-server",
-        "load",
-        "other",
-        "sent",
-        "done",
-        "checks",
-    )
-    for col in columns:
-        phase = col == "phase"
-        table.add_column(col, justify="left" if phase else "right", no_wrap=phase)
     for ph in result["phases"]:
-        lat, cores = ph["latency_ms"], ph["cpu_cores"]
+        cores = ph["cpu_cores"]
         table.add_row(
-            escape(ph["name"]),
-            _fmt(ph["throughput_mps"]),
-            _fmt(ph["batches_per_s"], 1),
-            _fmt(lat.get("p50"), 1),
-            _fmt(lat.get("p99"), 1),
+            *_rates(ph, ("p50", "p99")),
             _fmt(ph["worker_cpu_us_per_measurement"], 2),
             _fmt(cores.get("workers", cores.get("raw_consumers")), 2),
             _fmt(cores.get("nats_server"), 2),
@@ -155,7 +180,7 @@ def print_nats_report(result: dict[str, Any], console: Console | None = None) ->
             _fmt(cores.get("other"), 2),
             f"{ph['batches_sent']:,}",
             f"{ph['batches_done']:,}",
-            "[green]ok[/]" if ph["integrity"]["ok"] else "[bold red]FAILED[/]",
+            _checks(ph),
         )
     console.print(table)
     for w, row in result["by_workers"].items():
@@ -178,13 +203,9 @@ def print_nats_report(result: dict[str, Any], console: Console | None = None) ->
         f"target >= {thr['target']:,} measurements/s, every stage on ({thr['durability']}): "
         f"{_fmt(thr['measured'])} with {thr['workers']} worker(s) -> {_verdict(thr['met'])}"
     )
-    if result["integrity_ok"]:
-        console.print(
-            "[green]integrity: every batch got one COMMITTED receipt, store counts and "
-            "sequences match exactly, the stream is empty after each phase[/]"
-        )
-    else:
-        console.print(f"[bold red]INTEGRITY FAILURE: {escape(result['error'])}[/]")
-        for ph in result["phases"]:
-            for problem in ph["integrity"].get("problems", [])[:10]:
-                console.print(f"[red]  {escape(ph['name'])}: {escape(problem)}[/]")
+    _print_integrity(
+        console,
+        result,
+        "integrity: every batch got one COMMITTED receipt, store counts and "
+        "sequences match exactly, the stream is empty after each phase",
+    )
