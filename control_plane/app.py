@@ -34,6 +34,8 @@ from control_plane.config import ControlPlaneConfig
 from control_plane.gate.gate import FdiGate
 from control_plane.gate.state_file import load_levels, save_levels
 from control_plane.ingest.pipeline import IngestPipeline
+from control_plane.store.commit_ledger import CommitLedger
+from control_plane.store.follower import StoreFollower
 from control_plane.store.telemetry_store import TelemetryStore
 from control_plane.tls_identity import ServerIdentity, control_plane_dns_name
 from control_plane.transports.grpc_server import (
@@ -319,6 +321,20 @@ class ControlPlane:
                     identity=str(self.spiffe_id),
                 ),
             )
+        # With NATS, ingest workers in other processes commit batches too: fleet state
+        # (and the PV history) follow the shared store; the ledger keeps the batches this
+        # process committed (and applied) from being applied twice.
+        self.follower: StoreFollower | None = None
+        if config.nats_port is not None or config.nats_servers:
+            self.pipeline.commit_ledger = CommitLedger()
+            self.follower = StoreFollower(
+                self.store,
+                self.pipeline.state,
+                ledger=self.pipeline.commit_ledger,
+                interval_s=config.nats_follow_interval_s,
+            )
+            if self.history is not None:
+                self.follower.add_observer(self.history.observe)
         dns = (control_plane_dns_name(config.trust_domain), "localhost", *config.extra_dns_names)
         self.server_identity = ServerIdentity(
             self.ca, self.spiffe_id, clock_, dns_names=dns, ttl_s=config.workload_ttl_s
@@ -369,6 +385,7 @@ class ControlPlane:
                         clock=clock_,
                         planning=self.planning,
                         weather=None if self.weather is None else self.submit_weather,
+                        follower=self.follower,
                     )
                 ),
             )
@@ -476,6 +493,8 @@ class ControlPlane:
             await self._start_nats(self.config.nats_port)
         elif self.config.nats_servers:
             await self._connect_nats(self.config.nats_servers)
+        if self.follower is not None:  # NATS ingest: follow the workers' commits
+            await self.follower.start()
         if self.planning is not None:
             self._planning_task = asyncio.ensure_future(self.planning.run())
         self._gate_saver = asyncio.ensure_future(self._save_gate_state_every(GATE_SAVE_S))
@@ -645,6 +664,8 @@ class ControlPlane:
         await reap(self._pv_train_task)
         await self.save_gate_state()
         await reap(self._nats_sync)
+        if self.follower is not None:
+            await self.follower.stop()
         if self.nats_ingest is not None:
             await self.nats_ingest.stop()
         if self.nats is not None:

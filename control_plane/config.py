@@ -43,6 +43,9 @@ class ControlPlaneConfig:
     # `gridfort nats config`) instead of the embedded one; exclusive with nats_port.
     nats_servers: tuple[str, ...] = field(default=())
     nats_stream_replicas: int = 1  # replicas of the telemetry stream on nats_servers
+    # With NATS ingest: how often fleet state reads back the batches other processes
+    # (ingest workers) committed to the shared store [s] (control_plane/store/follower.py)
+    nats_follow_interval_s: float = 1.0
     extra_dns_names: tuple[str, ...] = field(default=())
     # Grids whose substation telemetry the FDI gate judges with the shipped deep model
     # (detection.grid.GRID_NAMES). Grid points of any other grid are quarantined.
@@ -90,6 +93,8 @@ class ControlPlaneConfig:
             raise ConfigError("nats_cluster_size: must be 1 (one server) or 3, 5 or 7 nodes")
         if not 1 <= self.nats_partitions <= 1024:
             raise ConfigError("nats_partitions: must be between 1 and 1024")
+        if not 0.05 <= self.nats_follow_interval_s <= 60:
+            raise ConfigError("nats_follow_interval_s: must be between 0.05 and 60 s")
         unknown_grids = sorted(set(self.gate_grids) - set(GRID_NAMES))
         if unknown_grids:
             raise ConfigError(

@@ -2,7 +2,10 @@
 
 Written only by the ingest pipeline, only from a :class:`GatedBatch` (the gate's
 output type), and only after the batch is durable: a measurement that the
-false-data-injection gate (or validation) quarantined never reaches it. The
+false-data-injection gate (or validation) quarantined never reaches it. Where
+ingest workers commit batches in other processes, the store follower
+(:mod:`control_plane.store.follower`) applies their rows too, as
+:class:`StoredGatedRows` read back from the store (the same gated rows). The
 optimizer, the market gateway and dispatch read fleet state through
 :class:`GatedStateView`, which this class implements; nothing else writes it.
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from control_plane.ingest.types import GatedBatch
+from control_plane.ingest.types import GatedRows
 
 #: How long an asset stays suspect after the gate quarantined one of its measurements [ms].
 DEFAULT_SUSPECT_HOLD_MS = 15 * 60_000
@@ -44,7 +47,8 @@ class GatedStateView(Protocol):
 
 
 class FleetState:
-    """The one implementation of :class:`GatedStateView` (written by the ingest pipeline)."""
+    """The one implementation of :class:`GatedStateView` (written by the ingest pipeline
+    and the store follower)."""
 
     def __init__(self, suspect_hold_ms: int = DEFAULT_SUSPECT_HOLD_MS) -> None:
         if suspect_hold_ms < 0:
@@ -53,10 +57,11 @@ class FleetState:
         self._latest: dict[tuple[str, int], GatedValue] = {}
         self._last_gate_quarantine_ms: dict[str, int] = {}
 
-    def apply(self, batch: GatedBatch) -> None:
+    def apply(self, batch: GatedRows) -> None:
         """Record a committed batch's accepted rows; an older sample never overwrites a newer one.
 
         The gate's quarantined measurements mark their asset suspect (by sample time).
+        Idempotent: applying the same rows again changes nothing.
         """
         latest = self._latest
         for asset_id, quantity, ts_ms, value in batch.accepted:

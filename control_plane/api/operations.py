@@ -88,6 +88,7 @@ class ApiSources:
     clock: Clock
     planning: Planning | None = None  # the planning cycle, when configured
     weather: WeatherSubmit | None = None  # the live PV model's weather feed, when configured
+    follower: HasStatus | None = None  # the store follower, with NATS ingest (workers)
 
 
 def jsonable(value: Any) -> Any:
@@ -214,6 +215,7 @@ class ApiOperations:
         latency = list(gate.latency_ms)
         connected = self._connected()
         t = self._s.transports
+        follower = self._s.follower
         return jsonable(  # type: ignore[no-any-return]
             {
                 "control_plane": self._s.control_plane_id,
@@ -244,7 +246,8 @@ class ApiOperations:
                         "bootstrap_port": t.bootstrap_port,
                         "open_streams": sum(len(v) for v in connected.values()),
                     },
-                    "nats": {"enabled": t.nats_url is not None, "url": t.nats_url},
+                    "nats": {"enabled": t.nats_url is not None, "url": t.nats_url}
+                    | ({} if follower is None else {"follower": follower.status()}),
                     "rest": {"port": rest_port},
                 },
                 "sites_connected": [

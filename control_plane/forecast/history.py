@@ -3,9 +3,10 @@ forecast reads.
 
 Fed only from committed :class:`~control_plane.ingest.types.GatedBatch` es (the ingest
 pipeline calls :meth:`GatedHistory.observe` right after it applies a batch to fleet
-state): only the gate's ``accepted`` rows of :data:`ACTIVE_POWER` [kW, positive =
-generation/export] enter, so a quarantined (possibly falsified) measurement never shapes a
-forecast.
+state) and, next to NATS ingest workers, from the same gated rows read back from the store
+(:class:`~control_plane.ingest.types.StoredGatedRows`, fed by the store follower): only
+the gate's ``accepted`` rows of :data:`ACTIVE_POWER` [kW, positive = generation/export]
+enter, so a quarantined (possibly falsified) measurement never shapes a forecast.
 
 Hot path. ``observe`` runs for every ingested batch, on the event loop. It only adds each
 sample to a ``[sum_kw, count]`` cell of its (quarter-hour, asset) in memory: no I/O, no
@@ -45,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from control_plane.ingest.types import GatedBatch
+from control_plane.ingest.types import GatedBatch, GatedRows
 from gridfort.v1 import telemetry_pb2 as tpb
 
 FloatArray = NDArray[np.float64]
@@ -110,8 +111,11 @@ class GatedHistory:
         self.dropped_expired = 0
 
     # -- hot path (event loop) ----------------------------------------------------------
-    def observe(self, batch: GatedBatch) -> None:
-        """Add the batch's accepted active-power samples to their quarter-hour cells."""
+    def observe(self, batch: GatedRows) -> None:
+        """Add the batch's accepted active-power samples to their quarter-hour cells.
+
+        Not idempotent (samples are summed): feed each committed row once (the store
+        follower skips the batches this process's own pipeline committed)."""
         open_ = self._open
         qh_of_cells = -1
         cells: dict[str, list[float]] = {}

@@ -25,6 +25,7 @@ from control_plane.ingest.stages.validate import ValidationPolicy, validate
 from control_plane.ingest.stages.verify import verify
 from control_plane.ingest.types import Duplicate, GatedBatch, Peer
 from control_plane.state import FleetState
+from control_plane.store.commit_ledger import CommitLedger
 from control_plane.store.telemetry_store import CommitOutcome, CommitRequest, TelemetryStore
 from gridfort.v1 import edge_link_pb2 as lpb
 from gridfort.v1 import envelope_pb2 as epb
@@ -91,6 +92,9 @@ class IngestPipeline:
         self.stats = IngestStats()
         self._refusal_audit = ThrottledAudit(audit, clock)
         self.state = FleetState()
+        # set by the composition root when a store follower also applies the store's rows
+        # to ``state``: the batches committed here, which the follower must not apply again
+        self.commit_ledger: CommitLedger | None = None
         self.registry_snapshot: RegistrySnapshot = registry.snapshot()
         self.revocation_snapshot: RevocationSnapshot = revocations.snapshot()
         self._enrolled_index: dict[str, int] = {}
@@ -220,8 +224,12 @@ class IngestPipeline:
             quarantined=v.quarantined,
         )
         self.guard.reserve(site, seq, digest)
+        ledger = self.commit_ledger
+        if ledger is not None:
+            ledger.begin(site, seq)
         task = asyncio.ensure_future(self._store.commit(request))
         self._in_flight[(site, seq)] = task
+        outcome: CommitOutcome | None = None
         try:
             outcome = await task
         except Exception as e:  # the store failed: the edge must retry, nothing is acked
@@ -233,6 +241,8 @@ class IngestPipeline:
             return self._refused(refusal, env, site, seq)
         finally:
             self._in_flight.pop((site, seq), None)
+            if ledger is not None:  # applied below, or another process's rows (duplicate)
+                ledger.settle(site, seq, committed=outcome is CommitOutcome.COMMITTED)
         self.guard.commit(site, seq)
         if outcome is CommitOutcome.COMMITTED:
             self.state.apply(v)

@@ -142,3 +142,40 @@ class GatedBatch:
     def gate_quarantined(self) -> list[QuarantinedMeasurement]:
         """Only the measurements the gate (not validation) rejected."""
         return [q for q in self.quarantined if q.evidence is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredGatedRows:
+    """Gated rows read back from the telemetry store, committed there by another process.
+
+    The sibling of :class:`GatedBatch` for a process that did not run the gate itself (the
+    planning control plane next to NATS ingest workers): the same ``accepted`` and
+    ``quarantined`` lists, without the envelope they came in. Only
+    :meth:`from_store` makes one, and only :mod:`control_plane.store.follower` calls it,
+    with rows it read (read-only) from the store's ``measurements`` and ``quarantine``
+    tables. That is legitimate because the store holds nothing else: the pipeline writes
+    a batch only after authentication, verification, authorization, validation and the
+    gate, ``measurements`` gets exactly a :class:`GatedBatch`'s ``accepted`` rows and
+    ``quarantine`` its ``quarantined`` ones (the gate's with their evidence). The rows may
+    come from several batches of several sites.
+    """
+
+    accepted: list[MeasurementRow]
+    quarantined: list[QuarantinedMeasurement]
+
+    @classmethod
+    def from_store(
+        cls, accepted: list[MeasurementRow], quarantined: list[QuarantinedMeasurement]
+    ) -> StoredGatedRows:
+        """Rows the gate and validation already judged, as committed in the store (see above)."""
+        return cls(accepted, quarantined)
+
+    @property
+    def gate_quarantined(self) -> list[QuarantinedMeasurement]:
+        """Only the measurements the gate (not validation) rejected: those with evidence."""
+        return [q for q in self.quarantined if q.evidence is not None]
+
+
+#: What fleet state and commit observers accept: the gate's output, or the same rows read
+#: back from the store (both only ever hold gated rows).
+GatedRows = GatedBatch | StoredGatedRows

@@ -85,6 +85,23 @@ class CommitRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreTail:
+    """Rows committed after two rowids, read in one snapshot (:meth:`TelemetryStore.tail`).
+
+    ``measurements``: ``(rowid, site_id, seq, asset_id, quantity, ts_ms, value)``;
+    ``quarantine``: ``(rowid, site_id, seq, idx, asset_id, quantity, ts_ms, value, reason,
+    evidence)`` (``value`` None for NaN, ``evidence`` the gate's JSON or None), both as
+    SQLite returned them (the reader checks them), ascending by rowid. ``end_*``: the
+    highest rowid of each table in the same snapshot (0 when empty).
+    """
+
+    measurements: list[tuple[object, ...]]
+    quarantine: list[tuple[object, ...]]
+    end_measurements: int
+    end_quarantine: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoreCounts:
     batches: int
     measurements: int
@@ -153,6 +170,35 @@ class TelemetryStore:
                 "SELECT seq FROM batches WHERE site_id = ? ORDER BY seq", (site_id,)
             )
             return [int(r[0]) for r in rows]
+
+    def tail(self, after_measurements: int, after_quarantine: int, limit: int) -> StoreTail:
+        """At most ``limit`` rows of each table with a rowid above the given one, and the
+        tables' end rowids, in one read transaction (it sees other processes' commits).
+
+        Rowids grow with every commit (writers are serialized, rows are never deleted), so
+        tailing by rowid sees every committed row once. A blocking read: call it from a
+        worker thread (the store follower does)."""
+        with self._read_lock:
+            conn = self._reader
+            conn.execute("BEGIN")
+            try:
+                measurements = conn.execute(
+                    "SELECT rowid, site_id, seq, asset_id, quantity, ts_ms, value"
+                    " FROM measurements WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (after_measurements, limit),
+                ).fetchall()
+                quarantine = conn.execute(
+                    "SELECT rowid, site_id, seq, idx, asset_id, quantity, ts_ms, value, reason,"
+                    " evidence FROM quarantine WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (after_quarantine, limit),
+                ).fetchall()
+                end_m = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM measurements")
+                end_q = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM quarantine")
+                ends = (int(end_m.fetchone()[0]), int(end_q.fetchone()[0]))
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        return StoreTail(measurements, quarantine, *ends)
 
     # -- writes ------------------------------------------------------------
     async def commit(self, request: CommitRequest) -> CommitOutcome:

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 
 from control_plane.config import ControlPlaneConfig
 from control_plane.embedded import EmbeddedSystem
+from control_plane.forecast.history import ACTIVE_POWER
 from control_plane.transports.nats_config import STREAM_NAME, WORKERS_PREFIX, partition_consumer
 from control_plane.transports.nats_server import die_with_parent
 from control_plane.transports.nats_worker import IngestWorker
@@ -180,6 +181,40 @@ async def test_workers_share_partitions_and_a_killed_worker_loses_nothing(
             if w.proc.returncode is None:
                 await w.kill(signal.SIGKILL)
         await observer.close()
+
+
+async def test_sites_a_worker_ingests_reach_the_control_planes_fleet_state(
+    workers_system: EmbeddedSystem, modbus: int, tmp_path: Path
+) -> None:
+    """The control plane consumes nothing (``nats_consume=False``): every batch is gated and
+    committed by the worker process, and the control plane's fleet state (what planning,
+    the market gateway and plan-vs-actual read) follows the shared store. After a restart
+    it holds the latest values again at once (the follower's replay)."""
+    system = workers_system
+    cp = system.control_plane
+    assert cp.follower is not None and cp.pipeline.commit_ledger is not None
+    nodes = await start_sites(system, tmp_path, modbus)
+    worker = await Worker.spawn(system.state_dir, "worker-f", tmp_path)
+    pv = [f"{site}-pv" for site in SITES]
+    try:
+        await wait_until(
+            lambda: all(cp.pipeline.state.get(a, ACTIVE_POWER) is not None for a in pv), 60.0
+        )
+        assert cp.pipeline.stats.batches_committed == 0  # all of it came from the worker
+        assert cp.api is not None  # operators see the follower's progress in /v1/status
+        nats = cp.api.operations.status(0)["transports"]["nats"]
+        assert nats["follower"]["measurements_applied"] >= len(pv)
+        assert nats["follower"]["read_errors"] == 0 and nats["follower"]["started"] is True
+        seen = {a: cp.pipeline.state.get(a, ACTIVE_POWER) for a in pv}
+        restarted = await system.restart()  # a new, empty fleet state, filled by the replay
+        for a in pv:
+            now, before = restarted.pipeline.state.get(a, ACTIVE_POWER), seen[a]
+            assert now is not None and before is not None and now.ts_ms >= before.ts_ms
+    finally:
+        for node in nodes:
+            await node.stop()
+        if worker.proc.returncode is None:
+            await worker.kill(signal.SIGKILL)
 
 
 async def stream_empty(js: object) -> bool:
