@@ -15,11 +15,12 @@ import logging
 import queue
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from control_plane.ingest.types import GatedBatch
+from control_plane.ingest.types import GatedBatch, QuarantinedMeasurement
 from security import sqlite_db
 from security.audit_log import AuditLog
 from security.clock import Clock
@@ -139,11 +140,20 @@ class AlertBook:
 
     def raise_from(self, gated: GatedBatch) -> None:
         """Open or extend one alert per detector that flagged something in ``gated``."""
-        site = gated.verified.batch.site_id
+        self.raise_for_site(gated.verified.batch.site_id, gated.gate_quarantined)
+
+    def raise_for_site(self, site: str, quarantined: Sequence[QuarantinedMeasurement]) -> None:
+        """Open or extend one alert per detector among the gate's verdicts ``quarantined``
+        on ``site``'s measurements (rows without evidence, validation's refusals, are
+        ignored). Used by :meth:`raise_from` and, for the batches ingest workers commit in
+        other processes, by the store follower."""
         by_detector: dict[str, list[Any]] = {}
-        for q in gated.gate_quarantined:
-            assert q.evidence is not None
+        for q in quarantined:
+            if q.evidence is None:
+                continue
             by_detector.setdefault(q.evidence.detector, []).append(q)
+        if not by_detector:
+            return
         now = self._clock.now_ms()
         flagged = []
         for detector, qs in by_detector.items():

@@ -335,6 +335,8 @@ class ControlPlane:
             )
             if self.history is not None:
                 self.follower.add_observer(self.history.observe)
+            # a worker has no alert book: the gate's verdicts in its commits alert here
+            self.follower.add_gate_observer(self.alerts.raise_for_site)
         dns = (control_plane_dns_name(config.trust_domain), "localhost", *config.extra_dns_names)
         self.server_identity = ServerIdentity(
             self.ca, self.spiffe_id, clock_, dns_names=dns, ttl_s=config.workload_ttl_s

@@ -8,7 +8,9 @@ gate's evidence for the FDI gate's verdicts) tables by rowid, every ``interval_s
 applies the rows to this process's :class:`~control_plane.state.FleetState` exactly as
 the pipeline does (accepted values, an older sample never overwriting a newer one; only
 the gate's quarantines mark an asset suspect), then to the same commit observers (the PV
-history). Rows reach it as :class:`~control_plane.ingest.types.StoredGatedRows`: read only,
+history), and hands the gate's verdicts, per site, to the gate observers (the alert book:
+a worker raises no alerts itself, so the SOC sees its sites' FDI alerts from here).
+Rows reach it as :class:`~control_plane.ingest.types.StoredGatedRows`: read only,
 from a store that holds nothing but gated rows.
 
 Own commits. The rows this process's pipeline committed were applied already; the
@@ -56,6 +58,9 @@ from security.refusals import Reason
 from security.tasks import reap
 
 log = logging.getLogger(__name__)
+
+#: Called with a site and the FDI gate's verdicts on its measurements (the alert book).
+GateObserver = Callable[[str, list[QuarantinedMeasurement]], object]
 
 DEFAULT_INTERVAL_S = 1.0
 #: Rows read per table and chunk.
@@ -214,6 +219,7 @@ class StoreFollower:
         self.max_chunks = max_chunks
         self.replay_rows = replay_rows
         self._observers: list[Callable[[GatedRows], object]] = []
+        self._gate_observers: list[GateObserver] = []
         # next rows to read are above these rowids; None until the start read succeeded
         self._after_m: int | None = None
         self._after_q = 0
@@ -229,6 +235,13 @@ class StoreFollower:
         """Call ``observer`` with the rows of other processes' commits, right after fleet
         state applied them (on the event loop; like the pipeline's commit observers)."""
         self._observers.append(observer)
+
+    def add_gate_observer(self, observer: GateObserver) -> None:
+        """Call ``observer(site_id, verdicts)`` with the FDI gate's verdicts (quarantine rows
+        with evidence) in other processes' commits, per site, after fleet state applied
+        them (the alert book: a worker raises no alerts itself). Not for the rows replayed
+        at start: the run before raised those."""
+        self._gate_observers.append(observer)
 
     @property
     def started(self) -> bool:
@@ -366,6 +379,7 @@ class StoreFollower:
             else:
                 accepted.append(row)
         quarantined: list[QuarantinedMeasurement] = []
+        verdicts: dict[str, list[QuarantinedMeasurement]] = {}
         after_q = self._after_q
         for rowid, (site, seq), q, problem in tail.quarantine:
             if ledger is not None and ledger.is_pending(site, seq):
@@ -379,6 +393,8 @@ class StoreFollower:
                 self._malformed("quarantine", rowid, problem)
             if q is not None:
                 quarantined.append(q)
+                if q.evidence is not None:
+                    verdicts.setdefault(str(site), []).append(q)
         self._after_m, self._after_q = after_m, after_q
         self._end_m, self._end_q = tail.end_measurements, tail.end_quarantine
         if accepted or quarantined:
@@ -391,6 +407,12 @@ class StoreFollower:
                     observe(rows)
                 except Exception:  # an observer must never stop the follower
                     log.exception("store follower: a commit observer failed")
+        for site, qs in verdicts.items():
+            for raise_alert in self._gate_observers:
+                try:
+                    raise_alert(site, qs)
+                except Exception:  # an observer must never stop the follower
+                    log.exception("store follower: a gate observer failed")
         if stopped:
             return None
         return after_m >= tail.end_measurements and after_q >= tail.end_quarantine

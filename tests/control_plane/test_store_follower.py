@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from control_plane.alerts import AlertBook
 from control_plane.assets.model import Asset, AssetKind
 from control_plane.assets.registry import AssetRegistry
 from control_plane.config import ControlPlaneConfig
@@ -350,3 +351,48 @@ async def test_own_batches_are_forgotten_once_read_past_even_behind_a_pending_on
     assert follower.lag_rows == (0, 0) and follower.stats.rows_skipped_own == 2
     assert ledger.own_count == 0  # both read past: forgotten
     assert state.get("b1", SOC) is None  # own rows are the pipeline's to apply, not ours
+
+
+async def test_the_gates_verdicts_in_a_workers_commits_raise_alerts_here(
+    stores: Processes, tmp_path: Path
+) -> None:
+    """A worker has no alert book: the SOC sees its sites' FDI verdicts through the
+    control plane's follower, once per verdict, never for its own or replayed rows."""
+    await stores.worker.commit(request(1, [], [gate_verdict("b0", T0 - 5000)], site="s0"))
+    alerts = AlertBook(tmp_path / "alerts.db", SystemClock())
+    ledger = CommitLedger()
+    follower = StoreFollower(stores.here, FleetState(), ledger=ledger)
+    follower.add_gate_observer(alerts.raise_for_site)
+    await follower.poll()  # start: the verdict committed before is replayed, not alerted
+    assert alerts.list() == []
+    await stores.worker.commit(
+        request(2, [("b1", SOC, T0, 55.0)], [gate_verdict("b2", T0), validation_refusal("b3", T0)])
+    )
+    ledger.begin("s2", 1)  # this process's own batch: its pipeline alerted already
+    await stores.here.commit(request(1, [], [gate_verdict("b9", T0)], site="s2"))
+    ledger.settle("s2", 1, committed=True)
+    await follower.poll()
+    raised = alerts.list()
+    assert [(a.site_id, a.detector, a.assets) for a in raised] == [
+        ("s1", "temporal:soc_balance", ("b2",))
+    ]
+    await follower.poll()  # nothing new: no second alert, the episode unchanged
+    assert [a.alert_id for a in alerts.list()] == [raised[0].alert_id]
+    alerts.close()
+
+
+async def test_a_failing_gate_observer_does_not_stop_the_follower(stores: Processes) -> None:
+    state = FleetState()
+    follower = StoreFollower(stores.here, state)
+
+    def broken(site: str, verdicts: list[QuarantinedMeasurement]) -> None:
+        raise RuntimeError("alert store down")
+
+    follower.add_gate_observer(broken)
+    await follower.poll()
+    await stores.worker.commit(request(1, [("b1", SOC, T0, 55.0)], [gate_verdict("b2", T0)]))
+    await follower.poll()
+    assert value(state, "b1", SOC) == 55.0 and state.is_suspect("b2", T0 + 1000)
+    await stores.worker.commit(request(2, [("b1", SOC, T0 + 1000, 56.0)]))
+    await follower.poll()
+    assert value(state, "b1", SOC) == 56.0
