@@ -25,7 +25,11 @@ of waiting for fresh telemetry. The replay is bounded by rows (rowid ranges: an 
 read), not by time: an asset that reported only before the window stays unknown until its
 next measurement.
 
-Reads run in a worker thread in chunks of ``chunk_rows`` per table, up to
+Without commit observers (no PV history), fleet state needs only the newest sample per
+(asset, quantity) and applying a row twice changes nothing: the new measurement rows are
+then grouped in SQLite and only one row per asset is applied (:meth:`_poll_grouped`,
+about 6x cheaper per row). With observers, rows are followed one by one:
+reads run in a worker thread in chunks of ``chunk_rows`` per table, up to
 ``max_chunks`` per interval; rows are decoded there and applied on the event loop. A read
 error is logged and retried at the next interval; a malformed row is skipped, counted by
 reason and logged. :meth:`StoreFollower.status` reports progress and lag (rows behind the
@@ -67,6 +71,8 @@ DEFAULT_INTERVAL_S = 1.0
 DEFAULT_CHUNK_ROWS = 10_000
 #: Chunks read per interval at most (a follower behind catches up over several intervals).
 DEFAULT_MAX_CHUNKS = 20
+#: Measurement rows grouped per poll at most when no commit observer needs every row.
+DEFAULT_MAX_GROUPED_ROWS = 2_000_000
 #: Newest rows of each table replayed into fleet state at start.
 DEFAULT_REPLAY_ROWS = 200_000
 #: Placeholder evidence for a gate verdict whose stored evidence cannot be parsed: the
@@ -188,6 +194,7 @@ class FollowerStats:
     quarantine_applied: int = 0
     rows_replayed: int = 0
     rows_skipped_own: int = 0
+    measurement_rows_grouped: int = 0
     read_errors: int = 0
     last_error: str = ""
     malformed: Counter[str] = field(default_factory=Counter)
@@ -277,6 +284,9 @@ class StoreFollower:
         if self._after_m is None:
             await self._replay()
             return
+        if not self._observers:
+            await self._poll_grouped()
+            return
         checkpoint = None if self.ledger is None else self.ledger.checkpoint()
         before = (self.stats.measurements_applied, self.stats.quarantine_applied)
         self.stats.polls += 1
@@ -300,17 +310,65 @@ class StoreFollower:
                 self.lag_rows,
             )
 
+    async def _poll_grouped(self) -> None:
+        """One interval without commit observers: fleet state needs only the newest sample
+        per (asset, quantity), and applying a row twice changes nothing, so the new
+        measurement rows (own ones included) are grouped in SQLite and only the result is
+        applied; quarantine rows (the gate's verdicts: suspect marks, alerts) are followed
+        row by row as in :meth:`poll`. Costs per asset instead of per row: what lets the
+        control plane follow workers that commit hundreds of thousands of rows/s."""
+        assert self._after_m is not None
+        checkpoint = None if self.ledger is None else self.ledger.checkpoint()
+        self.stats.polls += 1
+        after_m = self._after_m
+        try:
+            ends, latest = await asyncio.to_thread(
+                self._read_grouped, after_m, self._after_q, self.chunk_rows
+            )
+        except Exception as e:  # sqlite3.Error, OSError, a closed store: retry next interval
+            self._read_failed(e)
+            return
+        upto = min(ends.end_measurements, after_m + DEFAULT_MAX_GROUPED_ROWS)
+        good: list[MeasurementRow] = []
+        for row in latest:
+            decoded = decode_measurement((0, "", 0, *row))
+            if isinstance(decoded, str):
+                self._malformed("measurements", 0, decoded)
+            else:
+                good.append(decoded)
+        if good:
+            self._state.apply(StoredGatedRows.from_store(good, []))
+            self.stats.measurements_applied += len(good)
+        self.stats.measurement_rows_grouped += upto - after_m
+        if checkpoint is not None:
+            self._marks.append((checkpoint, ends.end_measurements, ends.end_quarantine))
+        self._after_m = upto
+        self._take(ends)  # the quarantine rows (``ends`` holds no measurement rows)
+        self._after_m = upto  # _take keeps it; restated: the grouped rows are applied
+        self._forget_passed()
+
+    def _read_grouped(
+        self, after_m: int, after_q: int, limit: int
+    ) -> tuple[DecodedTail, list[tuple[object, ...]]]:
+        tail = decode_tail(self._store.tail(after_m, after_q, limit, measurements=False))
+        upto = min(tail.end_measurements, after_m + DEFAULT_MAX_GROUPED_ROWS)
+        latest = self._store.latest_since(after_m, upto) if upto > after_m else []
+        return tail, latest
+
+    def _read_failed(self, e: Exception) -> None:
+        self.stats.read_errors += 1
+        self.stats.last_error = f"{type(e).__name__}: {e}"
+        log.warning(
+            "store follower: reading the telemetry store failed (%s); retrying in %.1f s",
+            self.stats.last_error,
+            self.interval_s,
+        )
+
     async def _read(self, after_m: int, after_q: int, limit: int) -> DecodedTail | None:
         try:
             return await asyncio.to_thread(self._read_decoded, after_m, after_q, limit)
         except Exception as e:  # sqlite3.Error, OSError, a closed store: retry next interval
-            self.stats.read_errors += 1
-            self.stats.last_error = f"{type(e).__name__}: {e}"
-            log.warning(
-                "store follower: reading the telemetry store failed (%s); retrying in %.1f s",
-                self.stats.last_error,
-                self.interval_s,
-            )
+            self._read_failed(e)
             return None
 
     def _read_decoded(self, after_m: int, after_q: int, limit: int) -> DecodedTail:
@@ -454,6 +512,7 @@ class StoreFollower:
             "quarantine_applied": s.quarantine_applied,
             "rows_replayed": s.rows_replayed,
             "rows_skipped_own": s.rows_skipped_own,
+            "measurement_rows_grouped": s.measurement_rows_grouped,
             "lag_rows": {"measurements": lag_m, "quarantine": lag_q},
             "malformed": dict(sorted(s.malformed.items())),
             "read_errors": s.read_errors,

@@ -171,21 +171,29 @@ class TelemetryStore:
             )
             return [int(r[0]) for r in rows]
 
-    def tail(self, after_measurements: int, after_quarantine: int, limit: int) -> StoreTail:
+    def tail(
+        self,
+        after_measurements: int,
+        after_quarantine: int,
+        limit: int,
+        *,
+        measurements: bool = True,
+    ) -> StoreTail:
         """At most ``limit`` rows of each table with a rowid above the given one, and the
         tables' end rowids, in one read transaction (it sees other processes' commits).
 
         Rowids grow with every commit (writers are serialized, rows are never deleted), so
-        tailing by rowid sees every committed row once. A blocking read: call it from a
-        worker thread (the store follower does)."""
+        tailing by rowid sees every committed row once. ``measurements`` False: no
+        measurement rows, only the ends (:meth:`latest_since` reads them grouped). A
+        blocking read: call it from a worker thread (the store follower does)."""
         with self._read_lock:
             conn = self._reader
             conn.execute("BEGIN")
             try:
-                measurements = conn.execute(
+                rows = conn.execute(
                     "SELECT rowid, site_id, seq, asset_id, quantity, ts_ms, value"
                     " FROM measurements WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                    (after_measurements, limit),
+                    (after_measurements, limit if measurements else 0),
                 ).fetchall()
                 quarantine = conn.execute(
                     "SELECT rowid, site_id, seq, idx, asset_id, quantity, ts_ms, value, reason,"
@@ -198,7 +206,20 @@ class TelemetryStore:
             finally:
                 if conn.in_transaction:
                     conn.execute("COMMIT")
-        return StoreTail(measurements, quarantine, *ends)
+        return StoreTail(rows, quarantine, *ends)
+
+    def latest_since(self, after: int, upto: int) -> list[tuple[object, ...]]:
+        """Per ``(asset_id, quantity)``, the newest sample among the measurements with a
+        rowid in ``(after, upto]``: ``(asset_id, quantity, ts_ms, value)`` rows as SQLite
+        returned them (the bare columns come from the row holding ``MAX(ts_ms)``). The
+        grouping runs in SQLite, so following fleet state costs per asset, not per row.
+        A blocking read: call it from a worker thread."""
+        with self._read_lock:
+            return self._reader.execute(
+                "SELECT asset_id, quantity, MAX(ts_ms), value FROM measurements"
+                " WHERE rowid > ? AND rowid <= ? GROUP BY asset_id, quantity",
+                (after, upto),
+            ).fetchall()
 
     # -- writes ------------------------------------------------------------
     async def commit(self, request: CommitRequest) -> CommitOutcome:

@@ -150,6 +150,7 @@ async def test_an_older_sample_never_overwrites_a_newer_one(stores: Processes) -
 async def test_rows_are_read_in_bounded_chunks_and_lag_is_reported(stores: Processes) -> None:
     state = FleetState()
     follower = StoreFollower(stores.here, state, chunk_rows=3, max_chunks=2)
+    follower.add_observer(Observed([]))  # an observer needs every row: row by row
     await follower.poll()
     await stores.worker.commit(request(1, [("b1", SOC, T0 + i, float(i)) for i in range(10)]))
     await follower.poll()  # 2 chunks of 3 rows: 4 behind
@@ -168,6 +169,7 @@ async def test_a_pending_own_commit_holds_the_follower_until_it_settles(
     state = FleetState()
     ledger = CommitLedger()
     follower = StoreFollower(stores.here, state, ledger=ledger)
+    follower.add_observer(Observed([]))  # an observer needs every row: row by row
     await follower.poll()
     ledger.begin("s1", 1)
     await stores.worker.commit(request(1, [("b1", SOC, T0, 40.0)]))
@@ -339,6 +341,7 @@ async def test_own_batches_are_forgotten_once_read_past_even_behind_a_pending_on
     state = FleetState()
     ledger = CommitLedger()
     follower = StoreFollower(stores.here, state, ledger=ledger)
+    follower.add_observer(Observed([]))  # an observer needs every row: row by row
     await follower.poll()
     for seq in (1, 2):  # this process commits (and applies) two batches
         ledger.begin("s1", seq)
@@ -396,3 +399,30 @@ async def test_a_failing_gate_observer_does_not_stop_the_follower(stores: Proces
     await stores.worker.commit(request(2, [("b1", SOC, T0 + 1000, 56.0)]))
     await follower.poll()
     assert value(state, "b1", SOC) == 56.0
+
+
+async def test_without_observers_new_rows_are_grouped_per_asset_in_sqlite(
+    stores: Processes,
+) -> None:
+    """No commit observer (no PV history): fleet state needs only the newest sample per
+    (asset, quantity); the follower groups the new rows in SQLite, own rows included
+    (applying them again changes nothing), and still follows the gate's verdicts."""
+    state = FleetState()
+    ledger = CommitLedger()
+    follower = StoreFollower(stores.here, state, ledger=ledger)
+    await follower.poll()
+    rows = [("b1", SOC, T0 + i * 1000, float(i)) for i in range(50)]
+    rows.insert(10, ("b1", SOC, T0 - 60_000, 1.0))  # an older sample arriving late
+    await stores.worker.commit(request(1, rows, [gate_verdict("b2", T0)]))
+    ledger.begin("s2", 1)  # this process's own batch (its pipeline applied it already)
+    await stores.here.commit(request(1, [("b3", SOC, T0, 70.0)], site="s2"))
+    ledger.settle("s2", 1, committed=True)
+    await follower.poll()
+    assert value(state, "b1", SOC) == 49.0 and value(state, "b3", SOC) == 70.0
+    assert state.is_suspect("b2", T0 + 1000)
+    assert follower.stats.measurement_rows_grouped == 52
+    assert follower.stats.measurements_applied == 2  # one newest row per asset
+    assert follower.lag_rows == (0, 0) and ledger.own_count == 0
+    await stores.worker.commit(request(2, [("b1", SOC, T0 - 1, -5.0)]))  # older: ignored
+    await follower.poll()
+    assert value(state, "b1", SOC) == 49.0
