@@ -10,6 +10,11 @@ the test segment scored as one block in time order.
   :func:`evaluate`; the target is split between the two (the row test at
   ``1 - RAMP_FPR_SHARE`` of it, the ramp stage at the rest), so the union keeps it.
   Measurement attacks only, like the grid detectors (price rows excluded).
+* ``gnn+physics``: the deep detector's row test at ``1 - PHYSICS_FPR_SHARE`` of the
+  target and the physics ramp stage (:mod:`detection.models.physics_ramp`) at the rest:
+  a sequential ramp test on the white residual of a tracking state estimator, fitted on
+  the clean training rows only (its noise std estimated from them, its threshold from
+  a simulated null); a row is flagged when either flags it. Measurement attacks only.
 * ``price``: the price check (:mod:`detection.price`) at the target on its own. Its
   attacked rows are the price rows; rows attacked through measurements are left out of
   its AUC, recall and FPR and only reported per kind.
@@ -34,9 +39,14 @@ from detection.dataset import NO_ATTACK
 from detection.detector import Detector
 from detection.evaluate import PRICE_KIND, Clock, EvaluationData, Scorecard, Split
 from detection.thresholds import tail_threshold
+from security.refusals import GridfortError
 
 #: Share of the target false-positive rate each of the gate's two parts is calibrated at.
 GATE_PART_SHARE = 0.5
+#: Share of the target false-positive rate the physics ramp stage is calibrated at.
+PHYSICS_FPR_SHARE = 0.5
+#: Seed of the physics ramp stage's simulated null.
+PHYSICS_SEED = 2024
 
 
 def _flag_card(
@@ -184,6 +194,65 @@ def evaluate_ramp_stage(
     return card, flags
 
 
+def evaluate_physics_stage(
+    detector: Detector,
+    data: EvaluationData,
+    split: Split,
+    *,
+    target_fpr: float,
+    clock: Clock = time.perf_counter,
+) -> tuple[Scorecard, np.ndarray]:
+    """The ``gnn+physics`` scorecard and its verdicts on the test rows (see the module
+    docstring). ``detector`` is a fitted ``DeepDetector``; ``ValueError`` when the
+    stage cannot be fitted on this data (e.g. too little history)."""
+    from detection.models.detector import score
+    from detection.models.physics_ramp import fit_physics_ramp, physics_ramp_verdicts
+
+    model = getattr(detector, "model", None)
+    if model is None:
+        raise ValueError("the deep detector must be fitted before the physics stage is evaluated")
+    train, val, test = _segments(data, split)
+    kinds = data.kinds[test]
+    y = (kinds != NO_ATTACK) & (kinds != PRICE_KIND)
+    scored = kinds != PRICE_KIND
+    started = clock()
+    stage = fit_physics_ramp(
+        data.grid, data.layout, data.x[train], PHYSICS_FPR_SHARE * target_fpr, seed=PHYSICS_SEED
+    )
+    fit_s = clock() - started
+    val_rows, _ = score(model, data.x[val])
+    row_thr = tail_threshold(val_rows, (1.0 - PHYSICS_FPR_SHARE) * target_fpr)
+    started = clock()
+    rows, _ = score(model, data.x[test])
+    physics, _, _ = physics_ramp_verdicts(stage, data.x[test], rows > row_thr)
+    flags = (rows > row_thr) | physics
+    elapsed = clock() - started
+    notes = [
+        f"row test at {1 - PHYSICS_FPR_SHARE:.0%} and physics ramp stage at "
+        f"{PHYSICS_FPR_SHARE:.0%} of the target FPR (null FPR {stage.null_fpr:.4%} over "
+        f"{stage.null_rows:,} simulated rows); noise std estimated from "
+        f"{len(train)} clean training rows; price attacks not in recall/FPR; no AUC",
+    ]
+    if len(train) and train[-1] - train[0] + 1 != len(train):
+        notes.append("the clean training rows are not consecutive: the tracker jumps gaps")
+    card = _flag_card(
+        f"{detector.name}+physics",
+        data,
+        test,
+        flags,
+        y,
+        scored,
+        target_fpr=target_fpr,
+        threshold=row_thr,
+        scores=None,
+        elapsed_s=elapsed,
+        fit_s=fit_s,
+        notes=notes,
+        stage_thresholds={"row": row_thr, "physics": stage.threshold},
+    )
+    return card, flags
+
+
 def stage_scorecards(
     data: EvaluationData,
     split: Split,
@@ -192,8 +261,9 @@ def stage_scorecards(
     target_fpr: float,
     clock: Clock = time.perf_counter,
 ) -> tuple[list[Scorecard], dict[str, str]]:
-    """``gnn+ramp`` (for each fitted deep detector), ``price`` (when the data has a price)
-    and ``gate`` (deep + ramp OR price); returns the cards and why any could not run."""
+    """``gnn+ramp`` and ``gnn+physics`` (for the first fitted deep detector), ``price``
+    (when the data has a price) and ``gate`` (deep + ramp OR price); returns the cards
+    and why any could not run."""
     cards: list[Scorecard] = []
     skipped: dict[str, str] = {}
     parts: list[tuple[Scorecard, np.ndarray]] = []  # each at GATE_PART_SHARE of the target
@@ -204,7 +274,15 @@ def stage_scorecards(
         card, _ = evaluate_ramp_stage(det, data, split, target_fpr=target_fpr, clock=clock)
         cards.append(card)
         parts.append(evaluate_ramp_stage(det, data, split, target_fpr=part_fpr, clock=clock))
+        try:
+            card, _ = evaluate_physics_stage(det, data, split, target_fpr=target_fpr, clock=clock)
+        except (GridfortError, ValueError, RuntimeError) as e:
+            skipped[f"{det.name}+physics"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        else:
+            cards.append(card)
         break  # one deep detector feeds the gate
+    else:
+        skipped["gnn+physics"] = "needs a fitted deep detector (its row test)"
     if data.price_eur_per_mwh is None:
         skipped["price"] = "the data carries no price signal"
     else:

@@ -10,10 +10,11 @@ clean history that every detector fits on (the deep detector adapts to it exactl
 ``detect score --history`` does), 11 clean days to calibrate thresholds on, then the
 attacked test period (``--steps`` in total, default 5,000).
 
-After the detectors, three more rows (:mod:`detection.evaluate_stages`): ``gnn+ramp``
-(the deep detector's row test and ramp stage, sharing the target FPR), ``price`` (the
-price check) and ``gate`` (``gnn+ramp`` OR ``price``, each part calibrated at half the
-target FPR so that the union keeps it; recall over every attack).
+After the detectors, four more rows (:mod:`detection.evaluate_stages`): ``gnn+ramp``
+(the deep detector's row test and ramp stage, sharing the target FPR), ``gnn+physics``
+(the row test and the physics ramp stage, :mod:`detection.models.physics_ramp`, sharing
+it), ``price`` (the price check) and ``gate`` (``gnn+ramp`` OR ``price``, each part
+calibrated at half the target FPR so that the union keeps it; recall over every attack).
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ def detect_eval(args: argparse.Namespace) -> int:
     )
     if not result.scorecards:
         raise ValueError(f"no detector could run: {result.skipped}")
-    stderr_progress("evaluating the ramp stage, the price check and the gate")
+    stderr_progress("evaluating the ramp stages, the price check and the gate")
     staged, stage_skipped = stage_scorecards(data, split, detectors, target_fpr=args.target_fpr)
     cards = [*result.scorecards, *staged]
     skipped = {**result.skipped, **stage_skipped}

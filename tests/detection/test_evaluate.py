@@ -172,8 +172,8 @@ def test_cli_json_has_the_price_check_and_the_stage_fields(tmp_path: Path) -> No
     price = cards["price"]
     assert price["false_positive_rate"] is not None and "stage_thresholds" in price
     assert price["threshold"] > 0 and price["notes"]
-    # no deep model for case14: the gate says why it is missing
-    assert "gate" in report["skipped"]
+    # no deep model for case14: the gate and the physics stage say why they are missing
+    assert "gate" in report["skipped"] and "gnn+physics" in report["skipped"]
     # generated data: the most any detector could recall at this FPR
     bound = report["recall_bound"]
     assert 0.0 < bound["recall"] <= 1.0 and bound["rows"] > 0 and bound["target_fpr"] == 0.001
@@ -233,7 +233,9 @@ def test_each_part_of_the_gate_gets_half_of_the_target(
 
     monkeypatch.setattr(evaluate_stages, "evaluate_ramp_stage", fake_ramp_stage)
     cards, skipped = stage_scorecards(data, split, [FittedDeep()], target_fpr=0.01)  # type: ignore[list-item]
-    assert not skipped and GATE_PART_SHARE == 0.5
+    # 140 training rows are too few for the physics stage: skipped with the reason
+    assert set(skipped) == {"gnn+physics"} and "at least 672" in skipped["gnn+physics"]
+    assert GATE_PART_SHARE == 0.5
     assert sorted(asked) == [0.005, 0.01]  # the shown row at the target, the gate's part at half
     by_name = {c.detector: c for c in cards}
     half_price, _ = evaluate_price(data, split, target_fpr=0.005)
@@ -243,3 +245,32 @@ def test_each_part_of_the_gate_gets_half_of_the_target(
     }
     assert by_name["price"].target_fpr == 0.01 and by_name["gate"].target_fpr == 0.01
     assert "0.500%" in by_name["gate"].notes[0]
+
+
+def test_the_physics_stage_unites_the_row_test_and_the_physics_ramp_test(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from detection.evaluate_stages import PHYSICS_FPR_SHARE, evaluate_physics_stage
+    from detection.models import detector as deep
+
+    data, split, _ = generated_evaluation_data(
+        "case14", 1400, seed=4, attack_rate=0.35, train_share=0.5, validation_share=0.2, workers=1
+    )
+
+    def row_scores(model: object, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.abs(x[:, 1]), np.zeros(x.shape)  # a stand-in row test
+
+    class FittedDeep:
+        name = "gnn"
+        model = object()
+
+    monkeypatch.setattr(deep, "score", row_scores)
+    card, flags = evaluate_physics_stage(FittedDeep(), data, split, target_fpr=0.01)  # type: ignore[arg-type]
+    kinds = data.kinds[split.test]
+    assert card.detector == "gnn+physics" and flags.shape == kinds.shape
+    assert set(card.stage_thresholds or {}) == {"row", "physics"}
+    assert card.recall is not None and set(card.recall_per_kind) == set(kinds) - {"none"}
+    assert card.fit_s > 0 and "50%" in card.notes[0] and PHYSICS_FPR_SHARE == 0.5
+    row_only = np.abs(data.x[split.test][:, 1]) > card.threshold
+    assert np.all(flags[row_only])  # the union keeps every row-test flag
+    _no_nan(card)
