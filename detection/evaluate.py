@@ -158,8 +158,8 @@ class Scorecard:
     notes: list[str] = field(default_factory=list)
     #: thresholds of each stage of a combined view (e.g. ``{"row": .., "ramp": ..}``)
     stage_thresholds: dict[str, float] | None = None
-    #: at the detector's own calibration (its ``verdicts``: what ``detect score --history``
-    #: and the gate use), for detectors that have one; None otherwise
+    #: at the detector's own calibration (its ``verdicts``: what the gate and ``detect
+    #: score --history --no-physics`` use), for detectors that have one; None otherwise
     own_threshold: float | None = None
     own_recall: float | None = None
     own_false_positive_rate: float | None = None

@@ -207,7 +207,7 @@ def _tables(cards: list[Any], target_fpr: float, bound: Any = None) -> list[Any]
         )
         per_kind.add_row(name, *[_fmt(c.recall_per_kind.get(k), 2) for k in kinds])
         if c.own_threshold is not None:
-            # the detector's own calibration: what `detect score --history` and the gate do
+            # own calibration: the gate's, and `detect score --history --no-physics`'s
             own = f"{c.detector} (own calibration)"
             main.add_row(
                 own,

@@ -108,6 +108,127 @@ def test_history_adaptation_catches_obvious_injections(tmp_path, small_grid, cap
     assert flagged[~attacked].mean() <= 0.2
 
 
+RAMP_ELEMENT = "trafo0"
+RAMP_START, RAMP_ROWS = 100, 64
+
+
+@pytest.fixture(scope="module")
+def ramp_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], list[str], dict[str, object]]:
+    """A week of clean cigre_mv history, then 256 input rows with one slow ramp on the
+    (p, q) pair of :data:`RAMP_ELEMENT` (up to 8 noise std over 64 rows), scored with
+    ``--history`` with and without the physics stage: (input, {"physics", "deep"}
+    verdicts, the ramp's columns, the metadata of the physics run)."""
+    from detection.dataset import read_table
+    from detection.models.registry import load_shipped_model
+
+    n_input = 256
+    noise = NoiseModel(vm_rel=0.003, power_rel=0.013)
+    s = generate_series("cigre_mv", MIN_HISTORY_ROWS + n_input, seed=43, noise=noise, workers=2)
+    layout = load_shipped_model("cigre_mv").layout
+    cols = [
+        k
+        for k, m in enumerate(layout.measurements)
+        if f"{m.element_type}{m.element}" == RAMP_ELEMENT and not m.is_voltage
+    ]
+    assert len(cols) == 2
+    names = [layout.columns[k] for k in cols]
+    data = slice_series(s, MIN_HISTORY_ROWS, MIN_HISTORY_ROWS + n_input).to_frame()
+    ramp = np.arange(1, RAMP_ROWS + 1) / RAMP_ROWS * 8.0
+    for sign, k, name in zip((1.0, -1.0), cols, names, strict=True):
+        rows = slice(RAMP_START, RAMP_START + RAMP_ROWS - 1)  # .loc: inclusive
+        data.loc[rows, name] += sign * ramp * s.std[k]
+    d = tmp_path_factory.mktemp("ramp")
+    inp = _write(data, d / "in.parquet")
+    hist = _write(slice_series(s, 0, MIN_HISTORY_ROWS).to_frame(), d / "h.parquet")
+    argv = ["detect", "score", "--grid", "cigre_mv", "--input", str(inp), "--history", str(hist)]
+    out: dict[str, pd.DataFrame] = {}
+    for name, extra in (("physics", []), ("deep", ["--no-physics"])):
+        assert main([*argv, "--output", str(d / f"{name}.parquet"), *extra]) == 0
+        out[name] = pd.read_parquet(d / f"{name}.parquet")
+    _, meta = read_table(d / "physics.parquet")
+    return data, out, names, meta
+
+
+def _ramp_mask(n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[RAMP_START : RAMP_START + RAMP_ROWS] = True
+    return mask
+
+
+def test_history_scoring_with_the_physics_stage_flags_more_of_a_slow_ramp(ramp_runs) -> None:
+    data, out, names, _ = ramp_runs
+    ramp = _ramp_mask(len(data))
+    with_physics = out["physics"]["attacked"].to_numpy()
+    deep = out["deep"]["attacked"].to_numpy()
+    assert with_physics[ramp].sum() > deep[ramp].sum() + 5
+    assert with_physics[ramp].mean() > 0.5
+    # the rows only the physics stage flagged name the ramp's element
+    alone = ramp & with_physics & ~deep
+    assert alone.any()
+    cells = out["physics"].loc[alone, names].to_numpy()
+    assert cells.all(axis=1).mean() >= 0.9
+
+
+def test_history_scoring_with_the_physics_stage_keeps_clean_flags_rare(ramp_runs) -> None:
+    data, out, _, meta = ramp_runs
+    clean = ~_ramp_mask(len(data))
+    assert out["physics"]["attacked"].to_numpy()[clean].mean() <= 0.02
+    # the target is split between the deep detector and the physics stage
+    assert meta["physics_ramp_stage"] is True
+    parts = meta["deep_target_fpr"] + meta["physics_target_fpr"]
+    assert parts == pytest.approx(meta["target_fpr"])
+
+
+def test_history_scoring_with_the_physics_stage_keeps_the_table_contract(ramp_runs) -> None:
+    data, out, _, _ = ramp_runs
+    v = out["physics"]
+    measured = [c for c in data.columns if c != "t"]
+    assert list(v.columns) == ["t", "score", "attacked", *measured]
+    np.testing.assert_array_equal(v["t"].to_numpy(), data["t"].to_numpy())
+    assert all(v[c].dtype == np.bool_ for c in ["attacked", *measured])
+    assert np.isfinite(v["score"]).all()
+    assert not v[measured].to_numpy()[~v["attacked"].to_numpy()].any()
+
+
+def test_no_physics_is_the_deep_detector_adapted_at_the_whole_target(tmp_path, small_grid):
+    from detection.models.detector import adapt, judge
+    from detection.models.registry import load_shipped_model
+    from detection.score_frame import measurement_matrix, verdict_frame
+
+    history, data, _ = small_grid
+    inp, hist = _write(data, tmp_path / "in.parquet"), _write(history, tmp_path / "h.parquet")
+    out = tmp_path / "v.parquet"
+    argv = ["detect", "score", "--grid", "cigre_mv", "--input", str(inp), "--output", str(out)]
+    assert main([*argv, "--history", str(hist), "--no-physics"]) == 0
+    model = load_shipped_model("cigre_mv")
+    table = measurement_matrix(data, model.layout)
+    adapted = adapt(model, measurement_matrix(history, model.layout).x)
+    j = judge(adapted, table.x)
+    expected = verdict_frame(table, model.layout, j.rows, j.attacked, j.flagged)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
+
+
+def test_a_physics_stage_that_cannot_be_fitted_is_an_error(
+    tmp_path, small_grid, capsys, monkeypatch
+) -> None:
+    import detection.models.deep_physics as deep_physics
+
+    def no_jacobian(grid: str, *args: object, **kwargs: object) -> None:
+        raise ValueError(f"no measurement Jacobian for grid {grid!r}: test")
+
+    monkeypatch.setattr(deep_physics, "adapt", lambda model, x, target_fpr: model)
+    monkeypatch.setattr(deep_physics, "fit_physics_ramp", no_jacobian)
+    history, data, _ = small_grid
+    inp, hist = _write(data, tmp_path / "in.parquet"), _write(history, tmp_path / "h.parquet")
+    out = tmp_path / "v.parquet"
+    argv = ["detect", "score", "--grid", "cigre_mv", "--input", str(inp), "--output", str(out)]
+    code = main([*argv, "--history", str(hist)])
+    _refused(capsys, code, "physics ramp stage: no measurement Jacobian")
+    assert not out.exists()
+
+
 def test_column_order_of_the_input_does_not_change_the_verdicts(tmp_path, paths, frames) -> None:
     inp, _, out = paths
     _, data, _ = frames
@@ -230,6 +351,7 @@ def test_bad_paths_and_flags_are_refused(tmp_path, paths, capsys) -> None:
     _refused(capsys, _score(inp, inp), "must not overwrite")
     _refused(capsys, _score(inp, tmp_path / "o.csv"), "--output must end in .parquet")
     _refused(capsys, _score(inp, out, None, "--target-fpr", "0.01"), "needs --history")
+    _refused(capsys, _score(inp, out, None, "--no-physics"), "--no-physics needs --history")
     _refused(capsys, _score(inp, out, hist, "--target-fpr", "2"), "--target-fpr must be in")
 
 
