@@ -38,15 +38,12 @@ from detection import metrics
 from detection.dataset import NO_ATTACK
 from detection.detector import Detector
 from detection.evaluate import PRICE_KIND, Clock, EvaluationData, Scorecard, Split
+from detection.models.physics_ramp.stage import PHYSICS_FPR_SHARE, PHYSICS_SEED
 from detection.thresholds import tail_threshold
 from security.refusals import GridfortError
 
 #: Share of the target false-positive rate each of the gate's two parts is calibrated at.
 GATE_PART_SHARE = 0.5
-#: Share of the target false-positive rate the physics ramp stage is calibrated at.
-PHYSICS_FPR_SHARE = 0.5
-#: Seed of the physics ramp stage's simulated null.
-PHYSICS_SEED = 2024
 
 
 def _flag_card(

@@ -15,7 +15,7 @@ clean data in the same layout): the deep detector is adapted to it
 (:func:`detection.models.detector.adapt`) at half of the target false-positive rate
 (``--target-fpr``, default the model's) and the physics ramp stage
 (:mod:`detection.models.physics_ramp`, ~50 s on case118) is fitted on the same rows at
-the other half (:data:`detection.evaluate_stages.PHYSICS_FPR_SHARE`), so the union keeps
+the other half (:data:`detection.models.physics_ramp.PHYSICS_FPR_SHARE`), so the union keeps
 the target; ``attacked`` is either's flag, the measurement columns the deep detector's
 flagged cells or the element the physics stage flagged
 (:mod:`detection.models.deep_physics`). ``score`` stays the deep row score.
@@ -133,9 +133,9 @@ def _adapted_verdicts(
     args: argparse.Namespace, model: TrainedModel, x: np.ndarray, history_x: np.ndarray
 ) -> _Verdicts:
     """Adapt to the history (and fit the physics stage unless ``--no-physics``); judge ``x``."""
-    from detection.evaluate_stages import PHYSICS_FPR_SHARE, PHYSICS_SEED
     from detection.models.deep_physics import adapt_with_physics, judge_with_physics
     from detection.models.detector import adapt, judge
+    from detection.models.physics_ramp import PHYSICS_FPR_SHARE, PHYSICS_SEED
 
     if args.no_physics:
         _log(f"adapting to {len(history_x)} clean history rows")

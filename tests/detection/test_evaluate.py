@@ -250,8 +250,9 @@ def test_each_part_of_the_gate_gets_half_of_the_target(
 def test_the_physics_stage_unites_the_row_test_and_the_physics_ramp_test(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from detection.evaluate_stages import PHYSICS_FPR_SHARE, evaluate_physics_stage
+    from detection.evaluate_stages import evaluate_physics_stage
     from detection.models import detector as deep
+    from detection.models.physics_ramp import PHYSICS_FPR_SHARE
 
     data, split, _ = generated_evaluation_data(
         "case14", 1400, seed=4, attack_rate=0.35, train_share=0.5, validation_share=0.2, workers=1

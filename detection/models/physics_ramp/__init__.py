@@ -3,6 +3,8 @@ state estimator, fitted on clean history without the noise model (see :mod:`.sta
 
 from detection.models.physics_ramp.stage import (
     MIN_HISTORY_ROWS,
+    PHYSICS_FPR_SHARE,
+    PHYSICS_SEED,
     PhysicsRampMonitor,
     PhysicsRampStage,
     RampVerdict,
@@ -12,6 +14,8 @@ from detection.models.physics_ramp.stage import (
 
 __all__ = [
     "MIN_HISTORY_ROWS",
+    "PHYSICS_FPR_SHARE",
+    "PHYSICS_SEED",
     "PhysicsRampMonitor",
     "PhysicsRampStage",
     "RampVerdict",

@@ -42,6 +42,12 @@ from detection.models.physics_ramp.estimator import (
     track,
 )
 
+#: Share of a false-positive target the stage takes next to the deep row test (the row
+#: test gets the rest, so the union keeps the target): the evaluator's ``gnn+physics``
+#: and ``detect score --history``.
+PHYSICS_FPR_SHARE = 0.5
+#: Seed of the simulated null the threshold is calibrated on (reproducible fits).
+PHYSICS_SEED = 2024
 #: Fewest clean history rows to fit on [rows] (one week of 15-min snapshots).
 MIN_HISTORY_ROWS = 672
 #: Columns whose redundancy ``P_ii`` is below this are left out of the test.
