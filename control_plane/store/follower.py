@@ -322,13 +322,12 @@ class StoreFollower:
         self.stats.polls += 1
         after_m = self._after_m
         try:
-            ends, latest = await asyncio.to_thread(
+            ends, upto, latest = await asyncio.to_thread(
                 self._read_grouped, after_m, self._after_q, self.chunk_rows
             )
         except Exception as e:  # sqlite3.Error, OSError, a closed store: retry next interval
             self._read_failed(e)
             return
-        upto = min(ends.end_measurements, after_m + DEFAULT_MAX_GROUPED_ROWS)
         good: list[MeasurementRow] = []
         for row in latest:
             decoded = decode_measurement((0, "", 0, *row))
@@ -342,18 +341,19 @@ class StoreFollower:
         self.stats.measurement_rows_grouped += upto - after_m
         if checkpoint is not None:
             self._marks.append((checkpoint, ends.end_measurements, ends.end_quarantine))
-        self._after_m = upto
+        self._after_m = upto  # the grouped rows are applied; _take keeps it
         self._take(ends)  # the quarantine rows (``ends`` holds no measurement rows)
-        self._after_m = upto  # _take keeps it; restated: the grouped rows are applied
         self._forget_passed()
 
     def _read_grouped(
         self, after_m: int, after_q: int, limit: int
-    ) -> tuple[DecodedTail, list[tuple[object, ...]]]:
+    ) -> tuple[DecodedTail, int, list[tuple[object, ...]]]:
+        """The quarantine rows and table ends, the rowid the grouped read goes up to, and
+        the newest sample per (asset, quantity) up to it."""
         tail = decode_tail(self._store.tail(after_m, after_q, limit, measurements=False))
         upto = min(tail.end_measurements, after_m + DEFAULT_MAX_GROUPED_ROWS)
         latest = self._store.latest_since(after_m, upto) if upto > after_m else []
-        return tail, latest
+        return tail, upto, latest
 
     def _read_failed(self, e: Exception) -> None:
         self.stats.read_errors += 1
